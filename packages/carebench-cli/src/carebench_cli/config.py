@@ -1,0 +1,318 @@
+"""The resolved configuration of `carebench run`: flag > TOML file > default, resolved once.
+
+A TOML file mirrors the flags and adds the grid axes and overrides that have no flag::
+
+    dataset = "data/carebench-v1"          # omit for the built-in synthetic demo
+    out = "runs"
+    models = ["lstm", "transformer", "resnet", "latefusion", "drfuse"]
+    tasks = ["mortality", "phenotype", "los"]
+    cohorts = ["base", "matched"]
+    folds = [0]
+    seeds = [42, 123, 1234]
+    train_cxr_drop = [0.0]
+    test_settings = ["natural", "test_cxr_mcar_0.5", "test_cxr_mcar_1.0", "test_cxr_mnar_0.5"]
+    profile = "paper"
+    device = "auto"
+
+    [train]                                # carebench_models.TrainConfig fields
+    max_epochs = 50
+
+    [hparams.drfuse]                       # per-model config overrides
+    dropout = 0.2
+
+    [report]
+    n_boot = 1000
+    n_perm = 10000
+
+Unknown keys, names and values are errors that name the valid choices.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from carebench_cli.errors import USAGE_EXIT, CliError
+
+DEFAULT_TASKS: tuple[str, ...] = ("mortality", "phenotype", "los")
+COHORTS: tuple[str, ...] = ("base", "matched")
+PROFILES: tuple[str, ...] = ("quick", "paper")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DEFAULT_TEST_SETTINGS: tuple[str, ...] = (
+    "natural",
+    "test_cxr_mcar_0.5",
+    "test_cxr_mcar_1.0",
+    "test_cxr_mnar_0.5",
+)
+CACHE_ENV = "CAREBENCH_CACHE"
+"""Environment variable naming the cache directory (default `./.carebench`)."""
+
+_RATE = r"(?:0(?:\.\d+)?|1(?:\.0+)?)"
+_TEST_SETTING = re.compile(
+    rf"^(?:natural|test_cxr_(?:mcar|mnar)_{_RATE}|test_cxr_subgroup_[a-z_]+(?:=|<=|>=|<|>)[^_+]+_{_RATE})$"
+)
+
+
+def cache_dir() -> Path:
+    """The directory that caches the synthetic demo dataset: `$CAREBENCH_CACHE` or `./.carebench`."""
+    return Path(os.environ.get(CACHE_ENV, ".carebench"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportConfig:
+    """Statistics settings of `carebench report`."""
+
+    n_boot: int = 1000
+    """Bootstrap replicates behind every confidence interval."""
+    n_perm: int = 10_000
+    """Permutations behind every paired test."""
+    random_state: int = 0
+    """Seed of the bootstrap and permutation streams."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything `carebench run` needs, resolved once (flag > TOML file > default) and then read-only."""
+
+    dataset: Path | None = None
+    """Benchmark dataset directory; None = the synthetic demo, generated once under `cache_dir()`."""
+    out: Path = Path("runs")
+    """Run store directory (DESIGN §6)."""
+    models: tuple[str, ...] = ()
+    """Registered model names; empty = every registered model."""
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    """Task names from the dataset manifest."""
+    cohorts: tuple[str, ...] = ("base",)
+    """`base` (natural missingness) and/or `matched` (stays with a CXR)."""
+    folds: tuple[int, ...] = (0,)
+    """Patient-level folds 0-4."""
+    seeds: tuple[int, ...] = (42,)
+    """Training seeds."""
+    train_cxr_drop: tuple[float, ...] = (0.0,)
+    """Train-time CXR drop rates (the upstream protocol); 0 = no drop."""
+    test_settings: tuple[str, ...] = DEFAULT_TEST_SETTINGS
+    """Test-time CXR settings each trained model is evaluated under, without retraining."""
+    profile: str = "quick"
+    """Model and trainer profile: `quick` (CPU-sized) or `paper`."""
+    device: str = "auto"
+    """`auto` (CUDA when available), `cpu` or `cuda`."""
+    train: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """Trainer overrides (fields of `carebench_models.TrainConfig`)."""
+    hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+    """Per-model config overrides: model name -> {field: value}."""
+    report: ReportConfig = field(default_factory=ReportConfig)
+    """Statistics settings of the report written after the grid."""
+
+
+_SCALAR_KEYS = ("dataset", "out", "profile", "device")
+_LIST_KEYS = ("models", "tasks", "cohorts", "folds", "seeds", "train_cxr_drop", "test_settings")
+_TABLE_KEYS = ("train", "hparams", "report")
+VALID_KEYS: tuple[str, ...] = _SCALAR_KEYS + _LIST_KEYS + _TABLE_KEYS
+REPORT_KEYS: tuple[str, ...] = tuple(f.name for f in fields(ReportConfig))
+
+
+def _usage(message: str) -> CliError:
+    return CliError(message, exit_code=USAGE_EXIT)
+
+
+def _choices(names: Sequence[str]) -> str:
+    return ", ".join(sorted(names))
+
+
+def _check_names(kind: str, given: Sequence[str], valid: Sequence[str]) -> None:
+    unknown = [name for name in given if name not in valid]
+    if unknown:
+        raise _usage(f"unknown {kind} {', '.join(map(repr, unknown))}; valid {kind}s: {_choices(valid)}")
+
+
+def _as_list(key: str, value: Any) -> list[Any]:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise _usage(f"config key {key!r} must be a list, got {type(value).__name__}")
+
+
+def _strings(key: str, value: Any) -> tuple[str, ...]:
+    items = _as_list(key, value)
+    if not all(isinstance(item, str) for item in items):
+        raise _usage(f"config key {key!r} must be a list of strings")
+    if len(set(items)) != len(items):
+        raise _usage(f"config key {key!r} has duplicate entries: {items}")
+    return tuple(items)
+
+
+def _ints(key: str, value: Any, *, low: int | None = None, high: int | None = None) -> tuple[int, ...]:
+    items = _as_list(key, value)
+    if not all(isinstance(item, int) and not isinstance(item, bool) for item in items):
+        raise _usage(f"config key {key!r} must be a list of integers")
+    for item in items:
+        if (low is not None and item < low) or (high is not None and item > high):
+            raise _usage(f"config key {key!r}: {item} is outside [{low}, {high}]")
+    if len(set(items)) != len(items):
+        raise _usage(f"config key {key!r} has duplicate entries: {items}")
+    return tuple(items)
+
+
+def _rates(key: str, value: Any) -> tuple[float, ...]:
+    items = _as_list(key, value)
+    rates: list[float] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | float) or not 0.0 <= float(item) <= 1.0:
+            raise _usage(f"config key {key!r}: {item!r} is not a rate in [0, 1]")
+        rates.append(float(item))
+    if len(set(rates)) != len(rates):
+        raise _usage(f"config key {key!r} has duplicate entries: {rates}")
+    return tuple(rates)
+
+
+def _table(key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _usage(f"config key {key!r} must be a table")
+    return dict(value)
+
+
+def _parse_report(value: Any) -> ReportConfig:
+    table = _table("report", value)
+    unknown = sorted(set(table) - set(REPORT_KEYS))
+    if unknown:
+        raise _usage(f"unknown key(s) {unknown} in [report]; valid keys: {_choices(REPORT_KEYS)}")
+    for name, item in table.items():
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise _usage(f"[report] {name} must be a non-negative integer, got {item!r}")
+    return ReportConfig(**table)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a run config file.
+
+    Raises:
+        CliError: the file is missing or is not valid TOML (one line, usage exit).
+    """
+    if not path.is_file():
+        raise _usage(f"config file {str(path)!r} does not exist")
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise _usage(f"config file {str(path)!r} is not valid TOML: {error}") from None
+
+
+def resolve_config(
+    *,
+    file_values: Mapping[str, Any] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    base_dir: Path | None = None,
+) -> RunConfig:
+    """Merge flags over file values over defaults and check every key and value.
+
+    Model and task names are checked later by `check_names`, against the registry and the dataset.
+
+    Args:
+        file_values: the parsed TOML file (may be empty).
+        flags: command-line values; a None value means "not given".
+        base_dir: relative `dataset` and `out` paths of the file are resolved against it.
+
+    Returns:
+        The frozen configuration.
+
+    Raises:
+        CliError: an unknown key or an invalid value, naming the valid choices (usage exit).
+    """
+    file_values = dict(file_values or {})
+    unknown = sorted(set(file_values) - set(VALID_KEYS))
+    if unknown:
+        raise _usage(f"unknown config key(s) {unknown}; valid keys: {_choices(VALID_KEYS)}")
+    for key, path_value in list(file_values.items()):
+        if key in ("dataset", "out"):
+            if not isinstance(path_value, str):
+                raise _usage(f"config key {key!r} must be a path string")
+            path = Path(path_value).expanduser()
+            file_values[key] = path if path.is_absolute() or base_dir is None else base_dir / path
+    merged = {**file_values, **{key: value for key, value in (flags or {}).items() if value is not None}}
+    unknown = sorted(set(merged) - set(VALID_KEYS))
+    if unknown:
+        raise _usage(f"unknown config key(s) {unknown}; valid keys: {_choices(VALID_KEYS)}")
+
+    values: dict[str, Any] = {}
+    if "dataset" in merged:
+        values["dataset"] = Path(merged["dataset"])
+    if "out" in merged:
+        values["out"] = Path(merged["out"])
+    for key, valid in (("profile", PROFILES), ("device", DEVICES)):
+        if key in merged:
+            if merged[key] not in valid:
+                raise _usage(f"unknown {key} {merged[key]!r}; valid {key}s: {', '.join(valid)}")
+            values[key] = merged[key]
+    if "models" in merged:
+        values["models"] = _strings("models", merged["models"])
+    if "tasks" in merged:
+        values["tasks"] = _strings("tasks", merged["tasks"])
+        if not values["tasks"]:
+            raise _usage("config key 'tasks' must name at least one task")
+    if "cohorts" in merged:
+        values["cohorts"] = _strings("cohorts", merged["cohorts"])
+        _check_names("cohort", values["cohorts"], COHORTS)
+    if "folds" in merged:
+        values["folds"] = _ints("folds", merged["folds"], low=0, high=4)
+    if "seeds" in merged:
+        values["seeds"] = _ints("seeds", merged["seeds"], low=0)
+    if "train_cxr_drop" in merged:
+        values["train_cxr_drop"] = _rates("train_cxr_drop", merged["train_cxr_drop"])
+    if "test_settings" in merged:
+        settings = _strings("test_settings", merged["test_settings"])
+        bad = [setting for setting in settings if not _TEST_SETTING.match(setting)]
+        if bad:
+            raise _usage(
+                f"invalid test setting(s) {bad}; use 'natural', 'test_cxr_mcar_<rate>', "
+                "'test_cxr_mnar_<rate>' or 'test_cxr_subgroup_<attr>=<value>_<rate>' with a rate in [0, 1]"
+            )
+        values["test_settings"] = settings
+    if "train" in merged:
+        values["train"] = MappingProxyType(_table("train", merged["train"]))
+    if "hparams" in merged:
+        hparams = _table("hparams", merged["hparams"])
+        values["hparams"] = MappingProxyType(
+            {name: MappingProxyType(_table(f"hparams.{name}", table)) for name, table in hparams.items()}
+        )
+    if "report" in merged:
+        values["report"] = (
+            merged["report"] if isinstance(merged["report"], ReportConfig) else _parse_report(merged["report"])
+        )
+    for key in ("cohorts", "folds", "seeds", "train_cxr_drop", "test_settings"):
+        if key in values and not values[key]:
+            raise _usage(f"config key {key!r} must not be empty")
+    return RunConfig(**values)
+
+
+def check_names(config: RunConfig, *, known_models: Sequence[str], known_tasks: Sequence[str]) -> RunConfig:
+    """Check model and task names (and `hparams` keys) and fill the default model list.
+
+    Returns:
+        The config with `models` = every registered model when none was named.
+
+    Raises:
+        CliError: an unknown model or task, naming the valid ones (usage exit).
+    """
+    _check_names("model", config.models, known_models)
+    _check_names("task", config.tasks, known_tasks)
+    _check_names("model", list(config.hparams), known_models)
+    models = config.models or tuple(known_models)
+    unused = sorted(set(config.hparams) - set(models))
+    if unused:
+        raise _usage(f"[hparams] names model(s) {unused} that are not in the grid; grid models: {', '.join(models)}")
+    return replace(config, models=models)
+
+
+def format_rate(rate: float) -> str:
+    """Canonical text of a missingness rate, as in setting names: 0.5 -> '0.5', 1 -> '1.0'."""
+    if not math.isfinite(rate):
+        raise ValueError(f"rate must be finite, got {rate}")
+    return repr(float(rate))

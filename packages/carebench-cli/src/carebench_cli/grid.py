@@ -1,0 +1,161 @@
+"""Expand a `RunConfig` into run specs with stable ids, and split the grid into shards.
+
+One run = one trained model: (model, task, cohort, fold, seed, train-time CXR drop rate) plus the
+hyperparameters. Each run is evaluated under every test-time setting without retraining.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import product
+from types import MappingProxyType
+from typing import Any
+
+from carebench_cli.config import RunConfig, format_rate
+from carebench_cli.errors import USAGE_EXIT, CliError
+
+RUN_ID_VERSION = 1
+"""Bumped when the meaning of a run changes, so that old run directories are not reused."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """One training run of the grid, with everything that identifies its results."""
+
+    model: str
+    task: str
+    cohort: str
+    fold: int
+    seed: int
+    train_cxr_drop: float
+    profile: str
+    test_settings: tuple[str, ...]
+    dataset_hash: str
+    hparams: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    train: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (the run's `config.json`, without the id)."""
+        return {
+            "model": self.model,
+            "task": self.task,
+            "cohort": self.cohort,
+            "fold": self.fold,
+            "seed": self.seed,
+            "train_cxr_drop": self.train_cxr_drop,
+            "profile": self.profile,
+            "test_settings": list(self.test_settings),
+            "dataset_hash": self.dataset_hash,
+            "hparams": dict(sorted(self.hparams.items())),
+            "train": dict(sorted(self.train.items())),
+        }
+
+    @property
+    def run_id(self) -> str:
+        """`<model>-<task>-<12 hex>`: readable prefix, then the hash of the canonical resolved config."""
+        canonical = json.dumps(
+            {"version": RUN_ID_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":")
+        )
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return f"{self.model}-{self.task}-{digest}"
+
+    @property
+    def train_missingness(self) -> tuple[str, ...]:
+        """Missingness specs of the train and validation datasets (data.md §8.2 grammar)."""
+        if self.train_cxr_drop == 0.0:
+            return ()
+        return (f"train_cxr_drop_{format_rate(self.train_cxr_drop)}",)
+
+    def setting_name(self, test_setting: str) -> str:
+        """The predictions `setting` value: cohort token, train-time drop, test-time setting, joined by `+`.
+
+        Example: `cohort_base+test_cxr_mcar_0.5`; `natural` adds no token (eval.md §7.1).
+        """
+        tokens = [f"cohort_{self.cohort}", *self.train_missingness]
+        if test_setting != "natural":
+            tokens.append(test_setting)
+        return "+".join(tokens)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunSpec:
+        """Inverse of `to_dict` (reads a run's `config.json`)."""
+        return cls(
+            model=str(values["model"]),
+            task=str(values["task"]),
+            cohort=str(values["cohort"]),
+            fold=int(values["fold"]),
+            seed=int(values["seed"]),
+            train_cxr_drop=float(values["train_cxr_drop"]),
+            profile=str(values["profile"]),
+            test_settings=tuple(values["test_settings"]),
+            dataset_hash=str(values["dataset_hash"]),
+            hparams=MappingProxyType(dict(values.get("hparams", {}))),
+            train=MappingProxyType(dict(values.get("train", {}))),
+        )
+
+
+def expand_grid(config: RunConfig, *, dataset_hash: str) -> list[RunSpec]:
+    """Every run of the grid, in a fixed order (model, task, cohort, fold, seed, train drop).
+
+    Args:
+        config: a config whose model list is filled (`config.check_names`).
+        dataset_hash: `manifest.json["content_hash"]` of the dataset the runs train on.
+
+    Returns:
+        The run specs; run ids are unique.
+    """
+    if not config.models:
+        raise ValueError("expand_grid needs a config with its model list filled (check_names)")
+    return [
+        RunSpec(
+            model=model,
+            task=task,
+            cohort=cohort,
+            fold=fold,
+            seed=seed,
+            train_cxr_drop=drop,
+            profile=config.profile,
+            test_settings=config.test_settings,
+            dataset_hash=dataset_hash,
+            hparams=config.hparams.get(model, MappingProxyType({})),
+            train=config.train,
+        )
+        for model, task, cohort, fold, seed, drop in product(
+            config.models, config.tasks, config.cohorts, config.folds, config.seeds, config.train_cxr_drop
+        )
+    ]
+
+
+_SHARD = re.compile(r"^(\d+)/(\d+)$")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse `I/N` (0 <= I < N), e.g. `--shard $SLURM_ARRAY_TASK_ID/8`.
+
+    Raises:
+        CliError: malformed or out of range (usage exit).
+    """
+    match = _SHARD.match(text.strip())
+    if not match:
+        raise CliError(f"--shard must look like I/N (e.g. 0/4), got {text!r}", exit_code=USAGE_EXIT)
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or not 0 <= index < count:
+        raise CliError(f"--shard {text}: need 0 <= I < N", exit_code=USAGE_EXIT)
+    return index, count
+
+
+def shard(specs: Sequence[RunSpec], index: int, count: int) -> list[RunSpec]:
+    """The runs of shard `index` of `count`: round robin over the runs sorted by run id.
+
+    The shards partition the grid: every run lands in exactly one shard, the sizes differ by at most
+    one, and the assignment depends only on the set of runs (not on the order of the config lists).
+    """
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard index must satisfy 0 <= index < count, got {index}/{count}")
+    ordered = sorted(specs, key=lambda spec: spec.run_id)
+    chosen = {spec.run_id for position, spec in enumerate(ordered) if position % count == index}
+    return [spec for spec in specs if spec.run_id in chosen]
