@@ -284,7 +284,9 @@ def resolve_config(
         )
     if "report" in merged:
         values["report"] = (
-            merged["report"] if isinstance(merged["report"], ReportConfig) else _parse_report(merged["report"])
+            merged["report"]
+            if isinstance(merged["report"], ReportConfig)
+            else _parse_report(merged["report"])
         )
     for key in ("cohorts", "folds", "seeds", "train_cxr_drop", "test_settings"):
         if key in values and not values[key]:
@@ -307,7 +309,9 @@ def check_names(config: RunConfig, *, known_models: Sequence[str], known_tasks: 
     models = config.models or tuple(known_models)
     unused = sorted(set(config.hparams) - set(models))
     if unused:
-        raise _usage(f"[hparams] names model(s) {unused} that are not in the grid; grid models: {', '.join(models)}")
+        raise _usage(
+            f"[hparams] names model(s) {unused} that are not in the grid; grid models: {', '.join(models)}"
+        )
     return replace(config, models=models)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from types import MappingProxyType
@@ -98,36 +98,47 @@ class RunSpec:
         )
 
 
-def expand_grid(config: RunConfig, *, dataset_hash: str) -> list[RunSpec]:
+DefaultsFn = Callable[[str, str, str], tuple[Mapping[str, Any], Mapping[str, Any]]]
+"""`defaults(model, task, cohort) -> (model config overrides, trainer overrides)` bundled with the models."""
+
+
+def expand_grid(config: RunConfig, *, dataset_hash: str, defaults: DefaultsFn | None = None) -> list[RunSpec]:
     """Every run of the grid, in a fixed order (model, task, cohort, fold, seed, train drop).
+
+    Hyperparameters are resolved here, so that the run id covers them: the config's `[hparams.<model>]`
+    and `[train]` overrides beat the bundled per-task defaults returned by `defaults`.
 
     Args:
         config: a config whose model list is filled (`config.check_names`).
         dataset_hash: `manifest.json["content_hash"]` of the dataset the runs train on.
+        defaults: bundled per-(model, task, cohort) defaults; None = no bundled defaults.
 
     Returns:
         The run specs; run ids are unique.
     """
     if not config.models:
         raise ValueError("expand_grid needs a config with its model list filled (check_names)")
-    return [
-        RunSpec(
-            model=model,
-            task=task,
-            cohort=cohort,
-            fold=fold,
-            seed=seed,
-            train_cxr_drop=drop,
-            profile=config.profile,
-            test_settings=config.test_settings,
-            dataset_hash=dataset_hash,
-            hparams=config.hparams.get(model, MappingProxyType({})),
-            train=config.train,
+    specs = []
+    for model, task, cohort, fold, seed, drop in product(
+        config.models, config.tasks, config.cohorts, config.folds, config.seeds, config.train_cxr_drop
+    ):
+        model_defaults, train_defaults = defaults(model, task, cohort) if defaults else ({}, {})
+        specs.append(
+            RunSpec(
+                model=model,
+                task=task,
+                cohort=cohort,
+                fold=fold,
+                seed=seed,
+                train_cxr_drop=drop,
+                profile=config.profile,
+                test_settings=config.test_settings,
+                dataset_hash=dataset_hash,
+                hparams=MappingProxyType({**model_defaults, **config.hparams.get(model, {})}),
+                train=MappingProxyType({**train_defaults, **config.train}),
+            )
         )
-        for model, task, cohort, fold, seed, drop in product(
-            config.models, config.tasks, config.cohorts, config.folds, config.seeds, config.train_cxr_drop
-        )
-    ]
+    return specs
 
 
 _SHARD = re.compile(r"^(\d+)/(\d+)$")

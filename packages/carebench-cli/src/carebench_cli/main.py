@@ -38,6 +38,14 @@ def _register() -> None:
     from carebench_cli import eval_cmd
 
     app.command("eval")(eval_cmd.eval_command)
+    from carebench_cli import data_cmd
+
+    app.add_typer(data_cmd.data_app, name="data", help="Build, verify and synthesize benchmark datasets.")
+    from carebench_cli import models_cmd, report_cmd, run_cmd
+
+    app.command("run")(run_cmd.run_command)
+    app.command("report")(report_cmd.report_command)
+    app.command("models")(models_cmd.models_command)
 
 
 _register()

@@ -133,7 +133,7 @@ class RunWriter:
             frame.write_parquet(temporary, compression="zstd")
 
     def write_train_log(self, records: list[Mapping[str, Any]]) -> None:
-        """Write one JSON line per epoch record, atomically."""
+        """Write one JSON line per epoch record, atomically (called after every epoch)."""
         lines = "".join(json.dumps(dict(record), sort_keys=True) + "\n" for record in records)
         atomic_write_text(self.path / TRAIN_LOG_FILE, lines)
 
@@ -193,6 +193,9 @@ class RunStore:
                     return RunStatus.CORRUPT
                 if verify_hashes and sha256_file(file) != info["sha256"]:
                     return RunStatus.CORRUPT
+            config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+            if RunSpec.from_dict(config).run_id != run_id:
+                return RunStatus.CORRUPT
         except (ValueError, KeyError, TypeError):
             return RunStatus.CORRUPT
         return RunStatus.DONE
@@ -217,11 +220,15 @@ class RunStore:
         for run_id in self.run_ids():
             status = self.status(run_id, verify_hashes=verify_hashes)
             if status is not RunStatus.DONE:
-                logger.warning("run %s is %s; not reported (rerun `carebench run` to redo it)", run_id, status.value)
+                logger.warning(
+                    "run %s is %s; not reported (rerun `carebench run` to redo it)", run_id, status.value
+                )
                 skipped[run_id] = status
                 continue
             path = self.run_dir(run_id)
             config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
             metrics = json.loads((path / METRICS_FILE).read_text(encoding="utf-8"))
-            finished.append(FinishedRun(run_id=run_id, path=path, spec=RunSpec.from_dict(config), metrics=metrics))
+            finished.append(
+                FinishedRun(run_id=run_id, path=path, spec=RunSpec.from_dict(config), metrics=metrics)
+            )
         return finished, skipped

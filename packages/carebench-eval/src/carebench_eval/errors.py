@@ -11,7 +11,7 @@ import functools
 import warnings
 from collections.abc import Iterable
 
-__all__ = ["PredictionsError", "UndefinedMetricWarning", "undefined_metric_warning", "warn_undefined"]
+__all__ = ["PredictionsError", "join_notes", "undefined_metric_warning", "warn_undefined"]
 
 
 class PredictionsError(ValueError):

@@ -1,0 +1,145 @@
+"""`carebench data ...`: build a benchmark dataset from raw MIMIC files, verify it, make synthetic data."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from carebench_cli.errors import handle_errors
+
+data_app = typer.Typer(
+    help="Build, verify and synthesize benchmark datasets (MIMIC-IV + MIMIC-CXR-JPG).",
+    no_args_is_help=True,
+)
+_console = Console(stderr=True, highlight=False)
+
+
+class _StageHandler(logging.Handler):
+    """Shows the build stage that the library logs (`S2: staging events`) as the bar's description."""
+
+    def __init__(self, progress: Progress, task: int) -> None:
+        super().__init__(level=logging.INFO)
+        self.progress, self.task = progress, task
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.name == "carebench_data.build" and message[:1] == "S" and ":" in message:
+            self.progress.update(self.task, description=message)  # type: ignore[arg-type]
+
+
+@data_app.command("build")
+@handle_errors
+def build_command(
+    mimic_iv: Annotated[Path, typer.Option("--mimic-iv", help="MIMIC-IV root (holds hosp/ and icu/).")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset directory to create.")],
+    mimic_cxr: Annotated[
+        Path | None, typer.Option("--mimic-cxr", help="MIMIC-CXR-JPG root (metadata tables and files/).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Build configuration TOML (spec/data.md §2); flags win.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset directory.")] = False,
+    no_cxr: Annotated[bool, typer.Option("--no-cxr", help="Build EHR only (has_cxr all false).")] = False,
+    registry: Annotated[
+        str | None, typer.Option("--registry", help="Feature set: default (17), extended (47) or a TOML path.")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--mimic-iv-version", help="auto, 2.2, 3.1 or 1.0 (default: auto).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Image decoding threads.")] = None,
+) -> None:
+    """Build the benchmark dataset directory from raw MIMIC-IV (+ MIMIC-CXR-JPG) files."""
+    from carebench_data.build import PROGRESS_TOTAL, build_dataset
+    from carebench_data.config import BuildConfig
+
+    overrides = {
+        "mimic_iv": str(mimic_iv),
+        "mimic_cxr": None if mimic_cxr is None else str(mimic_cxr),
+        "out": str(out),
+        "mimic_iv_version": version,
+        "features.registry": registry,
+        "cxr.workers": workers,
+        "build.overwrite": True if overwrite else None,
+        "cxr.enabled": False if no_cxr else None,
+    }
+    build_config = BuildConfig.from_toml(config, **overrides)
+    progress = Progress(
+        TextColumn("[bold]{task.description:<40}"),
+        BarColumn(bar_width=32),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=_console,
+    )
+    library_logger = logging.getLogger("carebench_data")
+    with progress:
+        task = progress.add_task("starting", total=PROGRESS_TOTAL)
+        handler = _StageHandler(progress, task)
+        library_logger.addHandler(handler)
+        previous_level = library_logger.level
+        library_logger.setLevel(logging.INFO)
+        try:
+            path = build_dataset(build_config, progress=lambda done, total: progress.update(task, completed=done, total=total))
+        finally:
+            library_logger.removeHandler(handler)
+            library_logger.setLevel(previous_level)
+    _print_summary(path)
+
+
+def _print_summary(path: Path) -> None:
+    import json
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    table = Table(title=f"cohort ({path})", show_edge=False)
+    for column in ("step", "stays", "subjects", "removed"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for step in manifest["counts"]["cohort"]:
+        name = step["step"] if step["enabled"] else f"{step['step']} (off)"
+        table.add_row(name, str(step["stays"]), str(step["subjects"]), str(step["removed"]))
+    _console.print(table)
+    ehr, cxr = manifest["shapes"]["ehr"], manifest["shapes"]["cxr"]
+    _console.print(
+        f"ehr.npy {ehr}, cxr.npy {cxr}, content hash {manifest['content_hash'][:16]}; "
+        f"{len(manifest['warnings'])} warning(s) in manifest.json"
+    )
+
+
+@data_app.command("verify")
+@handle_errors
+def verify_command(
+    path: Annotated[Path, typer.Argument(help="A built dataset directory, or a MIMIC-IV root with --raw.")],
+    raw: Annotated[bool, typer.Option("--raw", help="Verify a raw MIMIC-IV tree instead of a dataset.")] = False,
+    mimic_cxr: Annotated[Path | None, typer.Option("--cxr", help="With --raw: the MIMIC-CXR-JPG root.")] = None,
+    counts: Annotated[bool, typer.Option("--counts", help="With --raw: check exact row counts.")] = False,
+    checksums: Annotated[bool, typer.Option("--checksums", help="With --raw: check SHA256SUMS.txt.")] = False,
+    version: Annotated[str, typer.Option("--mimic-iv-version", help="With --raw: declared version.")] = "auto",
+) -> None:
+    """Check a dataset (hashes, shapes, consistency) or, with --raw, a raw MIMIC tree."""
+    from carebench_data.verify import verify_dataset, verify_raw
+
+    if raw:
+        report = verify_raw(path, version, mimic_cxr=mimic_cxr, counts=counts, checksums=checksums)
+    else:
+        report = verify_dataset(path)
+    for warning in report.warnings:
+        _console.print(f"[yellow]warning:[/] {warning}")
+    typer.echo(f"ok: {path} ({', '.join(report.checked)})")
+
+
+def _register_synth() -> None:
+    """Attach `carebench data synth` from the synthetic generator's module when it is installed."""
+    if importlib.util.find_spec("carebench_cli.data_synth_cmd") is None:
+        return
+    from carebench_cli.data_synth_cmd import synth_command
+
+    data_app.command("synth")(synth_command)
+
+
+_register_synth()

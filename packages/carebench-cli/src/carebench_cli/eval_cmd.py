@@ -1,0 +1,187 @@
+"""`carebench eval`: score a predictions file (metrics with bootstrap CIs, fairness, a paired comparison)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import polars as pl
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from carebench_cli.errors import CliError, handle_errors
+
+FORMATS = ("table", "json", "csv", "parquet")
+TABLE_METRICS = (
+    "auroc_score",
+    "auprc_score",
+    "accuracy_score",
+    "f1_score",
+    "kappa_linear_score",
+    "sensitivity_score",
+    "fpr_error",
+    "brier_loss",
+    "expected_calibration_error",
+)
+"""Metrics the readable table shows; `--format csv|json|parquet` gives every row."""
+
+_SUFFIX_FORMATS = {".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _output_format(output_format: str | None, out: Path | None) -> str:
+    if output_format is not None and output_format not in FORMATS:
+        raise CliError(f"--format must be one of {', '.join(FORMATS)}; got {output_format!r}", exit_code=2)
+    if out is None:
+        if output_format == "parquet":
+            raise CliError("--format parquet needs --out FILE", exit_code=2)
+        return output_format or "table"
+    suffix_format = _SUFFIX_FORMATS.get(out.suffix.lower())
+    if suffix_format is None:
+        raise CliError(f"--out {out}: use a .json, .csv or .parquet file", exit_code=2)
+    if output_format not in (None, suffix_format):
+        raise CliError(f"--format {output_format} does not match --out {out.name}", exit_code=2)
+    return suffix_format
+
+
+def _attributes(by: str | None) -> list[str]:
+    if by is None:
+        return []
+    names = [name.strip() for name in by.split(",") if name.strip()]
+    if not names:
+        raise CliError("--by needs attribute names, e.g. --by sex,race", exit_code=2)
+    return names
+
+
+def _ci_text(row: dict[str, Any]) -> str:
+    value, low, high = row["value"], row["ci_low"], row["ci_high"]
+    text = "NaN" if value != value else f"{value:.3f}"
+    if low is not None and high is not None and low == low and high == high:
+        text += f" [{low:.3f}, {high:.3f}]"
+    return text
+
+
+def _display_rows(results: pl.DataFrame) -> pl.DataFrame:
+    """The rows worth reading on a terminal: main metrics, whole-task targets, no per-label rows."""
+    single_target = (
+        results.filter(~pl.col("target").str.starts_with("("))
+        .group_by("task")
+        .agg(pl.col("target").n_unique().alias("targets"))
+        .filter(pl.col("targets") == 1)["task"]
+        .to_list()
+    )
+    return results.filter(
+        pl.col("metric").is_in(TABLE_METRICS)
+        & (pl.col("target").is_in(["(macro)", "(micro)"]) | pl.col("task").is_in(single_target))
+        & (
+            (pl.col("group").is_null())
+            | pl.col("metric").is_in(["sensitivity_score", "fpr_error", "auroc_score"])
+        )
+    )
+
+
+def _print_table(results: pl.DataFrame, console: Console) -> None:
+    shown = _display_rows(results)
+    columns = [
+        name
+        for name in ("model", "baseline", "seed", "fold", "setting", "group_attribute", "group")
+        if shown[name].null_count() < shown.height
+    ]
+    show_statistic = shown.filter(pl.col("statistic") != "estimate").height > 0
+    show_p = shown["p_value"].null_count() < shown.height
+    show_notes = shown["notes"].null_count() < shown.height
+    headers = [*columns, "task", "metric", "target"]
+    headers += (
+        ["statistic"] * show_statistic + ["value [95% CI]", "n"] + ["p"] * show_p + ["notes"] * show_notes
+    )
+    table = Table(show_lines=False, header_style="bold")
+    for name in headers:
+        table.add_column(
+            name, justify="right" if name in ("n", "p", "value [95% CI]") else "left", no_wrap=name != "notes"
+        )
+    for row in shown.iter_rows(named=True):
+        p_value = row["p_adjusted"] if row["p_adjusted"] is not None else row["p_value"]
+        cells = ["" if row[name] is None else str(row[name]) for name in columns]
+        cells += [row["task"], row["metric"], row["target"]]
+        cells += [row["statistic"]] * show_statistic + [_ci_text(row), str(row["n"])]
+        cells += ["" if p_value is None else f"{p_value:.4g}"] * show_p + [row["notes"] or ""] * show_notes
+        table.add_row(*cells)
+    console.print(table)
+    console.print(
+        f"[dim]{shown.height} of {results.height} rows shown; "
+        "--format csv|json or --out FILE for every row (per label, thresholds, rates).[/]"
+    )
+
+
+@handle_errors
+def eval_command(
+    predictions: Annotated[
+        list[str], typer.Argument(help="Predictions: .parquet, .csv or .csv.gz files or glob patterns.")
+    ],
+    by: Annotated[
+        str | None, typer.Option("--by", help="Fairness attributes, comma-separated, e.g. sex,race.")
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", min=0, help="Bootstrap replicates for CIs (0 = no CI).")
+    ] = 1000,
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option("--compare", help="Paired comparison of two models: --compare MODEL_A MODEL_B."),
+    ] = None,
+    output_format: Annotated[
+        str | None,
+        typer.Option("--format", help="table, json, csv or parquet (default: table, or --out's suffix)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the results to this .json/.csv/.parquet file.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random state of bootstrap and permutations.")] = 0,
+) -> None:
+    """Score predictions: metrics with patient-clustered bootstrap CIs, optional fairness and comparison."""
+    import carebench_eval as ce
+    from carebench_eval.io import frame_info
+    from carebench_eval.schema import results_json, sort_results
+
+    chosen_format = _output_format(output_format, out)
+    attributes = _attributes(by)
+    preds = ce.read_predictions(predictions)
+    parts = [ce.score(preds, n_boot=bootstrap, random_state=seed)]
+    if attributes:
+        from carebench_eval.fairness import fairness
+
+        parts.append(fairness(preds, attributes=attributes, n_boot=bootstrap, random_state=seed))
+    if compare is not None:
+        from carebench_eval.compare import compare as compare_models
+
+        model_a, model_b = compare
+        if "model" not in preds.columns:
+            raise CliError("--compare needs a 'model' column in the predictions", exit_code=2)
+        models = set(preds["model"].unique().to_list())
+        missing = [name for name in compare if name not in models]
+        if missing:
+            raise CliError(
+                f"--compare: model(s) {missing} not in predictions; available: {sorted(models)}", exit_code=2
+            )
+        parts.append(compare_models((preds, model_a), (preds, model_b), n_boot=bootstrap, random_state=seed))
+    results = sort_results(pl.concat(parts, how="vertical"))
+    provenance = {
+        "function": "carebench eval",
+        "arguments": {
+            "predictions": predictions,
+            "by": attributes,
+            "bootstrap": bootstrap,
+            "compare": list(compare) if compare else None,
+            "seed": seed,
+        },
+        "inputs": frame_info(preds).get("inputs", []),
+    }
+    if out is not None:
+        ce.write_results(results, out, provenance=provenance)
+        Console(stderr=True).print(f"wrote {results.height} rows to {out}")
+    elif chosen_format == "json":
+        sys.stdout.write(results_json(results, provenance=provenance))
+    elif chosen_format == "csv":
+        sys.stdout.write(results.write_csv(null_value=""))
+    else:
+        _print_table(results, Console())

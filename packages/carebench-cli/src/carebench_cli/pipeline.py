@@ -1,0 +1,319 @@
+"""One run of the grid: train a model, predict validation and every test setting, write the run store.
+
+This is where data (the loader), models (the trainer) and eval (quick point metrics) meet; the three
+libraries only exchange plain data (DESIGN §2, §5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from carebench_cli.grid import RunSpec
+from carebench_cli.run_store import (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    VAL_PREDICTIONS_FILE,
+    WEIGHTS_FILE,
+    RunStore,
+)
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+TEST_MISSINGNESS_SEED = 0
+"""Seed of the test-time CXR removal. Fixed (not the training seed) so that every model and seed is
+scored on the same perturbed test set, which paired comparisons need."""
+
+PRIMARY_METRICS: Mapping[str, str] = {
+    "binary": "auprc_score",
+    "multilabel": "auprc_score",
+    "multiclass": "accuracy_score",
+}
+"""Primary metric per task kind (eval.md §5.5), shown live and stored in `metrics.json`."""
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """Progress callbacks of one run (all optional)."""
+
+    on_epoch: ProgressCallback | None = None
+    on_batch: ProgressCallback | None = None
+    on_phase: Callable[[str], None] | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What the live table shows about a finished run."""
+
+    epochs: int
+    val_metric: float | None
+    test_metric: float | None
+    test_metric_name: str
+    seconds: float
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda` when a GPU is visible, else `cpu`.
+
+    Raises:
+        CliError: `cuda` was asked for but no GPU is visible.
+    """
+    import torch
+
+    from carebench_cli.errors import CliError
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    return device
+
+
+COHORT_DEFAULTS_KEY: Mapping[str, str] = {"base": "full", "matched": "paired"}
+"""carebench cohort name -> the cohort key of the models' bundled per-task defaults."""
+
+
+def bundled_defaults(model: str, task: str, cohort: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The models package's per-(model, task, cohort) defaults: (model config overrides, trainer overrides)."""
+    from carebench_models.defaults import task_defaults
+
+    defaults = task_defaults(model, task, COHORT_DEFAULTS_KEY[cohort])
+    return dict(defaults.config), dict(defaults.train)
+
+
+def train_config_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """TOML/JSON lists -> tuples (e.g. `betas`), as the frozen TrainConfig expects."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+
+
+def feature_count(dataset_dir: Path) -> int:
+    """F, the number of EHR features of a dataset (`features.json`)."""
+    features = json.loads((dataset_dir / "features.json").read_text(encoding="utf-8"))
+    if isinstance(features, dict):
+        features = features.get("features", features)
+    return len(features)
+
+
+def model_metadata(name: str) -> dict[str, Any]:
+    """Registry facts about a model (group, paper), stored in `metrics.json` so reports need no registry."""
+    from carebench_models import model_info
+
+    info = model_info(name)
+    return {
+        "group": info.group,
+        "paper": info.paper,
+        "custom_step": info.custom_step,
+        "batch_dependent": info.batch_dependent,
+    }
+
+
+class ProgressDataset:
+    """A map-style dataset proxy that reports batches fetched per pass to a progress callback.
+
+    The trainer fetches whole batches through `__getitems__` (DataLoader with a batch sampler), so
+    each call is one batch; a pass ends when every row has been fetched once.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, progress: ProgressCallback | None) -> None:
+        self.dataset = dataset
+        self.progress = progress
+        self.total_batches = max(1, -(-len(dataset) // batch_size))
+        self._rows = 0
+        self._batches = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.dataset[index]
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        batch = self.dataset.__getitems__(indices)
+        self._rows += len(indices)
+        self._batches += 1
+        if self.progress is not None:
+            done = self._rows >= len(self.dataset)
+            self.progress(
+                self.total_batches if done else min(self._batches, self.total_batches), self.total_batches
+            )
+        if self._rows >= len(self.dataset):
+            self._rows = self._batches = 0
+        return batch
+
+    @property
+    def has_cxr(self) -> np.ndarray:
+        """CXR availability per row, after simulated missingness (the trainer orders samples by it)."""
+        return np.asarray(self.dataset.has_cxr)
+
+    def collate(self, batch: Any) -> Any:
+        """The wrapped dataset's collate (batches arrive stacked from `__getitems__`)."""
+        return self.dataset.collate(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (set_epoch, stay_ids, task, attributes, ...) is the wrapped dataset's.
+        return getattr(self.dataset, name)
+
+
+def _attributes_for(dataset: Any, stay_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The dataset's sensitive attributes (and subject ids), reordered to follow `stay_ids`."""
+    attributes = dataset.attributes()
+    position = {int(stay): index for index, stay in enumerate(np.asarray(dataset.stay_ids))}
+    order = np.fromiter((position[int(stay)] for stay in stay_ids), dtype=np.int64, count=len(stay_ids))
+    return {name: np.asarray(values)[order] for name, values in attributes.items()}
+
+
+def _long_frame(prediction: Any, task: Any, dataset: Any, *, spec: RunSpec, setting: str) -> pl.DataFrame:
+    """DESIGN §5 long predictions of one pass, with run keys and sensitive attributes."""
+    from carebench_models.export import long_predictions
+
+    stay_ids = np.asarray(prediction.stay_id)
+    extra = _attributes_for(dataset, stay_ids)
+    columns = long_predictions(
+        prediction,
+        task,
+        extra=extra,
+        model=spec.model,
+        seed=spec.seed,
+        fold=spec.fold,
+        setting=setting,
+    )
+    return pl.DataFrame({name: np.asarray(values) for name, values in columns.items()})
+
+
+def quick_metric(frame: pl.DataFrame, *, kind: str) -> float:
+    """The task's primary metric as a point estimate (no CI), for the live table and `metrics.json`."""
+    import carebench_eval as ce
+
+    from carebench_cli.report.tidy import summary_target, value_of, where
+
+    name = PRIMARY_METRICS[kind]
+    table = ce.score(frame, metrics=[name], n_boot=0, aggregate=())
+    task = str(frame["task"][0])
+    value = value_of(where(table, metric=name, target=summary_target(table, task=task, metric=name)))
+    return float("nan") if value is None else value
+
+
+def execute_run(
+    spec: RunSpec,
+    *,
+    store: RunStore,
+    dataset_dir: Path,
+    task_info: Any,
+    device: str,
+    hooks: RunHooks | None = None,
+) -> RunResult:
+    """Train one model and write its run directory; `DONE` is written last.
+
+    Args:
+        spec: the run.
+        store: the run store; a partial directory of this run is removed first.
+        dataset_dir: benchmark dataset directory (DESIGN §1).
+        task_info: `carebench_data.tasks.TaskInfo` of `spec.task`.
+        device: `cpu` or `cuda` (already resolved).
+        hooks: progress callbacks.
+
+    Returns:
+        Summary numbers for the live table.
+    """
+    from carebench_data.torch import CarebenchDataset
+    from carebench_models import TaskSpec, create_model, save_weights
+    from carebench_models.training import TrainConfig, Trainer
+
+    hooks = hooks or RunHooks()
+    started = time.perf_counter()
+    writer = store.start(spec)
+    task = TaskSpec.from_info(task_info)
+    overrides = {"ehr_features": feature_count(dataset_dir), **dict(spec.hparams)}
+    model = create_model(spec.model, task=task, profile=spec.profile, **overrides)
+    image_size = int(model.config.image_size)
+
+    def dataset(split: str, missingness: tuple[str, ...], seed: int) -> Any:
+        return CarebenchDataset(
+            dataset_dir,
+            task=spec.task,
+            cohort=spec.cohort,
+            fold=spec.fold,
+            split=split,
+            missingness=missingness,
+            augment=split == "train",
+            image_size=image_size,
+            seed=seed,
+        )
+
+    train_config = TrainConfig.for_profile(
+        spec.profile, **{"seed": spec.seed, "device": device, **train_config_values(spec.train)}
+    )
+    train_ds = ProgressDataset(
+        dataset("train", spec.train_missingness, spec.seed), train_config.batch_size, hooks.on_batch
+    )
+    val_ds = ProgressDataset(dataset("val", (), spec.seed), train_config.eval_batch_size, hooks.on_batch)
+    trainer = Trainer(model, train_config)
+
+    if hooks.on_phase:
+        hooks.on_phase("training")
+    fit = trainer.fit(train_ds, val_ds, progress=hooks.on_epoch)
+    writer.write_train_log(list(fit.epochs))
+
+    if hooks.on_phase:
+        hooks.on_phase("predict val")
+    val_frame = _long_frame(
+        trainer.predict(val_ds), task, val_ds.dataset, spec=spec, setting=spec.setting_name("natural")
+    )
+    writer.write_parquet(VAL_PREDICTIONS_FILE, val_frame)
+
+    test_frames: list[pl.DataFrame] = []
+    test_metrics: dict[str, float] = {}
+    for test_setting in spec.test_settings:
+        if hooks.on_phase:
+            hooks.on_phase(f"predict {test_setting}")
+        missingness = () if test_setting == "natural" else (test_setting,)
+        test_ds = ProgressDataset(
+            dataset("test", missingness, TEST_MISSINGNESS_SEED), train_config.eval_batch_size, hooks.on_batch
+        )
+        setting = spec.setting_name(test_setting)
+        frame = _long_frame(trainer.predict(test_ds), task, test_ds.dataset, spec=spec, setting=setting)
+        test_frames.append(frame)
+        test_metrics[setting] = quick_metric(frame, kind=task.kind)
+    writer.write_parquet(PREDICTIONS_FILE, pl.concat(test_frames, how="vertical"))
+
+    with writer.file(WEIGHTS_FILE) as temporary:
+        save_weights(model, temporary)
+    seconds = time.perf_counter() - started
+    primary = PRIMARY_METRICS[task.kind]
+    val_metric = quick_metric(val_frame, kind=task.kind)
+    natural = spec.setting_name("natural")
+    writer.write_json(
+        METRICS_FILE,
+        {
+            "run_id": spec.run_id,
+            "model_info": model_metadata(spec.model),
+            "task_kind": task.kind,
+            "primary_metric": primary,
+            "val": {primary: val_metric},
+            "test": {setting: {primary: value} for setting, value in test_metrics.items()},
+            "best_epoch": fit.best_epoch,
+            "epochs": len(fit.epochs),
+            "n_train": len(train_ds),
+            "n_val": len(val_ds),
+            "seconds": round(seconds, 3),
+            "device": device,
+        },
+    )
+    writer.finish()
+    return RunResult(
+        epochs=len(fit.epochs),
+        val_metric=val_metric,
+        test_metric=test_metrics.get(natural),
+        test_metric_name=primary.removesuffix("_score"),
+        seconds=seconds,
+    )

@@ -1,0 +1,135 @@
+"""`carebench report`: aggregate the finished runs of a run store with carebench_eval.
+
+It writes `report.md`, a self-contained `index.html`, PNG figures and the tidy result tables (no
+row-level data).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+from carebench_cli.config import ReportConfig
+from carebench_cli.report.collect import RunCollection, collect_runs
+from carebench_cli.report.context import ReportContext, metric_label
+from carebench_cli.report.document import Report, Section, render_html, render_markdown
+from carebench_cli.report.formatting import fmt_ci
+from carebench_cli.report.sections import (
+    fairness_section,
+    fusion_section,
+    overview_section,
+    robustness_section,
+    strategies_section,
+)
+from carebench_cli.report.tidy import ordered, value_of
+
+__all__ = ["build_report", "write_report_dir"]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_DIR = "results"
+
+
+def _summary(context: ReportContext) -> list[str]:
+    lines = []
+    for cohort in context.cohorts:
+        for task in context.tasks(cohort):
+            metric = context.primary(task)
+            values = context.headline_values(context.score(cohort), task=task, metric=metric)
+            best = ordered(list(values), by={model: value_of(rows) for model, rows in values.items()})
+            if not best:
+                continue
+            row = values[best[0]].row(0, named=True)
+            lines.append(
+                f"{cohort} cohort, {task}: best test {metric_label(metric)} {best[0]} "
+                f"{fmt_ci(row['value'], row['ci_low'], row['ci_high'])}."
+            )
+    return lines
+
+
+def _methods(context: ReportContext) -> Section:
+    import carebench_eval
+
+    config = context.config
+    return Section(
+        "Methods",
+        paragraphs=[
+            f"Statistics by carebench_eval {carebench_eval.__version__}: patient-clustered percentile "
+            f"bootstrap ({config.n_boot} replicates, 95% level), paired permutation tests ({config.n_perm} "
+            f"permutations, two-sided, +1 correction), random_state {config.random_state}. Holm for headline "
+            "claims, Benjamini-Hochberg for screens (pairwise grid, per-label gains).",
+            "Primary metrics: AUPRC for mortality, macro AUPRC for phenotype, accuracy for length of stay "
+            "(eval.md §5.5). Best unimodal and best fusion models are chosen on validation predictions.",
+            f"Tidy result tables (aggregates only, never row-level predictions) are in `{RESULTS_DIR}/`.",
+        ],
+    )
+
+
+def build_report(
+    collection: RunCollection, *, config: ReportConfig, status: Callable[[str], None] | None = None
+) -> tuple[Report, dict[str, pl.DataFrame]]:
+    """Compute every section of the report.
+
+    Returns:
+        The report and the tidy result tables behind it (name -> eval.md §8.1 frame).
+    """
+    context = ReportContext(collection=collection, config=config, status=status or (lambda message: None))
+    sections = [
+        overview_section(context),
+        fusion_section(context),
+        strategies_section(context),
+        robustness_section(context),
+        fairness_section(context),
+    ]
+    report = Report(
+        title="carebench report",
+        summary=[f"Run store: {collection.root}.", *_summary(context)],
+        sections=[*sections, _methods(context)],
+    )
+    results = {name: frame for name, frame in context.results.items() if not name.startswith("_")}
+    return report, results
+
+
+def write_report_dir(
+    runs_dir: Path,
+    *,
+    config: ReportConfig,
+    out_dir: Path | None = None,
+    status: Callable[[str], None] | None = None,
+) -> Path:
+    """Build the report of `runs_dir` and write it to `out_dir` (default `<runs_dir>/report`), atomically.
+
+    Returns:
+        The report directory (holding `index.html`, `report.md`, `*.png`, `results/*.csv`).
+    """
+    import carebench_eval as ce
+
+    collection = collect_runs(runs_dir)
+    report, results = build_report(collection, config=config, status=status)
+    target = out_dir or runs_dir / "report"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        (staging / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        (staging / "index.html").write_text(render_html(report), encoding="utf-8")
+        for figure in report.figures:
+            (staging / figure.filename).write_bytes(figure.png)
+        (staging / RESULTS_DIR).mkdir()
+        for name, frame in sorted(results.items()):
+            ce.write_results(frame, staging / RESULTS_DIR / f"{name}.csv", provenance={"runs": str(runs_dir)})
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+            target.rename(old)
+        staging.rename(target)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target

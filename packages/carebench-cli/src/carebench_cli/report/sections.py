@@ -1,0 +1,1034 @@
+"""The report's sections: an overview of the runs and the paper's four questions (eval.md §9).
+
+Each section calls carebench_eval on the finished runs' predictions, keeps the tidy results in
+`ReportContext.results`, and turns them into display tables (strings) and figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+from carebench_cli.models_cmd import group_title
+from carebench_cli.report import plots
+from carebench_cli.report.context import (
+    CXR_ONLY_MODEL,
+    EHR_ONLY_MODELS,
+    TABLE_METRICS,
+    ReportContext,
+    metric_label,
+    parse_setting,
+)
+from carebench_cli.report.document import Figure, Section, Table
+from carebench_cli.report.formatting import fmt_ci, fmt_p, fmt_rate, fmt_sd, fmt_value
+from carebench_cli.report.tidy import headline, ordered, summary_target, value_of, where
+
+SIGNIFICANCE = 0.05
+PAPER_PHENOTYPES: tuple[str, ...] = ("chf", "heart failure", "copd", "obstructive", "pneumonia")
+"""Substrings of the phenotype labels the paper singles out (CHF, COPD, pneumonia)."""
+FAIRNESS_ATTRIBUTES: tuple[str, ...] = ("sex", "age_group", "race", "insurance", "admission_type", "has_cxr")
+GAP_METRICS: tuple[str, ...] = ("sensitivity_score", "fpr_error", "auroc_score")
+
+
+def _row(frame: pl.DataFrame) -> dict[str, object] | None:
+    return frame.row(0, named=True) if frame.height else None
+
+
+def _ci_text(row: dict[str, object] | None, *, signed: bool = False) -> str:
+    if row is None:
+        return "-"
+    return fmt_ci(row["value"], row["ci_low"], row["ci_high"], signed=signed)  # type: ignore[arg-type]
+
+
+def _float(value: object) -> float:
+    return float("nan") if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _table(
+    key: str, caption: str, rows: list[dict[str, str]], columns: Sequence[str], note: str = ""
+) -> Table:
+    frame = (
+        pl.DataFrame(rows, schema=dict.fromkeys(columns, pl.String))
+        if rows
+        else pl.DataFrame(schema=dict.fromkeys(columns, pl.String))
+    )
+    return Table(key=key, caption=caption, frame=frame, note=note)
+
+
+# --------------------------------------------------------------------------------------------------
+# Overview
+
+
+def overview_section(context: ReportContext) -> Section:
+    """Which runs the report covers, and which run directories were left out."""
+    collection = context.collection
+    runs = collection.runs_table()
+    section = Section("Runs")
+    skipped = len(collection.skipped)
+    section.paragraphs.append(
+        f"{runs.height} finished runs: {len(collection.models)} models × {len(collection.tasks)} tasks "
+        f"({', '.join(collection.tasks)}), cohorts {', '.join(sorted(runs['cohort'].unique().to_list()))}, "
+        f"folds {', '.join(map(str, sorted(runs['fold'].unique().to_list())))}, "
+        f"seeds {', '.join(map(str, sorted(runs['seed'].unique().to_list())))}, "
+        f"profile {', '.join(sorted(runs['profile'].unique().to_list()))}."
+        + (
+            f" {skipped} unfinished run director(ies) were left out (rerun `carebench run` to redo them)."
+            if skipped
+            else ""
+        )
+    )
+    settings = sorted(collection.test["setting"].unique().to_list())
+    section.paragraphs.append(
+        "Test settings (each trained model scored under each, without retraining): "
+        + ", ".join(settings)
+        + "."
+    )
+    summary = (
+        runs.group_by("model", "task")
+        .agg(
+            pl.len().alias("runs"),
+            pl.col("epochs").mean().alias("epochs"),
+            pl.col("val_metric").mean().alias("val"),
+            pl.col("seconds").sum().alias("seconds"),
+        )
+        .sort("model", "task")
+    )
+    rows = [
+        {
+            "model": row["model"],
+            "group": group_title(collection.model_groups.get(row["model"], "unknown")),
+            "task": row["task"],
+            "runs": str(row["runs"]),
+            "mean epochs": fmt_value(row["epochs"], digits=1),
+            f"validation {metric_label(context.primary(row['task']))}": fmt_value(row["val"]),
+            "train + predict time": f"{row['seconds']:.0f} s",
+        }
+        for row in summary.iter_rows(named=True)
+    ]
+    columns = ["model", "group", "task", "runs", "mean epochs", "validation primary", "train + predict time"]
+    for row in rows:
+        row["validation primary"] = next(value for key, value in row.items() if key.startswith("validation "))
+    rows = [{column: row[column] for column in columns} for row in rows]
+    section.tables.append(_table("runs", "Finished runs per model and task", rows, columns))
+    return section
+
+
+# --------------------------------------------------------------------------------------------------
+# Q1: when does fusion help?
+
+
+def _forest_rows(frame: pl.DataFrame) -> list[plots.Interval]:
+    rows = []
+    for row in frame.sort("value", descending=True, nulls_last=True).iter_rows(named=True):
+        label = str(row["target"])
+        rows.append(
+            plots.Interval(
+                label=label,
+                value=_float(row["value"]),
+                low=_float(row["ci_low"]),
+                high=_float(row["ci_high"]),
+                marked=row["p_adjusted"] is not None and row["p_adjusted"] < SIGNIFICANCE,
+                highlighted=any(key in label.lower().replace("_", " ") for key in PAPER_PHENOTYPES),
+            )
+        )
+    return rows
+
+
+def fusion_section(context: ReportContext) -> Section:
+    """Q1: fusion gain over the best unimodal model, per cohort, split by CXR availability, per phenotype."""
+    import carebench_eval as ce
+
+    config = context.config
+    section = Section("Q1. When does multimodal fusion help?")
+    section.paragraphs.append(
+        "Δ = fused model − best unimodal baseline (chosen per task on validation predictions) on the "
+        "task's primary metric, with a paired cluster-bootstrap 95% CI and a paired permutation p, "
+        "Holm-corrected across the fused models of a task. The paper's finding: fusion helps when both "
+        "modalities are present, and the gain shrinks on the base cohort, where most stays lack a CXR."
+    )
+    for cohort in context.cohorts:
+        rows: list[dict[str, str]] = []
+        split_rows: list[dict[str, str]] = []
+        for task in context.tasks(cohort):
+            fused, unimodal = context.fused(cohort, task), context.unimodal(cohort, task)
+            if not fused or not unimodal:
+                continue
+            metric = context.primary(task)
+            context.status(f"fusion gain: {cohort} / {task}")
+            test, val = context.test(cohort, task=task), context.val(cohort, task=task)
+            gain = ce.fusion_gain(
+                test,
+                fused=fused,
+                unimodal=unimodal,
+                metrics=[metric],
+                select_on=val,
+                correction="holm",
+                n_perm=config.n_perm,
+                n_boot=config.n_boot,
+                random_state=config.random_state,
+            )
+            context.results[f"fusion_gain_{cohort}_{task}"] = gain
+            scores = context.headline_values(context.score(cohort), task=task, metric=metric)
+            target = summary_target(gain, task=task, metric=metric)
+            summary = where(gain, task=task, metric=metric, target=target, group_attribute=None)
+            for model in fused:
+                row = _row(headline(summary.filter(pl.col("model") == model)))
+                rows.append(
+                    {
+                        "task": task,
+                        "model": model,
+                        metric_label(metric): _ci_text(_row(scores.get(model, pl.DataFrame()))),
+                        "best unimodal": str(row["baseline"]) if row else "-",
+                        "Δ [95% CI]": _ci_text(row, signed=True),
+                        "p": fmt_p(row["p_value"]) if row else "-",  # type: ignore[arg-type]
+                        "p (Holm)": fmt_p(row["p_adjusted"]) if row else "-",  # type: ignore[arg-type]
+                    }
+                )
+            if cohort == "base" and "has_cxr" in test.columns:
+                by = ce.fusion_gain(
+                    test,
+                    fused=fused,
+                    unimodal=unimodal,
+                    metrics=[metric],
+                    select_on=val,
+                    by="has_cxr",
+                    correction="holm",
+                    n_perm=config.n_perm,
+                    n_boot=config.n_boot,
+                    random_state=config.random_state,
+                )
+                context.results[f"fusion_gain_by_cxr_{cohort}_{task}"] = by
+                for model in fused:
+                    cells = {"task": task, "model": model}
+                    for group, label in (("true", "CXR present"), ("false", "CXR absent")):
+                        row = _row(
+                            headline(
+                                where(
+                                    by,
+                                    model=model,
+                                    metric=metric,
+                                    target=target,
+                                    group_attribute="has_cxr",
+                                    group=group,
+                                )
+                            )
+                        )
+                        cells[f"Δ {label}"] = _ci_text(row, signed=True)
+                        cells[f"p (Holm), {label}"] = fmt_p(row["p_adjusted"]) if row else "-"  # type: ignore[arg-type]
+                        cells[f"n, {label}"] = str(row["n"]) if row else "-"
+                    split_rows.append(cells)
+        if not rows:
+            section.paragraphs.append(
+                f"{cohort} cohort: fusion gain needs at least one unimodal baseline and one fusion model per task."
+            )
+            continue
+        columns = list(rows[0])
+        section.tables.append(
+            _table(
+                f"fusion_gain_{cohort}",
+                f"Table 1 ({cohort} cohort). Fused model vs best unimodal baseline, primary metric",
+                [dict(zip(columns, [row.get(c, "-") for c in columns], strict=True)) for row in rows],
+                columns,
+            )
+        )
+        if split_rows:
+            section.tables.append(
+                _table(
+                    f"fusion_gain_by_cxr_{cohort}",
+                    f"Table 1b ({cohort} cohort). Fusion gain split by CXR availability at test time",
+                    split_rows,
+                    list(split_rows[0]),
+                )
+            )
+        section.figures.extend(_phenotype_forest(context, cohort))
+    return section
+
+
+def _phenotype_forest(context: ReportContext, cohort: str) -> list[Figure]:
+    """Figure 1: per-label Δ AUPRC of the best fusion model vs the best unimodal model (BH-corrected)."""
+    import carebench_eval as ce
+
+    figures = []
+    for task in context.tasks(cohort):
+        if context.kinds[task] != "multilabel":
+            continue
+        fused, unimodal = context.fused(cohort, task), context.unimodal(cohort, task)
+        best = context.best(cohort, task, fused)
+        if best is None or not unimodal:
+            continue
+        context.status(f"per-label fusion gain: {cohort} / {task}")
+        per_label = ce.fusion_gain(
+            context.test(cohort, task=task),
+            fused=[best],
+            unimodal=unimodal,
+            metrics=["auprc_score"],
+            targets="per_label",
+            select_on=context.val(cohort, task=task),
+            correction="bh",
+            n_perm=context.config.n_perm,
+            n_boot=context.config.n_boot,
+            random_state=context.config.random_state,
+        )
+        context.results[f"fusion_gain_per_label_{cohort}_{task}"] = per_label
+        labels = headline(where(per_label, model=best, metric="auprc_score", group_attribute=None)).filter(
+            ~pl.col("target").str.starts_with("(")
+        )
+        if labels.height == 0:
+            continue
+        baseline = str(labels["baseline"][0])
+        figures.append(
+            Figure(
+                key=f"fig1_phenotype_gain_{cohort}",
+                caption=(
+                    f"Figure 1 ({cohort} cohort). Per-phenotype Δ AUPRC, {best} − {baseline} (best unimodal), "
+                    "95% CI; filled = BH-adjusted p < 0.05; CHF, COPD and pneumonia in colour."
+                ),
+                png=plots.forest_plot(
+                    _forest_rows(labels), title=f"{task}: {best} − {baseline}", xlabel="Δ AUPRC"
+                ),
+            )
+        )
+    return figures
+
+
+# --------------------------------------------------------------------------------------------------
+# Q2: how do fusion strategies compare?
+
+
+def _leaderboard(context: ReportContext, cohort: str, task: str) -> tuple[list[dict[str, str]], list[str]]:
+    import carebench_eval as ce
+
+    scores = context.score(cohort)
+    kind = context.kinds[task]
+    metric = context.primary(task)
+    primary = context.headline_values(scores, task=task, metric=metric)
+    models = ordered(list(primary), by={model: value_of(rows) for model, rows in primary.items()})
+    if not models:
+        return [], []
+    best = models[0]
+    tied: set[str] = {best}
+    if len(models) > 1:
+        context.status(f"comparisons with the best model: {cohort} / {task}")
+        versus = ce.compare_grid(
+            context.test(cohort, task=task),
+            reference=best,
+            metrics=[metric],
+            correction="holm",
+            n_perm=context.config.n_perm,
+            n_boot=context.config.n_boot,
+            random_state=context.config.random_state,
+        )
+        context.results[f"compare_best_{cohort}_{task}"] = versus
+        target = summary_target(versus, task=task, metric=metric)
+        for row in headline(where(versus, metric=metric, target=target, group_attribute=None)).iter_rows(
+            named=True
+        ):
+            if row["p_adjusted"] is None or not row["p_adjusted"] < SIGNIFICANCE:
+                tied.add(str(row["model"]))
+    columns = ["rank", "model", "group"]
+    rows = []
+    for rank, model in enumerate(models, start=1):
+        cells = {
+            "rank": str(rank),
+            "model": model + (" •" if model in tied else ""),
+            "group": group_title(context.collection.model_groups.get(model, "unknown")),
+        }
+        for name in TABLE_METRICS[kind]:
+            row = _row(context.headline_values(scores, task=task, metric=name).get(model, pl.DataFrame()))
+            label = metric_label(name) + (" (macro)" if kind != "binary" and name != "accuracy_score" else "")
+            cells[label] = _ci_text(row)
+            if label not in columns:
+                columns.append(label)
+        sd = where(scores, model=model, task=task, metric=metric, statistic="seed_sd")
+        sd = sd.filter(
+            pl.col("target") == summary_target(scores, task=task, metric=metric),
+            pl.col("group_attribute").is_null(),
+        )
+        n_runs = value_of(primary[model], "n_runs")
+        cells[f"seed SD ({metric_label(metric)})"] = fmt_sd(value_of(sd), int(n_runs) if n_runs else None)
+        rows.append(cells)
+    columns.append(f"seed SD ({metric_label(metric)})")
+    return rows, columns
+
+
+def _pairwise_heatmap(context: ReportContext, cohort: str, task: str) -> Figure | None:
+    import carebench_eval as ce
+
+    models = context.models(cohort, task)
+    if len(models) < 2:
+        return None
+    metric = context.primary(task)
+    context.status(f"all pairwise comparisons: {cohort} / {task}")
+    pairs = ce.compare_grid(
+        context.test(cohort, task=task),
+        pairs="all",
+        metrics=[metric],
+        correction="bh",
+        n_perm=context.config.n_perm,
+        n_boot=context.config.n_boot,
+        random_state=context.config.random_state,
+    )
+    context.results[f"compare_all_{cohort}_{task}"] = pairs
+    target = summary_target(pairs, task=task, metric=metric)
+    rows = headline(where(pairs, metric=metric, target=target, group_attribute=None))
+    matrix = np.full((len(models), len(models)), np.nan)
+    notes = [["" for _ in models] for _ in models]
+    for row in rows.iter_rows(named=True):
+        if row["model"] not in models or row["baseline"] not in models:
+            continue
+        i, j = models.index(row["model"]), models.index(row["baseline"])
+        delta = _float(row["value"])
+        star = "*" if row["p_adjusted"] is not None and row["p_adjusted"] < SIGNIFICANCE else ""
+        matrix[i, j], matrix[j, i] = delta, -delta
+        notes[i][j], notes[j][i] = f"{delta:+.3f}{star}", f"{-delta:+.3f}{star}"
+    return Figure(
+        key=f"fig2_pairwise_{cohort}_{task}",
+        caption=(
+            f"Figure 2 ({cohort} cohort, {task}). Pairwise Δ {metric_label(metric)} (row − column); "
+            "* = BH-adjusted permutation p < 0.05."
+        ),
+        png=plots.heatmap(
+            matrix,
+            row_labels=models,
+            column_labels=models,
+            title=f"{task}: Δ {metric_label(metric)}",
+            colorbar_label=f"Δ {metric_label(metric)}",
+            annotations=notes,
+        ),
+    )
+
+
+def _modality_contribution(
+    context: ReportContext, cohort: str, task: str
+) -> tuple[list[dict[str, str]], Figure | None]:
+    import carebench_eval as ce
+
+    natural = context.natural_setting(cohort)
+    withheld = f"{natural}+test_cxr_mcar_1.0"
+    frame = context.test(cohort, task=task, natural=False).filter(
+        pl.col("setting").is_in([natural, withheld])
+    )
+    fused = context.fused(cohort, task)
+    if withheld not in frame["setting"].unique().to_list() or not fused:
+        return [], None
+    metric = context.primary(task)
+    context.status(f"modality contribution: {cohort} / {task}")
+    unimodal_cxr = CXR_ONLY_MODEL if CXR_ONLY_MODEL in context.models(cohort, task) else None
+    contribution = ce.modality_contribution(
+        frame.filter(pl.col("model").is_in(fused + ([unimodal_cxr] if unimodal_cxr else []))),
+        full=natural,
+        withheld={"cxr": withheld},
+        unimodal_cxr=unimodal_cxr,
+        metrics=[metric],
+        n_perm=context.config.n_perm,
+        n_boot=context.config.n_boot,
+        random_state=context.config.random_state,
+    )
+    context.results[f"modality_contribution_{cohort}_{task}"] = contribution
+    target = summary_target(contribution, task=task, metric=metric)
+    rows, intervals = [], []
+    for model in fused:
+        drop = _row(
+            headline(
+                where(contribution, model=model, metric=metric, target=target, statistic="modality_drop")
+            )
+        )
+        drop = drop or _row(
+            where(contribution, model=model, metric=metric, target=target, statistic="modality_drop")
+        )
+        use = _row(
+            where(contribution, model=model, metric=metric, target=target, statistic="cxr_utilization")
+        )
+        rows.append(
+            {
+                "task": task,
+                "model": model,
+                f"D_CXR ({metric_label(metric)})": _ci_text(drop, signed=True),
+                "p": fmt_p(drop["p_value"]) if drop else "-",  # type: ignore[arg-type]
+                "CXR utilization": _ci_text(use),
+            }
+        )
+        if drop is not None:
+            intervals.append(
+                plots.Interval(
+                    label=model,
+                    value=_float(drop["value"]),
+                    low=_float(drop["ci_low"]),
+                    high=_float(drop["ci_high"]),
+                    marked=drop["p_value"] is not None and drop["p_value"] < SIGNIFICANCE,
+                )
+            )
+    figure = None
+    if intervals:
+        figure = Figure(
+            key=f"fig3_modality_drop_{cohort}_{task}",
+            caption=(
+                f"Figure 3 ({cohort} cohort, {task}). D_CXR: drop in {metric_label(metric)} when every test "
+                "CXR is withheld (test_cxr_mcar_1.0), 95% CI; filled = permutation p < 0.05."
+            ),
+            png=plots.bar_chart(
+                intervals, title=f"{task}: CXR contribution", ylabel=f"Δ {metric_label(metric)}"
+            ),
+        )
+    return rows, figure
+
+
+def strategies_section(context: ReportContext) -> Section:
+    """Q2: leaderboard, pairwise comparisons, and how much each fusion model uses the CXR."""
+    section = Section("Q2. How do fusion strategies compare?")
+    section.paragraphs.append(
+        "Leaderboard: mean over seeds and folds with a patient-clustered bootstrap 95% CI (test-set "
+        "sampling uncertainty); the seed SD (model variability) is shown apart and never added to the "
+        "CI. • = not significantly different from the best model (paired permutation test, Holm). "
+        "D_CXR = metric drop when the CXR is withheld from every test stay; a small D_CXR while the "
+        "CXR-only model is informative means the fused model under-uses the image (modality imbalance)."
+    )
+    for cohort in context.cohorts:
+        contribution_rows: list[dict[str, str]] = []
+        for task in context.tasks(cohort):
+            rows, columns = _leaderboard(context, cohort, task)
+            if rows:
+                section.tables.append(
+                    _table(
+                        f"leaderboard_{cohort}_{task}",
+                        f"Table 2 ({cohort} cohort, {task}). Leaderboard, ranked by {metric_label(context.primary(task))}",
+                        rows,
+                        columns,
+                    )
+                )
+            heat = _pairwise_heatmap(context, cohort, task)
+            if heat is not None:
+                section.figures.append(heat)
+            rows_c, figure = _modality_contribution(context, cohort, task)
+            contribution_rows.extend(rows_c)
+            if figure is not None:
+                section.figures.append(figure)
+        if contribution_rows:
+            section.tables.append(
+                _table(
+                    f"modality_contribution_{cohort}",
+                    f"Table 2b ({cohort} cohort). CXR contribution of each fusion model",
+                    contribution_rows,
+                    list(contribution_rows[0]),
+                )
+            )
+    return section
+
+
+# --------------------------------------------------------------------------------------------------
+# Q3: robustness to a missing CXR
+
+
+def robustness_section(context: ReportContext) -> Section:
+    """Q3: degradation curves under test-time MCAR/MNAR CXR removal, areas, break-even rates."""
+    import carebench_eval as ce
+
+    section = Section("Q3. How robust are models to a missing CXR?")
+    section.paragraphs.append(
+        "Each trained model is scored again with the CXR removed from a share of test stays (MCAR: at "
+        "random; MNAR: lowest-acuity stays first), without retraining. area = mean metric over the "
+        "missing-rate range; relative area = area / complete-CXR metric; break-even = the missing rate "
+        "at which the curve meets the best EHR-only model (dashed line)."
+    )
+    for cohort in context.cohorts:
+        summary_rows: list[dict[str, str]] = []
+        for task in context.tasks(cohort):
+            frame = context.test(cohort, task=task, natural=False)
+            mechanisms = sorted(
+                {str(parse_setting(s)["mechanism"]) for s in frame["setting"].unique().to_list()}
+                & {"mcar", "mnar"}
+            )
+            if not mechanisms:
+                continue
+            metric = context.primary(task)
+            context.status(f"robustness: {cohort} / {task}")
+            curves = ce.robustness(
+                frame,
+                axis="test",
+                mechanisms=tuple(mechanisms),
+                metrics=[metric],
+                reference="best_ehr_only",
+                n_boot=context.config.n_boot,
+                random_state=context.config.random_state,
+            )
+            context.results[f"robustness_{cohort}_{task}"] = curves
+            target = summary_target(curves, task=task, metric=metric)
+            points = headline(where(curves, metric=metric, target=target, group_attribute=None))
+            reference = _ehr_reference(context, cohort, task)
+            panels: dict[str, list[plots.Curve]] = {}
+            for mechanism in mechanisms:
+                panel: list[plots.Curve] = []
+                for model in context.models(cohort, task):
+                    if model in EHR_ONLY_MODELS:
+                        continue
+                    series = []
+                    for row in points.filter(pl.col("model") == model).iter_rows(named=True):
+                        parsed = parse_setting(str(row["setting"]))
+                        if parsed["mechanism"] in ("natural", mechanism) and parsed["cohort"] == cohort:
+                            series.append((float(parsed["rate"]), row))
+                    series.sort(key=lambda item: item[0])
+                    if len(series) >= 2:
+                        panel.append(
+                            plots.Curve(
+                                label=model,
+                                rates=[rate for rate, _ in series],
+                                values=[_float(row["value"]) for _, row in series],
+                                low=[_float(row["ci_low"]) for _, row in series],
+                                high=[_float(row["ci_high"]) for _, row in series],
+                            )
+                        )
+                    family = f"test_cxr_{mechanism}"
+                    stats = {
+                        name: _row(
+                            curves.filter(
+                                (pl.col("model") == model)
+                                & (pl.col("metric") == metric)
+                                & (pl.col("statistic") == name)
+                                & (pl.col("target") == target)
+                                & pl.col("setting").str.contains(family)
+                                & pl.col("group_attribute").is_null()
+                            )
+                        )
+                        for name in ("area", "relative_area", "retention", "break_even_rate")
+                    }
+                    if any(stats.values()):
+                        summary_rows.append(
+                            {
+                                "task": task,
+                                "model": model,
+                                "mechanism": mechanism.upper(),
+                                f"area ({metric_label(metric)})": _ci_text(stats["area"]),
+                                "relative area": _ci_text(stats["relative_area"]),
+                                "retention": _ci_text(stats["retention"]),
+                                "break-even rate": fmt_value(
+                                    _float(stats["break_even_rate"]["value"]), digits=2
+                                )
+                                if stats["break_even_rate"]
+                                else "-",
+                            }
+                        )
+                panels[mechanism.upper()] = panel
+            if any(panels.values()):
+                section.figures.append(
+                    Figure(
+                        key=f"fig4_degradation_{cohort}_{task}",
+                        caption=(
+                            f"Figure 4 ({cohort} cohort, {task}). {metric_label(metric)} vs test-time missing-CXR "
+                            "rate, 95% CI bands; dashed: best EHR-only model."
+                        ),
+                        png=plots.degradation_curves(
+                            panels,
+                            title=f"{task}: robustness to a missing CXR",
+                            ylabel=metric_label(metric),
+                            reference=reference,
+                        ),
+                    )
+                )
+        if summary_rows:
+            section.tables.append(
+                _table(
+                    f"robustness_{cohort}",
+                    f"Table 3 ({cohort} cohort). Degradation-curve summaries per model and mechanism",
+                    summary_rows,
+                    list(summary_rows[0]),
+                    note="Rates tested: "
+                    + ", ".join(
+                        sorted(
+                            {
+                                fmt_rate(float(parse_setting(s)["rate"]))
+                                for s in context.test(cohort, natural=False)["setting"].unique().to_list()
+                            }
+                        )
+                    ),
+                )
+            )
+    section.tables.extend(_train_drop_tables(context))
+    return section
+
+
+def _ehr_reference(context: ReportContext, cohort: str, task: str) -> tuple[str, float] | None:
+    metric = context.primary(task)
+    values = context.headline_values(context.score(cohort), task=task, metric=metric)
+    candidates = {model: value_of(rows) for model, rows in values.items() if model in EHR_ONLY_MODELS}
+    finite = {
+        model: value for model, value in candidates.items() if value is not None and not math.isnan(value)
+    }
+    if not finite:
+        return None
+    best = max(finite, key=lambda model: (finite[model], model))
+    return (f"best EHR-only ({best})", finite[best])
+
+
+def _train_drop_tables(context: ReportContext) -> list[Table]:
+    """Table 4: the upstream protocol (CXR dropped from a share of training stays), its own curves."""
+    import carebench_eval as ce
+
+    runs = context.collection.runs_table()
+    drops = sorted(runs["train_cxr_drop"].unique().to_list())
+    if len(drops) < 2:
+        return []
+    rows = []
+    for cohort in sorted(runs["cohort"].unique().to_list()):
+        settings = [
+            setting
+            for setting in context.collection.test["setting"].unique().to_list()
+            if parse_setting(setting)["cohort"] == cohort and parse_setting(setting)["mechanism"] == "natural"
+        ]
+        frame = context.collection.test.filter(pl.col("setting").is_in(settings))
+        for task in context.collection.tasks:
+            metric = context.primary(task)
+            part = frame.filter(pl.col("task") == task)
+            if part.height == 0:
+                continue
+            context.status(f"train-time drop curves: {cohort} / {task}")
+            scores = ce.score(
+                part, metrics=[metric], n_boot=context.config.n_boot, random_state=context.config.random_state
+            )
+            context.results[f"train_drop_{cohort}_{task}"] = scores
+            target = summary_target(scores, task=task, metric=metric)
+            for model in sorted(part["model"].unique().to_list()):
+                cells = {"cohort": cohort, "task": task, "model": model}
+                for row in headline(
+                    where(scores, model=model, metric=metric, target=target, group_attribute=None)
+                ).iter_rows(named=True):
+                    rate = float(parse_setting(str(row["setting"]))["train_drop"])
+                    cells[f"drop {fmt_rate(rate)}"] = _ci_text(row)
+                rows.append(cells)
+    if not rows:
+        return []
+    columns = ["cohort", "task", "model"] + [f"drop {fmt_rate(rate)}" for rate in drops]
+    return [
+        _table(
+            "train_drop",
+            "Table 4. Train-time CXR dropout (upstream protocol: CXR removed from a share of training stays; "
+            "test set untouched), primary metric",
+            [{column: row.get(column, "-") for column in columns} for row in rows],
+            columns,
+        )
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Q4: fairness
+
+
+def fairness_section(context: ReportContext) -> Section:
+    """Q4: per-group metrics at a validation-chosen threshold, gaps with CIs, fusion vs unimodal Δgap."""
+    import carebench_eval as ce
+
+    config = context.config
+    section = Section("Q4. Is fusion fair?")
+    section.paragraphs.append(
+        "Thresholds are chosen on validation predictions (Youden's J) per run. Groups with fewer than 30 "
+        "stays are shown with the note small_group and left out of gaps. A gap CI above 0 does not by "
+        "itself prove a disparity (the plug-in gap is biased upward in small groups). Δgap = gap of the "
+        "best fusion model − gap of the best unimodal model, paired bootstrap CI and permutation p, "
+        "Holm-corrected per task."
+    )
+    for cohort in context.cohorts:
+        gap_rows: list[dict[str, str]] = []
+        group_rows: list[dict[str, str]] = []
+        delta_rows: list[dict[str, str]] = []
+        for task in context.tasks(cohort):
+            test, val = context.test(cohort, task=task), context.val(cohort, task=task)
+            attributes = tuple(
+                a
+                for a in FAIRNESS_ATTRIBUTES
+                if a in test.columns or (a == "age_group" and "age" in test.columns)
+            )
+            if not attributes:
+                continue
+            intersections = [("age_group", "race")] if {"age_group", "race"} <= set(attributes) else []
+            threshold = ce.FromValidation(val, rule="youden")
+            context.status(f"fairness: {cohort} / {task}")
+            fair = ce.fairness(
+                test,
+                attributes=attributes,
+                intersections=intersections,
+                threshold=threshold,
+                n_boot=config.n_boot,
+                random_state=config.random_state,
+            )
+            context.results[f"fairness_{cohort}_{task}"] = fair
+            best_fused = context.best(cohort, task, context.fused(cohort, task))
+            best_unimodal = context.best(cohort, task, context.unimodal(cohort, task))
+            target = summary_target(
+                fair.filter(pl.col("group").is_not_null()), task=task, metric="sensitivity_score"
+            )
+            for model in context.models(cohort, task):
+                for attribute in attributes:
+                    gap = _row(
+                        headline(
+                            where(
+                                fair,
+                                model=model,
+                                metric="sensitivity_score",
+                                statistic="gap",
+                                group_attribute=attribute,
+                                target=target,
+                            )
+                        )
+                    )
+                    worst = _row(
+                        where(
+                            fair,
+                            model=model,
+                            metric="sensitivity_score",
+                            statistic="worst_group",
+                            group_attribute=attribute,
+                            target=target,
+                        )
+                    )
+                    eod = _row(
+                        headline(
+                            where(
+                                fair,
+                                model=model,
+                                metric="equalized_odds_difference",
+                                group_attribute=attribute,
+                                target=target,
+                            )
+                        )
+                    )
+                    dpd = _row(
+                        headline(
+                            where(
+                                fair,
+                                model=model,
+                                metric="demographic_parity_difference",
+                                group_attribute=attribute,
+                                target=target,
+                            )
+                        )
+                    )
+                    gap_rows.append(
+                        {
+                            "task": task,
+                            "model": model,
+                            "attribute": attribute,
+                            "TPR gap": _ci_text(gap),
+                            "worst group (TPR)": f"{worst['group']} ({fmt_value(_float(worst['value']))})"
+                            if worst
+                            else "-",
+                            "EOD": _ci_text(eod),
+                            "EOD from": _note_value(eod, "eod_from"),
+                            "DPD": _ci_text(dpd),
+                        }
+                    )
+            for model in [m for m in (best_fused, best_unimodal) if m is not None]:
+                group_rows.extend(
+                    _group_rows(fair, model=model, task=task, target=target, attributes=attributes)
+                )
+            section.figures.extend(
+                _fairness_figures(
+                    context, fair, cohort, task, [m for m in (best_fused, best_unimodal) if m], target
+                )
+            )
+            if best_fused and best_unimodal:
+                delta_rows.extend(
+                    _delta_gaps(context, cohort, task, best_fused, best_unimodal, attributes, threshold)
+                )
+        if group_rows:
+            section.tables.append(
+                _table(
+                    f"fairness_groups_{cohort}",
+                    f"Table 5 ({cohort} cohort). Per-group metrics of the best fusion and best unimodal models",
+                    group_rows,
+                    list(group_rows[0]),
+                )
+            )
+        if gap_rows:
+            section.tables.append(
+                _table(
+                    f"fairness_gaps_{cohort}",
+                    f"Table 6 ({cohort} cohort). Across-group gaps per model and attribute",
+                    gap_rows,
+                    list(gap_rows[0]),
+                )
+            )
+        if delta_rows:
+            section.tables.append(
+                _table(
+                    f"fairness_delta_{cohort}",
+                    f"Table 6b ({cohort} cohort). Δgap, best fusion − best unimodal",
+                    delta_rows,
+                    list(delta_rows[0]),
+                )
+            )
+    return section
+
+
+def _note_value(row: dict[str, object] | None, token: str) -> str:
+    if row is None or not row.get("notes"):
+        return "-"
+    for note in str(row["notes"]).split(";"):
+        if note.startswith(f"{token}="):
+            return note.split("=", 1)[1]
+    return "-"
+
+
+def _group_rows(
+    fair: pl.DataFrame, *, model: str, task: str, target: str | None, attributes: Sequence[str]
+) -> list[dict[str, str]]:
+    rows = []
+    per_group = where(fair, model=model, task=task, statistic="estimate").filter(
+        pl.col("group").is_not_null() & pl.col("group_attribute").is_in(list(attributes))
+    )
+    if target is not None:
+        per_group = per_group.filter(pl.col("target") == target)
+    metrics = (
+        "base_rate",
+        "sensitivity_score",
+        "fpr_error",
+        "auroc_score",
+        "auprc_score",
+        "expected_calibration_error",
+        "accuracy_score",
+        "f1_score",
+    )
+    present = [m for m in metrics if m in per_group["metric"].unique().to_list()]
+    for (attribute, group), part in sorted(
+        per_group.group_by("group_attribute", "group"), key=lambda item: (str(item[0][0]), str(item[0][1]))
+    ):
+        cells = {"task": task, "model": model, "attribute": str(attribute), "group": str(group)}
+        n = part["n"].max()
+        cells["n"] = str(n)
+        notes = ";".join(sorted({str(note) for note in part["notes"].drop_nulls().to_list()}))
+        for metric in present:
+            row = _row(part.filter(pl.col("metric") == metric))
+            cells[metric_label(metric)] = (
+                fmt_value(_float(row["value"])) if metric == "base_rate" and row else _ci_text(row)
+            )
+        cells["notes"] = "small_group" if "small_group" in notes else ""
+        rows.append(cells)
+    return rows
+
+
+def _fairness_figures(
+    context: ReportContext, fair: pl.DataFrame, cohort: str, task: str, models: list[str], target: str | None
+) -> list[Figure]:
+    figures = []
+    panels: dict[str, list[plots.GroupPoint]] = {}
+    for metric in ("sensitivity_score", "fpr_error"):
+        points = []
+        for model in models:
+            part = where(fair, model=model, task=task, metric=metric, statistic="estimate").filter(
+                pl.col("group").is_not_null() & ~pl.col("group_attribute").str.contains("|", literal=True)
+            )
+            if target is not None:
+                part = part.filter(pl.col("target") == target)
+            for row in part.iter_rows(named=True):
+                points.append(
+                    plots.GroupPoint(
+                        model=model,
+                        group=f"{row['group_attribute']}={row['group']}",
+                        value=_float(row["value"]),
+                        low=_float(row["ci_low"]),
+                        high=_float(row["ci_high"]),
+                    )
+                )
+        if points:
+            panels[metric_label(metric)] = points
+    if panels:
+        figures.append(
+            Figure(
+                key=f"fig5_groups_{cohort}_{task}",
+                caption=f"Figure 5 ({cohort} cohort, {task}). TPR and FPR per group (validation-chosen threshold), 95% CI.",
+                png=plots.group_dot_plot(panels, title=f"{task}: per-group TPR / FPR"),
+            )
+        )
+    if models:
+        part = where(
+            fair,
+            model=models[0],
+            task=task,
+            metric="sensitivity_score",
+            statistic="estimate",
+            group_attribute="age_group|race",
+        )
+        if target is not None:
+            part = part.filter(pl.col("target") == target)
+        if part.height:
+            split = part.with_columns(
+                pl.col("group")
+                .str.split_exact("|", 1)
+                .struct.rename_fields(["age_group", "race"])
+                .alias("parts")
+            ).unnest("parts")
+            ages = sorted(split["age_group"].unique().to_list())
+            races = sorted(split["race"].unique().to_list())
+            matrix = np.full((len(ages), len(races)), np.nan)
+            notes = [["" for _ in races] for _ in ages]
+            for row in split.iter_rows(named=True):
+                i, j = ages.index(row["age_group"]), races.index(row["race"])
+                matrix[i, j] = _float(row["value"])
+                notes[i][j] = f"{fmt_value(_float(row['value']), digits=2)}\nn={row['n']}"
+            figures.append(
+                Figure(
+                    key=f"fig6_age_race_{cohort}_{task}",
+                    caption=f"Figure 6 ({cohort} cohort, {task}). TPR of {models[0]} per age group × race, annotated with n.",
+                    png=plots.heatmap(
+                        matrix,
+                        row_labels=ages,
+                        column_labels=races,
+                        title=f"{task}: TPR, {models[0]}",
+                        colorbar_label="TPR",
+                        annotations=notes,
+                        diverging=False,
+                    ),
+                )
+            )
+    return figures
+
+
+def _delta_gaps(
+    context: ReportContext,
+    cohort: str,
+    task: str,
+    fused: str,
+    unimodal: str,
+    attributes: Sequence[str],
+    threshold: object,
+) -> list[dict[str, str]]:
+    import carebench_eval as ce
+
+    test = context.test(cohort, task=task)
+    frames = []
+    context.status(f"fusion vs unimodal gaps: {cohort} / {task}")
+    for attribute in attributes:
+        for metric in GAP_METRICS:
+            frames.append(
+                ce.compare(
+                    (test, fused),
+                    (test, unimodal),
+                    statistic="gap",
+                    attribute=attribute,
+                    metrics=[metric],
+                    threshold=threshold,
+                    n_perm=context.config.n_perm,
+                    n_boot=context.config.n_boot,
+                    random_state=context.config.random_state,
+                )
+            )
+    if not frames:
+        return []
+    deltas = ce.adjust_pvalues(pl.concat(frames, how="vertical"), family=("task",), method="holm")
+    context.results[f"fairness_delta_{cohort}_{task}"] = deltas
+    rows = []
+    for row in deltas.iter_rows(named=True):
+        rows.append(
+            {
+                "task": task,
+                "fused − unimodal": f"{fused} − {unimodal}",
+                "attribute": str(row["group_attribute"]),
+                "metric": metric_label(str(row["metric"])),
+                "target": str(row["target"]),
+                "Δgap [95% CI]": fmt_ci(row["value"], row["ci_low"], row["ci_high"], signed=True),
+                "p": fmt_p(row["p_value"]),
+                "p (Holm)": fmt_p(row["p_adjusted"]),
+            }
+        )
+    return rows

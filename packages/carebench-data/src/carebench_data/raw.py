@@ -1,0 +1,501 @@
+"""Raw MIMIC-IV / MIMIC-CXR-JPG inputs: table resolution, headers, version fingerprint, block reading.
+
+Stage S0 of the build (spec/data.md §1, §2): every table resolves to `<name>.parquet`, `<name>.csv`
+or `<name>.csv.gz`; its header is checked against the columns carebench reads; the MIMIC-IV version
+is fingerprinted. Event tables are read in one streaming pass of bounded blocks (§11): a reader
+thread inflates gzip into `chunk_mib` blocks cut at record boundaries, and polars parses each block.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import queue
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from carebench_data.errors import CarebenchDataError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = (".parquet", ".csv", ".csv.gz")
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S%.f"
+DATE_FORMAT = "%Y-%m-%d"
+FIRST_CLASS_ICUSTAYS = {73_181: "2.2", 94_458: "3.1", 140: "2.2"}
+"""icustays row counts of the first-class releases (spec/data.md §1.4): v2.2, v3.1, v2.2 demo."""
+
+
+class MissingTableError(CarebenchDataError):
+    """A required raw table is absent in every accepted format."""
+
+
+class MissingColumnError(CarebenchDataError):
+    """A raw table lacks a column that carebench reads."""
+
+
+class VersionError(CarebenchDataError):
+    """The MIMIC-IV version is unknown or contradicts the declared one."""
+
+
+class CorruptInputError(CarebenchDataError):
+    """A raw file is truncated, corrupt or structurally malformed."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Where a raw table lives and which columns (with their target dtypes) are read from it."""
+
+    name: str
+    folder: str
+    columns: dict[str, pl.DataType]
+    required: bool = True
+
+
+_ID = pl.Int64()
+_TS = pl.Datetime("us")
+_STR = pl.String()
+
+MIMIC_IV_TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        TableSpec(
+            "patients",
+            "hosp",
+            {
+                "subject_id": _ID,
+                "gender": _STR,
+                "anchor_age": pl.Int16(),
+                "anchor_year": pl.Int16(),
+                "anchor_year_group": _STR,
+                "dod": pl.Date(),
+            },
+        ),
+        TableSpec(
+            "admissions",
+            "hosp",
+            {
+                "subject_id": _ID,
+                "hadm_id": _ID,
+                "admittime": _TS,
+                "dischtime": _TS,
+                "deathtime": _TS,
+                "admission_type": _STR,
+                "insurance": _STR,
+                "race": _STR,
+                "hospital_expire_flag": pl.Int8(),
+            },
+        ),
+        TableSpec(
+            "icustays",
+            "icu",
+            {
+                "subject_id": _ID,
+                "hadm_id": _ID,
+                "stay_id": _ID,
+                "first_careunit": _STR,
+                "last_careunit": _STR,
+                "intime": _TS,
+                "outtime": _TS,
+                "los": pl.Float64(),
+            },
+        ),
+        TableSpec(
+            "chartevents",
+            "icu",
+            {
+                "stay_id": _ID,
+                "charttime": _TS,
+                "storetime": _TS,
+                "itemid": pl.Int32(),
+                "value": _STR,
+                "valuenum": pl.Float64(),
+                "valueuom": _STR,
+            },
+        ),
+        TableSpec(
+            "labevents",
+            "hosp",
+            {
+                "subject_id": _ID,
+                "hadm_id": _ID,
+                "itemid": pl.Int32(),
+                "charttime": _TS,
+                "storetime": _TS,
+                "value": _STR,
+                "valuenum": pl.Float64(),
+                "valueuom": _STR,
+            },
+        ),
+        TableSpec(
+            "outputevents",
+            "icu",
+            {
+                "stay_id": _ID,
+                "charttime": _TS,
+                "storetime": _TS,
+                "itemid": pl.Int32(),
+                "value": pl.Float64(),
+                "valueuom": _STR,
+            },
+            required=False,
+        ),
+        TableSpec(
+            "d_items",
+            "icu",
+            {"itemid": pl.Int32(), "label": _STR, "linksto": _STR, "category": _STR, "unitname": _STR},
+        ),
+        TableSpec(
+            "d_labitems", "hosp", {"itemid": pl.Int32(), "label": _STR, "fluid": _STR, "category": _STR}
+        ),
+        TableSpec(
+            "diagnoses_icd",
+            "hosp",
+            {
+                "subject_id": _ID,
+                "hadm_id": _ID,
+                "seq_num": pl.Int16(),
+                "icd_code": _STR,
+                "icd_version": pl.Int8(),
+            },
+        ),
+        TableSpec(
+            "d_icd_diagnoses",
+            "hosp",
+            {"icd_code": _STR, "icd_version": pl.Int8(), "long_title": _STR},
+            required=False,
+        ),
+    )
+}
+
+CXR_TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        TableSpec(
+            "mimic-cxr-2.0.0-metadata",
+            "",
+            {
+                "dicom_id": _STR,
+                "subject_id": _ID,
+                "study_id": _ID,
+                "ViewPosition": _STR,
+                "StudyDate": _STR,
+                "StudyTime": _STR,
+                "ViewCodeSequence_CodeMeaning": _STR,
+            },
+        ),
+        TableSpec(
+            "mimic-cxr-2.0.0-split",
+            "",
+            {"dicom_id": _STR, "study_id": _ID, "subject_id": _ID, "split": _STR},
+            required=False,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ResolvedTable:
+    """One raw table resolved to a file: `format` is `parquet`, `csv` or `csv.gz`."""
+
+    table: str
+    path: Path
+    relpath: str
+    format: str
+    bytes: int
+    header: tuple[str, ...]
+    spec: TableSpec
+
+    def describe(self) -> dict[str, object]:
+        """The `source.inputs` entry of the manifest (rows_read is added after reading)."""
+        return {"table": self.table, "relpath": self.relpath, "format": self.format, "bytes": self.bytes}
+
+
+def resolve_table(root: Path, spec: TableSpec, *, folder: str | None = None) -> ResolvedTable | None:
+    """Find `<root>/<folder>/<name>.{parquet,csv,csv.gz}` (first existing wins) and check its header.
+
+    Returns None for an absent optional table; raises `MissingTableError` for an absent required one
+    and `MissingColumnError` when a read column is not in the header.
+    """
+    base = root / (spec.folder if folder is None else folder)
+    candidates = [base / f"{spec.name}{suffix}" for suffix in FORMATS]
+    found = [path for path in candidates if path.is_file()]
+    if not found:
+        if not spec.required:
+            return None
+        tried = ", ".join(path.name for path in candidates)
+        raise MissingTableError(f"required table {spec.name!r} not found in {base} (tried {tried})")
+    path = found[0]
+    if len(found) > 1:
+        logger.info("%s: using %s; ignoring %s", spec.name, path.name, ", ".join(p.name for p in found[1:]))
+    fmt = next(suffix for suffix in FORMATS if path.name.endswith(suffix)).lstrip(".")
+    header = read_header(path, fmt)
+    missing = [column for column in spec.columns if column not in header]
+    if missing:
+        hint = ""
+        if "race" in missing and "ethnicity" in header:
+            hint = " (it has `ethnicity`: this looks like MIMIC-IV v1.0; set mimic_iv_version = '1.0')"
+        raise MissingColumnError(f"{path}: missing column(s) {', '.join(missing)}{hint}")
+    return ResolvedTable(
+        table=spec.name,
+        path=path,
+        relpath=str(path.relative_to(root)),
+        format=fmt,
+        bytes=path.stat().st_size,
+        header=header,
+        spec=spec,
+    )
+
+
+def read_header(path: Path, fmt: str) -> tuple[str, ...]:
+    """Column names of a raw table, read from the first line (or the Parquet schema)."""
+    if fmt == "parquet":
+        return tuple(pl.read_parquet_schema(path))
+    opener = gzip.open if fmt == "csv.gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            line = handle.readline()
+    except (OSError, EOFError, zlib.error) as error:
+        raise CorruptInputError(f"{path}: cannot read the header ({error})") from None
+    if not line.strip():
+        raise CorruptInputError(f"{path}: empty file (no header row)")
+    return tuple(name.strip().strip('"') for name in line.decode("utf-8").rstrip("\r\n").split(","))
+
+
+def parse_columns(frame: pl.LazyFrame, *, columns: dict[str, pl.DataType]) -> pl.LazyFrame:
+    """Cast text columns to their target dtypes; unparseable values become null (counted by callers).
+
+    >>> raw = pl.LazyFrame({"stay_id": ["30000001", "x"], "intime": ["2180-01-01 10:00:00", None]})
+    >>> parse_columns(raw, columns={"stay_id": pl.Int64(), "intime": pl.Datetime("us")}).collect().shape
+    (2, 2)
+    """
+    schema = frame.collect_schema()
+    exprs = []
+    for name, dtype in columns.items():
+        if name not in schema:
+            continue
+        column = pl.col(name)
+        if schema[name] == dtype:
+            exprs.append(column)
+        elif schema[name] == pl.String and dtype == pl.Datetime("us"):
+            exprs.append(
+                column.str.strip_chars().str.to_datetime(TIMESTAMP_FORMAT, strict=False, time_unit="us")
+            )
+        elif schema[name] == pl.String and dtype == pl.Date:
+            exprs.append(column.str.strip_chars().str.slice(0, 10).str.to_date(DATE_FORMAT, strict=False))
+        elif schema[name] == pl.String and dtype.is_numeric():
+            exprs.append(column.str.strip_chars().cast(dtype, strict=False))
+        else:
+            exprs.append(column.cast(dtype, strict=False))
+    return frame.with_columns(exprs)
+
+
+def count_parse_failures(raw: pl.DataFrame, parsed: pl.DataFrame, *, columns: list[str]) -> dict[str, int]:
+    """Per column: values present in the raw text that did not parse (null after `parse_columns`)."""
+    counts = raw.select(
+        [
+            (pl.col(name).is_not_null() & parsed.get_column(name).is_null()).sum().alias(name)
+            for name in columns
+            if name in raw.columns
+        ]
+    )
+    return {name: int(value) for name, value in counts.row(0, named=True).items() if value}
+
+
+def read_small_table(
+    resolved: ResolvedTable, *, columns: list[str] | None = None
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Read a small raw table eagerly (S1): selected columns parsed, plus parse-failure counts."""
+    names = list(resolved.spec.columns) if columns is None else columns
+    names = [name for name in names if name in resolved.header]
+    dtypes = {name: resolved.spec.columns[name] for name in names}
+    if resolved.format == "parquet":
+        raw = pl.read_parquet(resolved.path, columns=names)
+    else:
+        frames = [
+            block for block in iter_csv_blocks(resolved, columns=names, chunk_bytes=64 << 20) if block.height
+        ]
+        raw = pl.concat(frames) if frames else pl.DataFrame(schema=dict.fromkeys(names, pl.String))
+    parsed = raw.lazy().pipe(parse_columns, columns=dtypes).collect()
+    return parsed, count_parse_failures(raw, parsed, columns=names)
+
+
+def count_rows(resolved: ResolvedTable) -> int:
+    """Number of data rows of a raw table (streamed; quoted line breaks are not miscounted)."""
+    if resolved.format == "parquet":
+        return int(pl.scan_parquet(resolved.path).select(pl.len()).collect().item())
+    first = resolved.header[0]
+    return sum(block.height for block in iter_csv_blocks(resolved, columns=[first], chunk_bytes=16 << 20))
+
+
+def _record_cut(block: bytes | bytearray, end: int | None = None) -> int:
+    """Offset just past the last complete record of `block[:end]` (0 if none).
+
+    A newline ends a record when an even number of double quotes precedes it since the block start:
+    CSV doubles quotes inside fields, so quoted line breaks never count.
+    """
+    position = block.rfind(b"\n", 0, len(block) if end is None else end)
+    while position >= 0:
+        if block.count(b'"', 0, position) % 2 == 0:
+            return position + 1
+        position = block.rfind(b"\n", 0, position)
+    return 0
+
+
+def _inflate(path: Path, fmt: str, *, chunk_bytes: int) -> Iterator[tuple[bytes, int, int]]:
+    """Yield (block of whole records, decompressed offset of its start, file bytes read), header removed."""
+    read_size = 1 << 20
+    with open(path, "rb") as handle:
+        decompressor = zlib.decompressobj(wbits=31) if fmt == "csv.gz" else None
+        pending = bytearray()
+        offset = 0
+        header_done = False
+        while True:
+            data = handle.read(read_size)
+            if decompressor is not None:
+                try:
+                    text = decompressor.decompress(data) if data else decompressor.flush()
+                    while decompressor.eof and decompressor.unused_data:
+                        rest = decompressor.unused_data
+                        decompressor = zlib.decompressobj(wbits=31)
+                        text += decompressor.decompress(rest)
+                except zlib.error as error:
+                    raise CorruptInputError(
+                        f"{path}: corrupt gzip stream near decompressed byte {offset + len(pending)} ({error}); "
+                        "re-download or re-copy the file"
+                    ) from None
+            else:
+                text = data
+            pending += text
+            if not header_done:
+                newline = pending.find(b"\n")
+                if newline < 0 and data:
+                    continue
+                cut_header = newline + 1 if newline >= 0 else len(pending)
+                offset += cut_header
+                del pending[:cut_header]
+                header_done = True
+            if not data:
+                if decompressor is not None and not decompressor.eof:
+                    raise CorruptInputError(
+                        f"{path}: gzip stream truncated at decompressed byte {offset + len(pending)}; "
+                        "the file is incomplete: re-download or re-copy it"
+                    )
+                if pending.strip():
+                    block = bytes(pending) if pending.endswith(b"\n") else bytes(pending) + b"\n"
+                    yield block, offset, handle.tell()
+                return
+            while len(pending) >= chunk_bytes:
+                # Cut at the last record boundary inside the first chunk_bytes (a longer record: its end).
+                cut = _record_cut(pending, chunk_bytes) or _record_cut(pending)
+                if not cut:
+                    break
+                yield bytes(pending[:cut]), offset, handle.tell()
+                offset += cut
+                del pending[:cut]
+
+
+def _threaded(blocks: Iterator[tuple[bytes, int, int]], *, depth: int = 2) -> Iterator[tuple[bytes, int, int]]:
+    """Run a block producer in a reader thread (zlib releases the GIL), keeping `depth` blocks queued."""
+    channel: queue.Queue[tuple[bytes, int, int] | BaseException | None] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in blocks:
+                while not stop.is_set():
+                    try:
+                        channel.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            channel.put(None)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            channel.put(error)
+
+    reader = threading.Thread(target=produce, name="carebench-inflate", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = channel.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join(timeout=5)
+
+
+def iter_csv_blocks(
+    resolved: ResolvedTable,
+    *,
+    columns: list[str],
+    chunk_bytes: int,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[pl.DataFrame]:
+    """Parse a CSV / CSV.GZ table block by block into text columns (memory bounded by `chunk_bytes`).
+
+    Every column is read as text (`parse_columns` casts later, after filtering). Every field is
+    parsed (no projection), so a row with more fields than the header raises `CorruptInputError`
+    naming the file and the byte offset; a row with fewer fields gets nulls (counted as null keys).
+    `on_bytes(position)` reports how many bytes of the file have been read.
+    """
+    schema = dict.fromkeys(resolved.header, pl.String())
+    for block, offset, position in _threaded(_inflate(resolved.path, resolved.format, chunk_bytes=chunk_bytes)):
+        try:
+            frame = pl.read_csv(
+                block,
+                has_header=False,
+                schema=schema,
+                quote_char='"',
+                raise_if_empty=False,
+            ).select(columns)
+        except (pl.exceptions.ComputeError, pl.exceptions.SchemaError) as error:
+            raise CorruptInputError(
+                f"{resolved.path}: malformed CSV in the block starting at decompressed byte {offset} "
+                f"({str(error).splitlines()[0]})"
+            ) from None
+        if on_bytes is not None:
+            on_bytes(position)
+        yield frame
+
+
+def detect_version(
+    mimic_iv: Path,
+    *,
+    admissions_header: tuple[str, ...],
+    chartevents_header: tuple[str, ...],
+    icustays_rows: int,
+) -> dict[str, object]:
+    """Fingerprint the MIMIC-IV release (spec/data.md §1.4).
+
+    Returns {"version": "2.2" | "3.1" | "1.0" | "2.0/2.1" | "unknown", "synthetic": dict | None, "evidence": [...]}.
+    """
+    evidence: list[str] = []
+    marker = mimic_iv / "SYNTHETIC.json"
+    synthetic = json.loads(marker.read_text()) if marker.is_file() else None
+    if (mimic_iv / "core").is_dir():
+        evidence.append("core/ present")
+        return {"version": "1.0", "synthetic": synthetic, "evidence": evidence}
+    if "race" in admissions_header and "caregiver_id" in chartevents_header:
+        evidence.append("admissions.race and chartevents.caregiver_id")
+        version = FIRST_CLASS_ICUSTAYS.get(icustays_rows, "unknown")
+        evidence.append(f"icustays rows {icustays_rows}")
+    elif "race" in admissions_header:
+        evidence.append("admissions.race without chartevents.caregiver_id")
+        version = "2.0/2.1"
+    else:
+        version = "unknown"
+    if synthetic is not None:
+        evidence.append("SYNTHETIC.json marker")
+        version = str(synthetic.get("mimic_iv_version", synthetic.get("version", version)))
+    return {"version": version, "synthetic": synthetic, "evidence": evidence}

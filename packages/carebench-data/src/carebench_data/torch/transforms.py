@@ -1,0 +1,132 @@
+"""Batched chest X-ray transforms on tensors (data.md §6.4): no JPEG decoding, GPU-ready.
+
+Images arrive as uint8 [B, S, S] rows of ``cxr.npy``. Evaluation takes the center crop of side
+``round(S * 224 / 256)`` (224 at the default S = 256) and resizes it to ``image_size``. Training may
+first apply a random affine (rotation ±45°, scale 0.85-1.15, translation ±15 %, no shear: the
+CareBench values) or a random crop, as one ``affine_grid`` + ``grid_sample`` per batch, so the same
+code runs on CPU workers or on the GPU. The output is replicated to 3 channels and normalized with the
+ImageNet mean and std.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as functional
+
+__all__ = ["CROP_FRACTION", "IMAGENET_MEAN", "IMAGENET_STD", "AugmentConfig", "crop_size", "prepare_images"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_FRACTION = 224 / 256
+"""Side of the center (or random) crop relative to the stored image side S."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AugmentConfig:
+    """Training-time image augmentation.
+
+    Attributes:
+        mode: ``affine`` (random affine, then center crop) or ``random_crop`` (a crop at a random
+            position instead of the center).
+        degrees: maximum absolute rotation in degrees.
+        scale: range of the isotropic scale factor.
+        translate: maximum absolute shift as a fraction of the image side, per axis.
+    """
+
+    mode: Literal["affine", "random_crop"] = "affine"
+    degrees: float = 45.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    translate: float = 0.15
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("affine", "random_crop"):
+            raise ValueError(f"augment mode must be 'affine' or 'random_crop', not {self.mode!r}")
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"augment scale range must be positive and ordered, got {self.scale}")
+
+
+def crop_size(image_side: int) -> int:
+    """Crop side in stored pixels: ``round(S * 224 / 256)`` (224 for S = 256)."""
+    return max(1, round(image_side * CROP_FRACTION))
+
+
+def _uniform(shape: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
+
+
+def _affine_thetas(
+    batch: int, crop_fraction: float, augment: AugmentConfig, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Float64 [B, 2, 3] maps from output to input coordinates (``affine_grid`` convention).
+
+    The augmented image is J(p) = I(A^-1 (p - t)) with A = s·R(angle); the crop then reads
+    J(c·u) for output coordinates u in [-1, 1]: theta = [c·A^-1 | -A^-1 t].
+    """
+    if augment.mode == "random_crop":
+        shift = 1.0 - crop_fraction
+        theta = torch.zeros(batch, 2, 3, dtype=torch.float64)
+        theta[:, 0, 0] = theta[:, 1, 1] = crop_fraction
+        theta[:, 0, 2] = _uniform(batch, -shift, shift, generator)
+        theta[:, 1, 2] = _uniform(batch, -shift, shift, generator)
+        return theta
+    angle = _uniform(batch, -augment.degrees, augment.degrees, generator) * (math.pi / 180.0)
+    scale = _uniform(batch, augment.scale[0], augment.scale[1], generator)
+    # translation as a fraction of the side; normalized coordinates span 2
+    shift = torch.stack(
+        [_uniform(batch, -augment.translate, augment.translate, generator) * 2.0 for _ in range(2)], dim=1
+    )
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    inverse = torch.stack([torch.stack([cos, sin], dim=1), torch.stack([-sin, cos], dim=1)], dim=1)  # [B,2,2]
+    offset = -(inverse @ shift.unsqueeze(-1))  # [B,2,1]
+    return torch.cat([crop_fraction * inverse, offset], dim=2)
+
+
+def prepare_images(
+    images: torch.Tensor,
+    *,
+    image_size: int,
+    augment: AugmentConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Turn stored uint8 images into the model input of the batch contract.
+
+    Args:
+        images: uint8 [B, S, S] grayscale rows of ``cxr.npy`` (any device).
+        image_size: output side H = W.
+        augment: training augmentation, or None for the deterministic center crop.
+        generator: CPU generator for the augmentation draws (seeded by the caller).
+
+    Returns:
+        float32 [B, 3, image_size, image_size] on the device of ``images``, ImageNet-normalized.
+    """
+    if images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"images must be [B, S, S], got {tuple(images.shape)}")
+    batch, side = images.shape[0], images.shape[1]
+    crop = crop_size(side)
+    pixels = images.unsqueeze(1).to(torch.float32).div_(255.0)  # [B, 1, S, S]
+    if augment is None:
+        start = (side - crop) // 2
+        pixels = pixels[:, :, start : start + crop, start : start + crop]
+        if crop != image_size:
+            pixels = functional.interpolate(
+                pixels, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+            )
+    else:
+        if image_size < crop:
+            # shrink first (antialiased) so the grid sampling below never aliases
+            reduced = max(image_size, round(side * image_size / crop))
+            pixels = functional.interpolate(
+                pixels, size=(reduced, reduced), mode="bilinear", antialias=True, align_corners=False
+            )
+        theta = _affine_thetas(batch, crop / side, augment, generator).to(pixels)
+        grid = functional.affine_grid(theta, [batch, 1, image_size, image_size], align_corners=False)
+        pixels = functional.grid_sample(
+            pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels - mean).div_(std)  # the subtraction replicates to 3 channels; divide in place

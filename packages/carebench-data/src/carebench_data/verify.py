@@ -1,0 +1,321 @@
+"""`verify_dataset` and `verify_raw` (spec/data.md §14): checksums, shapes and internal consistency."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from carebench_data.cxr import image_path
+from carebench_data.errors import CarebenchDataError
+from carebench_data.labels import LOS_EDGES_DAYS
+from carebench_data.manifest import MANIFEST, sha256_file
+from carebench_data.raw import CXR_TABLES, MIMIC_IV_TABLES, count_rows, detect_version, read_small_table, resolve_table
+from carebench_data.registry import load_registry, validate_against_dictionaries
+from carebench_data.splits import fold_parts
+
+logger = logging.getLogger(__name__)
+
+EXPECTED_ROWS: dict[str, dict[str, int]] = {
+    "2.2": {
+        "patients": 299_712,
+        "admissions": 431_231,
+        "icustays": 73_181,
+        "chartevents": 313_645_063,
+        "labevents": 118_171_367,
+        "outputevents": 4_234_967,
+        "diagnoses_icd": 4_756_326,
+        "d_items": 4_014,
+        "d_labitems": 1_622,
+        "d_icd_diagnoses": 109_775,
+    },
+    "3.1": {
+        "patients": 364_627,
+        "admissions": 546_028,
+        "icustays": 94_458,
+        "chartevents": 432_997_491,
+        "labevents": 158_374_764,
+        "outputevents": 5_359_395,
+        "diagnoses_icd": 6_364_488,
+        "d_items": 4_095,
+        "d_labitems": 1_650,
+        "d_icd_diagnoses": 112_107,
+    },
+    "demo": {
+        "patients": 100,
+        "admissions": 275,
+        "icustays": 140,
+        "chartevents": 668_862,
+        "labevents": 107_727,
+        "outputevents": 9_362,
+        "diagnoses_icd": 4_506,
+        "d_items": 4_014,
+        "d_labitems": 1_622,
+        "d_icd_diagnoses": 109_775,
+    },
+}
+"""Exact raw row counts of the first-class releases (spec/data.md §10.1)."""
+
+COHORT_RANGES = {"2.2": ((29_000, 37_000), (0.22, 0.28)), "3.1": ((38_000, 47_000), (0.16, 0.22))}
+"""Default cohort N and has_cxr fraction estimates (§10.2): outside them, `verify` warns."""
+
+
+class VerificationError(CarebenchDataError):
+    """A dataset directory or raw tree failed verification; the message lists every problem."""
+
+
+@dataclass
+class VerifyReport:
+    """What `verify_*` checked: `problems` fail verification, `warnings` do not."""
+
+    checked: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def raise_if_failed(self, what: str) -> None:
+        """Raise `VerificationError` listing every problem."""
+        if self.problems:
+            raise VerificationError(f"{what}: {len(self.problems)} problem(s): " + "; ".join(self.problems))
+
+
+def verify_dataset(path: Path, *, raise_on_error: bool = True) -> VerifyReport:
+    """Check a built dataset directory against its manifest and the schema (spec/data.md §14).
+
+    Returns the report (warnings included); raises `VerificationError` on any problem unless
+    `raise_on_error` is False.
+    """
+    path = Path(path)
+    report = VerifyReport()
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise VerificationError(f"{path}: no manifest.json; not a carebench dataset (or an interrupted build)")
+    manifest = json.loads(manifest_path.read_text())
+    problems = report.problems
+
+    for relpath, entry in manifest["files"].items():
+        file = path / relpath
+        if not file.is_file():
+            problems.append(f"{relpath} is missing")
+        elif sha256_file(file) != entry["sha256"]:
+            problems.append(f"{relpath}: SHA-256 differs from the manifest (the file changed after the build)")
+    extra = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    for relpath in extra:
+        if relpath != MANIFEST and relpath not in manifest["files"]:
+            problems.append(f"{relpath} is not listed in the manifest")
+    report.checked.append("file hashes")
+    if problems:
+        if raise_on_error:
+            report.raise_if_failed(str(path))
+        return report
+
+    stays = pl.read_parquet(path / "stays.parquet")
+    labels = pl.read_parquet(path / "labels.parquet")
+    features = json.loads((path / "features.json").read_text())["features"]
+    ehr = np.load(path / "ehr.npy", mmap_mode="r")
+    cxr = np.load(path / "cxr.npy", mmap_mode="r")
+    n = stays.height
+    has_cxr = stays.get_column("has_cxr").to_numpy()
+    m = int(has_cxr.sum())
+
+    if ehr.shape != (n, 48, len(features)) or ehr.dtype != np.float32:
+        problems.append(f"ehr.npy has shape {ehr.shape} {ehr.dtype}, expected ({n}, 48, {len(features)}) float32")
+    if cxr.ndim != 3 or cxr.shape[0] != m or cxr.shape[1] != cxr.shape[2] or cxr.dtype != np.uint8:
+        problems.append(f"cxr.npy has shape {cxr.shape} {cxr.dtype}, expected ({m}, S, S) uint8")
+    report.checked.append("shapes")
+
+    stay_ids = stays.get_column("stay_id")
+    if stay_ids.is_duplicated().any():
+        problems.append("stays.parquet: stay_id is not unique")
+    if not stay_ids.equals(labels.get_column("stay_id")):
+        problems.append("labels.parquet: stay_id differs from stays.parquet (values or order)")
+    if not stay_ids.is_sorted():
+        problems.append("stays.parquet: rows are not in ascending stay_id order")
+    index = stays.get_column("cxr_index").to_numpy()
+    expected_index = np.where(has_cxr, np.cumsum(has_cxr) - 1, -1)
+    if not np.array_equal(index, expected_index):
+        problems.append("stays.cxr_index does not run 0 … M−1 in row order with −1 exactly where has_cxr is false")
+    if (stays.get_column("prediction_time") != stays.get_column("intime") + timedelta(hours=48)).any():
+        problems.append("prediction_time differs from intime + 48 h")
+    lookback = float(manifest["config"]["cxr"]["lookback_hours"])
+    hours = stays.filter(pl.col("has_cxr")).get_column("cxr_hours")
+    if hours.null_count() or ((hours < -lookback) | (hours > 48)).any():
+        problems.append(f"cxr_hours outside [−{lookback}, 48] (leakage guard)")
+    if stays.filter(~pl.col("has_cxr")).get_column("cxr_dicom_id").null_count() != n - m:
+        problems.append("cxr_dicom_id set on a stay without a CXR")
+    report.checked.append("stays consistency")
+
+    los = labels.get_column("los_days")
+    if (los < 2).any():
+        problems.append("los_days below 2 (the cohort requires ICU LoS ≥ 48 h)")
+    expected_class = np.searchsorted(np.asarray(LOS_EDGES_DAYS, dtype=float), los.to_numpy(), side="right") - 1
+    if not np.array_equal(expected_class, labels.get_column("los_class").to_numpy()):
+        problems.append("los_class inconsistent with los_days and the edges")
+    binary = [c for c in labels.columns if c not in {"stay_id", "los_days", "los_class"}]
+    for column in binary:
+        if not labels.get_column(column).is_in([0, 1]).all():
+            problems.append(f"labels.{column} has values outside {{0, 1}}")
+    report.checked.append("labels")
+
+    values = np.asarray(ehr)
+    for f, feature in enumerate(features):
+        column = values[:, :, f]
+        observed = column[~np.isnan(column)]
+        if not observed.size:
+            continue
+        valid = feature["valid"]
+        low_ok = observed >= valid["low"] if valid["closed"] in {"both", "left"} else observed > valid["low"]
+        high_ok = observed <= valid["high"] if valid["closed"] in {"both", "right"} else observed < valid["high"]
+        bad = int((~(low_ok & high_ok)).sum())
+        if bad:
+            problems.append(f"ehr.npy: {bad} value(s) of {feature['name']} outside its valid range")
+    if n and np.isnan(values).all(axis=(1, 2)).any():
+        problems.append("ehr.npy: a stay has no observed value")
+    report.checked.append("ehr ranges")
+
+    salt = manifest["config"]["splits"]["salt"]
+    if not np.array_equal(fold_parts(stays.get_column("subject_id").to_numpy(), salt=salt), stays.get_column("fold_part").to_numpy()):
+        problems.append("fold_part differs from the recomputed subject hash")
+    report.checked.append("fold parts")
+
+    version = manifest["source"].get("mimic_iv_version")
+    if manifest["source"].get("kind") == "mimic" and version in COHORT_RANGES:
+        (low_n, high_n), (low_f, high_f) = COHORT_RANGES[version]
+        if not low_n <= n <= high_n:
+            report.warnings.append(f"cohort N = {n} outside the expected {low_n}–{high_n} for v{version}")
+        fraction = m / max(n, 1)
+        if not low_f <= fraction <= high_f:
+            report.warnings.append(f"has_cxr fraction {fraction:.3f} outside the expected {low_f}–{high_f} for v{version}")
+    report.info = {"stays": n, "with_cxr": m, "features": len(features), "content_hash": manifest["content_hash"]}
+    if raise_on_error:
+        report.raise_if_failed(str(path))
+    return report
+
+
+def verify_raw(
+    root: Path,
+    version: str = "auto",
+    *,
+    mimic_cxr: Path | None = None,
+    counts: bool = False,
+    checksums: bool = False,
+    registry: str = "default",
+    raise_on_error: bool = True,
+) -> VerifyReport:
+    """Check a raw MIMIC-IV (and optionally MIMIC-CXR-JPG) tree before a build (spec/data.md §14).
+
+    Args:
+        root: MIMIC-IV root (holds hosp/ and icu/).
+        version: `auto`, `2.2`, `3.1` or `1.0`; a contradiction with the fingerprint is a problem.
+        mimic_cxr: MIMIC-CXR-JPG root; probes the image layout on the first 100 metadata rows.
+        counts: compare exact row counts (§10.1, or SYNTHETIC.json) for every table (streams them).
+        checksums: check `SHA256SUMS.txt` in each root.
+        registry: feature registry validated against the dictionaries.
+    """
+    root = Path(root)
+    report = VerifyReport()
+    resolved = {}
+    for name, spec in MIMIC_IV_TABLES.items():
+        try:
+            table = resolve_table(root, spec, folder="core" if (root / "core").is_dir() and name in {"patients", "admissions"} else None)
+        except CarebenchDataError as error:
+            report.problems.append(str(error))
+            continue
+        if table is not None:
+            resolved[name] = table
+    report.checked.append("files and headers")
+    if "icustays" in resolved and "admissions" in resolved:
+        icustays_rows = count_rows(resolved["icustays"])
+        fingerprint = detect_version(
+            root,
+            admissions_header=resolved["admissions"].header,
+            chartevents_header=resolved["chartevents"].header if "chartevents" in resolved else (),
+            icustays_rows=icustays_rows,
+        )
+        detected = str(fingerprint["version"])
+        report.info["fingerprint"] = fingerprint
+        if version != "auto" and detected not in {version, "unknown"}:
+            report.problems.append(f"declared version {version} but the files look like {detected}")
+        report.checked.append("version fingerprint")
+        if counts:
+            expected = _expected_counts(fingerprint, icustays_rows=icustays_rows)
+            if expected is None:
+                report.warnings.append(f"no exact row counts known for version {detected}; counts not checked")
+            else:
+                for name, table in resolved.items():
+                    if name in expected:
+                        actual = icustays_rows if name == "icustays" else count_rows(table)
+                        if actual != expected[name]:
+                            report.problems.append(f"{table.relpath}: {actual} rows, expected {expected[name]}")
+                report.checked.append("row counts")
+    if checksums:
+        for base in (root, mimic_cxr):
+            if base is not None:
+                report.problems += _check_sums(base)
+        report.checked.append("checksums")
+    if "d_items" in resolved and "d_labitems" in resolved:
+        try:
+            validate_against_dictionaries(
+                load_registry(registry),
+                d_items=read_small_table(resolved["d_items"])[0],
+                d_labitems=read_small_table(resolved["d_labitems"])[0],
+            )
+        except CarebenchDataError as error:
+            report.problems.append(str(error))
+        report.checked.append("registry")
+    if mimic_cxr is not None:
+        report.problems += _probe_images(Path(mimic_cxr))
+        report.checked.append("image layout")
+    if raise_on_error:
+        report.raise_if_failed(str(root))
+    return report
+
+
+def _expected_counts(fingerprint: dict[str, Any], *, icustays_rows: int) -> dict[str, int] | None:
+    synthetic = fingerprint.get("synthetic")
+    if synthetic is not None:
+        rows = synthetic.get("row_counts") or synthetic.get("rows") or {}
+        return {name.rsplit("/", 1)[-1].split(".")[0]: int(value) for name, value in rows.items()}
+    if icustays_rows == 140:
+        return EXPECTED_ROWS["demo"]
+    return EXPECTED_ROWS.get(str(fingerprint["version"]))
+
+
+def _check_sums(base: Path) -> list[str]:
+    sums = base / "SHA256SUMS.txt"
+    if not sums.is_file():
+        return [f"{sums} not found"]
+    problems = []
+    for line in sums.read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, relpath = line.split(maxsplit=1)
+        file = base / relpath.strip().lstrip("*")
+        if not file.is_file():
+            problems.append(f"{file} listed in SHA256SUMS.txt is missing")
+        elif sha256_file(file) != digest:
+            problems.append(f"{file}: SHA-256 mismatch")
+    return problems
+
+
+def _probe_images(root: Path) -> list[str]:
+    try:
+        metadata = resolve_table(root, CXR_TABLES["mimic-cxr-2.0.0-metadata"])
+    except CarebenchDataError as error:
+        return [str(error)]
+    assert metadata is not None
+    frame, _ = read_small_table(metadata, columns=["dicom_id", "subject_id", "study_id"])
+    probe = frame.head(100)
+    found = sum(
+        image_path(root, subject_id=row["subject_id"], study_id=row["study_id"], dicom_id=row["dicom_id"], layout="mimic").is_file()
+        for row in probe.iter_rows(named=True)
+    )
+    if probe.height and not found:
+        return [f"none of the first {probe.height} metadata images exists under {root / 'files'}"]
+    return []

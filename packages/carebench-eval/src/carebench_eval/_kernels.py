@@ -1,0 +1,194 @@
+"""Fast exact weighted kernels (eval.md §3).
+
+Every kernel evaluates a metric for a whole batch of weight vectors at once: point estimates (one row of
+ones), bootstrap replicates (cluster multiplicities), permutations and groups (0/1 masks). Weights come as
+``columns [b, k]`` plus ``column_of [n]``, the column that holds sample ``i``'s weight (its cluster), so
+that ``w[r, i] = columns[r, column_of[i]]``; with ``column_of=None`` the columns are the samples.
+
+Rank metrics sort each score column once (`RankIndex`) and reuse that order for every row of weights:
+one gather, two cumulative sums and a few gathers per row, ``O(bn)``, no sort per replicate. With integer
+weights the counts stay in int64 and AUROC is a single rounding of an exact ratio; both metrics equal
+scikit-learn's on the data with row ``i`` repeated ``w_i`` times within 1e-12.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "RankIndex",
+    "chunk_rows",
+    "gather_weights",
+    "rank_index",
+    "rank_metrics",
+    "weighted_bincount",
+    "weighted_sums",
+]
+
+CHUNK_BYTES = 8 * 2**20
+"""Upper bound on one ``[b, n]`` working array; chunking never changes a result."""
+
+
+def chunk_rows(n: int) -> int:
+    """Rows of weights per chunk so that a ``[rows, n]`` int64 array stays within 8 MiB."""
+    return max(1, CHUNK_BYTES // (8 * max(n, 1)))
+
+
+def gather_weights(columns: np.ndarray, column_of: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+    """Weights of samples `rows` for every weight row.
+
+    Args:
+        columns: ``[b, k]`` weights per column (cluster or sample).
+        column_of: ``[n]`` column of each sample, or None when columns are samples.
+        rows: ``[r]`` sample indices.
+
+    Returns:
+        ``[b, r]`` weights.
+    """
+    index = rows if column_of is None else column_of[rows]
+    return np.take(columns, index, axis=1)
+
+
+@dataclass(frozen=True)
+class RankIndex:
+    """Sorted structure of one (labels, scores) column, computed once and reused by every weight row.
+
+    Positives and negatives are listed in decreasing-score order (stable). For the positive at position
+    ``j`` of `pos_rows`, its tie group ``g`` holds ``neg_before[j]`` negatives strictly above it,
+    ``neg_through[j]`` negatives above or tied, and ``pos_through[j]`` positives above or tied.
+    """
+
+    pos_rows: np.ndarray
+    neg_rows: np.ndarray
+    neg_before: np.ndarray
+    neg_through: np.ndarray
+    pos_through: np.ndarray
+
+
+def rank_index(y_true: np.ndarray, y_score: np.ndarray) -> RankIndex:
+    """Sort one column once.
+
+    Args:
+        y_true: ``[n]`` 0/1 labels.
+        y_score: ``[n]`` scores (float64).
+
+    Returns:
+        The `RankIndex` of the column.
+    """
+    order = np.argsort(-np.asarray(y_score, dtype=np.float64), kind="stable")
+    sorted_scores = y_score[order]
+    positive = np.asarray(y_true, dtype=bool)[order]
+    new_group = np.empty(order.size, dtype=bool)
+    new_group[:1] = True
+    np.not_equal(sorted_scores[1:], sorted_scores[:-1], out=new_group[1:])
+    group = np.cumsum(new_group) - 1
+    n_groups = int(group[-1]) + 1 if order.size else 0
+    neg_per_group = np.bincount(group, weights=~positive, minlength=n_groups).astype(np.int64)
+    pos_per_group = np.bincount(group, weights=positive, minlength=n_groups).astype(np.int64)
+    neg_cum = np.cumsum(neg_per_group)
+    pos_cum = np.cumsum(pos_per_group)
+    pos_group = group[positive]
+    return RankIndex(
+        pos_rows=order[positive],
+        neg_rows=order[~positive],
+        neg_before=neg_cum[pos_group] - neg_per_group[pos_group],
+        neg_through=neg_cum[pos_group],
+        pos_through=pos_cum[pos_group],
+    )
+
+
+def _leading_zero_cumsum(values: np.ndarray) -> np.ndarray:
+    out = np.zeros((values.shape[0], values.shape[1] + 1), dtype=values.dtype)
+    np.cumsum(values, axis=1, out=out[:, 1:])
+    return out
+
+
+def rank_metrics(
+    index: RankIndex, columns: np.ndarray, column_of: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted AUROC and average precision for every row of weights (eval.md §3.1).
+
+    ``AUROC = Σ_g P_g (N − FP_g + N_g/2) / (P N)`` and ``AP = Σ_g P_g TP_g / (TP_g + FP_g) / P`` over tie
+    groups in decreasing score order. NaN where ``P = 0`` or ``N = 0``.
+
+    Args:
+        index: the column's `RankIndex`.
+        columns: ``[b, k]`` weights (int64 for exact counts, or float64).
+        column_of: ``[n]`` column of each sample, or None.
+
+    Returns:
+        ``(auroc [b], average_precision [b])``, float64.
+    """
+    w_pos = gather_weights(columns, column_of, index.pos_rows)
+    w_neg = gather_weights(columns, column_of, index.neg_rows)
+    cum_neg = _leading_zero_cumsum(w_neg)
+    cum_pos = _leading_zero_cumsum(w_pos)
+    positives = cum_pos[:, -1]
+    negatives = cum_neg[:, -1]
+    fp_through = cum_neg[:, index.neg_through]
+    fp_before = cum_neg[:, index.neg_before]
+    # Twice the Mann-Whitney numerator, so integer weights give an exact integer.
+    doubled = (w_pos * (2 * negatives[:, None] - fp_through - fp_before)).sum(axis=1)
+    tp_through = cum_pos[:, index.pos_through]
+    predicted = tp_through + fp_through
+    precision = np.divide(
+        tp_through,
+        predicted,
+        out=np.zeros(predicted.shape, dtype=np.float64),
+        where=predicted > 0,
+    )
+    undefined = (positives == 0) | (negatives == 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auroc = doubled / (2.0 * positives * negatives)
+        average_precision = (w_pos * precision).sum(axis=1) / positives
+    auroc[undefined] = np.nan
+    average_precision[undefined] = np.nan
+    return auroc, average_precision
+
+
+def weighted_bincount(
+    codes: np.ndarray,
+    n_codes: int,
+    columns: np.ndarray,
+    column_of: np.ndarray | None = None,
+    values: np.ndarray | None = None,
+) -> np.ndarray:
+    """Weighted counts (or sums of `values`) per code for every row of weights.
+
+    ``out[r, c] = Σ_{i: codes[i]=c} w[r, i] · values[i]`` (values = 1 when None). Used for confusion
+    counts, calibration bins and multiclass confusion matrices.
+
+    Args:
+        codes: ``[n]`` integer codes in ``[0, n_codes)``.
+        n_codes: number of codes.
+        columns: ``[b, k]`` weights.
+        column_of: ``[n]`` column of each sample, or None.
+        values: ``[n]`` values to sum, or None to count.
+
+    Returns:
+        ``[b, n_codes]``; int64 when counting with integer weights, else float64.
+    """
+    n_columns = columns.shape[1]
+    sample_column = np.arange(codes.size) if column_of is None else column_of
+    flat = sample_column.astype(np.int64) * n_codes + codes
+    per_column = np.bincount(flat, weights=values, minlength=n_columns * n_codes).reshape(n_columns, n_codes)
+    if values is None and np.issubdtype(columns.dtype, np.integer):
+        return columns @ per_column.astype(np.int64)
+    return columns.astype(np.float64, copy=False) @ per_column
+
+
+def weighted_sums(values: np.ndarray, columns: np.ndarray, column_of: np.ndarray | None = None) -> np.ndarray:
+    """``out[r] = Σ_i w[r, i] · values[i]`` for every row of weights.
+
+    Args:
+        values: ``[n]`` float values.
+        columns: ``[b, k]`` weights.
+        column_of: ``[n]`` column of each sample, or None.
+
+    Returns:
+        ``[b]`` float64 sums.
+    """
+    codes = np.zeros(values.shape[0], dtype=np.int64)
+    return weighted_bincount(codes, 1, columns, column_of, values=values)[:, 0]

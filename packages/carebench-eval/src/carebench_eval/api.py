@@ -1,0 +1,672 @@
+"""`score`: every metric of every run and task, with clustered bootstrap CIs (eval.md §4, §8.3).
+
+Each (run, task) becomes aligned arrays sorted by ``sample_id`` (so row order never matters), its metrics
+are evaluated by the batched evaluators of `carebench_eval.metrics.core` for one row of ones (the point
+estimate) and for chunks of bootstrap replicates, and the results come back in the tidy schema of §8.1.
+Runs that differ only in the aggregated keys (default: seeds and folds) also get ``mean`` (with a joint
+bootstrap CI over the union of their clusters), ``seed_sd`` and ``fold_sd`` rows; the SDs are model
+variability and are never folded into a CI.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from carebench_eval.errors import PredictionsError, join_notes, warn_undefined
+from carebench_eval.io import RUN_KEYS, class_order, frame_info, read_predictions, validate
+from carebench_eval.metrics.core import (
+    BINARY_METRICS,
+    LABEL_METRICS,
+    MULTICLASS_METRICS,
+    MULTICLASS_SCALARS,
+    BinaryEvaluator,
+    MulticlassEvaluator,
+    average_targets,
+)
+from carebench_eval.metrics.multilabel import UNDEFINED_NOTES
+from carebench_eval.metrics.threshold import (
+    Fixed,
+    FromValidation,
+    ThresholdPolicy,
+    TopK,
+    choose_threshold,
+    top_k_threshold,
+)
+from carebench_eval.registry import default_metrics, metric_spec, task_kind
+from carebench_eval.resampling import (
+    CI_METHODS,
+    bca_interval,
+    bootstrap_counts,
+    chunks,
+    cluster_universe,
+    percentile_interval,
+)
+from carebench_eval.schema import make_rows
+
+__all__ = ["TaskRun", "score", "split_runs"]
+
+logger = logging.getLogger(__name__)
+
+AVERAGES = ("macro", "weighted", "micro")
+AGGREGATE_KEYS = ("seed", "fold")
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """One run (model, seed, fold, setting) of one task as aligned arrays, samples sorted by id.
+
+    Attributes:
+        keys: run key values (``model``, ``seed``, ``fold``, ``setting``; None when absent).
+        task: task name.
+        kind: ``binary``, ``multilabel`` or ``multiclass``.
+        targets: label names, or class names in class order (multiclass).
+        sample_id: ``[n]`` sample ids (str), sorted.
+        cluster: ``[n]`` cluster ids (str): ``subject_id`` or, without it, the sample id.
+        y: ``[n, L]`` int8 0/1 labels (multiclass: one-hot ``[n, K]``).
+        s: ``[n, L]`` float64 scores.
+    """
+
+    keys: dict[str, Any]
+    task: str
+    kind: str
+    targets: tuple[str, ...]
+    sample_id: np.ndarray
+    cluster: np.ndarray
+    y: np.ndarray
+    s: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Number of samples."""
+        return int(self.sample_id.size)
+
+    def label_of(self) -> np.ndarray:
+        """Multiclass true class index ``[n]``."""
+        return np.argmax(self.y, axis=1)
+
+
+def split_runs(
+    frame: pl.DataFrame,
+    *,
+    kinds: Mapping[str, str] | None = None,
+    classes: Mapping[str, Sequence[str]] | None = None,
+    cluster: str | None = "subject_id",
+    ordinal_tasks: Sequence[str] = (),
+) -> list[TaskRun]:
+    """One `TaskRun` per (run, task) of validated predictions, sorted by (model, seed, fold, setting, task).
+
+    Args:
+        frame: validated predictions.
+        kinds: task -> kind overrides.
+        classes: task -> class order (multiclass).
+        cluster: cluster column; None or absent → each sample is its own cluster.
+        ordinal_tasks: multiclass tasks that need an ordinal class order (weighted κ; P014 otherwise).
+
+    Returns:
+        The runs.
+    """
+    keys = [key for key in RUN_KEYS if key in frame.columns]
+    cluster_column = cluster if cluster is not None and cluster in frame.columns else "sample_id"
+    runs = []
+    groups = frame.group_by([*keys, "task"], maintain_order=True)
+    for key_values, part in sorted(groups, key=lambda item: tuple((v is not None, v) for v in item[0])):
+        values = dict(zip([*keys, "task"], key_values, strict=True))
+        task = str(values.pop("task"))
+        names = part["target"].unique().to_list()
+        kind = task_kind(task, n_targets=len(names), kinds=kinds)
+        if kind == "multiclass":
+            ordered = class_order(task, names, (classes or {}).get(task), required=task in ordinal_tasks)
+        else:
+            ordered = tuple(sorted(names))
+        index = {name: position for position, name in enumerate(ordered)}
+        part = part.with_columns(
+            pl.col("target").replace_strict(index, return_dtype=pl.Int64).alias("_target_index")
+        ).sort("sample_id", "_target_index")
+        n_targets = len(ordered)
+        n = part.height // n_targets
+        per_sample = part.gather_every(n_targets)
+        runs.append(
+            TaskRun(
+                keys={key: values.get(key) for key in RUN_KEYS},
+                task=task,
+                kind=kind,
+                targets=ordered,
+                sample_id=per_sample["sample_id"].to_numpy().astype(str),
+                cluster=per_sample[cluster_column].cast(pl.String).to_numpy().astype(str),
+                y=part["y_true"].to_numpy().astype(np.int8).reshape(n, n_targets),
+                s=part["y_score"].to_numpy().astype(np.float64).reshape(n, n_targets),
+            )
+        )
+    return runs
+
+
+def _run_text(run: TaskRun) -> str:
+    present = {key: value for key, value in run.keys.items() if value is not None}
+    return ", ".join(f"{key}={value!r}" for key, value in present.items()) or "(no run keys)"
+
+
+def run_thresholds(run: TaskRun, policy: ThresholdPolicy, validation: Sequence[TaskRun] = ()) -> np.ndarray:
+    """Per-target thresholds ``[L]`` of `policy` for a binary/multilabel run (NaN where undefined).
+
+    Args:
+        run: the evaluated run.
+        policy: `Fixed`, `TopK` or `FromValidation`.
+        validation: validation runs (for `FromValidation`).
+
+    Raises:
+        PredictionsError: P019 when `FromValidation` has no run with the same model, seed, fold and task.
+    """
+    n_targets = len(run.targets)
+    if isinstance(policy, Fixed):
+        return np.full(n_targets, policy.threshold)
+    if isinstance(policy, TopK):
+        return np.array([top_k_threshold(run.s[:, j], policy.fraction) for j in range(n_targets)])
+    wanted = {key: run.keys[key] for key in ("model", "seed", "fold")}
+    matches = [
+        other
+        for other in validation
+        if other.task == run.task and all(other.keys[key] == value for key, value in wanted.items())
+    ]
+    if not matches:
+        raise PredictionsError(
+            "P019", f"threshold: no validation predictions for run {_run_text(run)}, task {run.task!r}"
+        )
+    same_setting = [other for other in matches if other.keys["setting"] == run.keys["setting"]]
+    chosen = (same_setting or matches)[0]
+    thresholds = np.full(n_targets, np.nan)
+    for j, target in enumerate(run.targets):
+        if target in chosen.targets:
+            column = chosen.targets.index(target)
+            thresholds[j] = choose_threshold(
+                chosen.y[:, column], chosen.s[:, column], rule=policy.rule, target=policy.target
+            )
+    return thresholds
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One output value of a run: a (metric, target) pair, target possibly an aggregate."""
+
+    metric: str
+    target: str
+
+
+class RunScorer:
+    """All requested cells of one run, evaluated for batches of weight rows.
+
+    Args:
+        run: the run.
+        metrics: metric names (already filtered to the run's kind).
+        thresholds: ``[L]`` thresholds (binary/multilabel), or None.
+        column_of: ``[n]`` weight column (cluster index) of each sample.
+        n_columns: number of weight columns.
+        n_bins: calibration bins.
+        averages: aggregate targets to add for multilabel/multiclass tasks.
+    """
+
+    def __init__(
+        self,
+        run: TaskRun,
+        metrics: Sequence[str],
+        thresholds: np.ndarray | None,
+        column_of: np.ndarray,
+        n_columns: int,
+        *,
+        n_bins: int,
+        averages: Sequence[str],
+    ) -> None:
+        self.run = run
+        self.metrics = tuple(metrics)
+        self.n_columns = n_columns
+        self.evaluator: BinaryEvaluator | MulticlassEvaluator
+        self.micro: BinaryEvaluator | None = None
+        if run.kind == "multiclass":
+            self.evaluator = MulticlassEvaluator(
+                run.label_of(),
+                run.s,
+                metrics=self.metrics,
+                n_classes=len(run.targets),
+                column_of=column_of,
+                n_bins=n_bins,
+            )
+        else:
+            predictions = None
+            if thresholds is not None:
+                predictions = run.s >= np.where(np.isnan(thresholds), np.inf, thresholds)[None, :]
+            self.evaluator = BinaryEvaluator(
+                run.y, run.s, predictions, metrics=self.metrics, column_of=column_of, n_bins=n_bins
+            )
+            if run.kind == "multilabel" and "micro" in averages:
+                self.micro = self.evaluator.micro()
+        self.undefined_threshold = (
+            np.zeros(len(run.targets), dtype=bool) if thresholds is None else np.isnan(thresholds)
+        )
+        point = self._per_target(np.ones((1, n_columns), dtype=np.int64))
+        self.defined = {metric: ~np.isnan(values[0]) for metric, values in point.items()}
+        self.cells: list[Cell] = []
+        per_target_averages = [a for a in averages if a in ("macro", "weighted")]
+        for metric in self.metrics:
+            if run.kind == "multiclass" and metric in MULTICLASS_SCALARS:
+                self.cells.append(Cell(metric, "(micro)"))
+                continue
+            self.cells.extend(Cell(metric, target) for target in run.targets)
+            # Averages of class prevalences are constants (1/K), so descriptive multiclass rates get none.
+            if len(run.targets) > 1 and not (run.kind == "multiclass" and metric in ("base_rate", "positive_rate")):
+                self.cells.extend(Cell(metric, f"({average})") for average in per_target_averages)
+                if self.micro is not None:
+                    self.cells.append(Cell(metric, "(micro)"))
+
+    def _per_target(self, columns: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.evaluator.values(columns)
+        if self.undefined_threshold.any():
+            for metric in self.metrics:
+                if metric in LABEL_METRICS and metric != "base_rate":
+                    values[metric][:, self.undefined_threshold] = np.nan
+        return values
+
+    def values(self, columns: np.ndarray) -> np.ndarray:
+        """``[b, len(cells)]`` values for weight rows `columns` ``[b, n_columns]``."""
+        per_target = self._per_target(columns)
+        micro = self.micro.values(columns) if self.micro is not None else {}
+        support = None
+        out = np.empty((columns.shape[0], len(self.cells)))
+        for position, cell in enumerate(self.cells):
+            values = per_target[cell.metric]
+            if cell.target == "(micro)":
+                out[:, position] = values[:, 0] if values.shape[1] == 1 else micro[cell.metric][:, 0]
+            elif cell.target in ("(macro)", "(weighted)"):
+                if cell.target == "(weighted)" and support is None:
+                    support = self.evaluator.support(columns)
+                out[:, position] = average_targets(
+                    values,
+                    average=cell.target[1:-1],
+                    defined=self.defined[cell.metric],
+                    support=support,
+                )
+            else:
+                out[:, position] = values[:, self.run.targets.index(cell.target)]
+        return out
+
+    def notes(self, cell: Cell, value: float) -> list[str]:
+        """Note tokens of a point estimate (undefined reason, labels used by an average)."""
+        notes: list[str] = []
+        if math.isnan(value):
+            notes.append(UNDEFINED_NOTES.get(cell.metric, "single_class"))
+        if cell.target in ("(macro)", "(weighted)"):
+            defined = self.defined[cell.metric]
+            if defined.sum() < defined.size:
+                notes.append(f"labels_used={int(defined.sum())}/{defined.size}")
+        return notes
+
+
+def _replicates(
+    scorers: Sequence[RunScorer], n_columns: int, *, n_boot: int, random_state: int, n_jobs: int
+) -> list[np.ndarray]:
+    """Bootstrap replicate values ``[B, cells]`` of each scorer, all on the same cluster resamples."""
+    out = [np.empty((n_boot, len(scorer.cells))) for scorer in scorers]
+    largest = max(scorer.run.n for scorer in scorers)
+    spans = list(chunks(n_boot, max(largest, n_columns)))
+
+    def work(span: tuple[int, int]) -> None:
+        start, stop = span
+        counts = bootstrap_counts(n_columns, start, stop, random_state)
+        for scorer, values in zip(scorers, out, strict=True):
+            values[start:stop] = scorer.values(counts)
+
+    if n_jobs > 1 and len(spans) > 1:
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            list(pool.map(work, spans))
+    else:
+        for span in spans:
+            work(span)
+    return out
+
+
+def _interval(
+    replicates: np.ndarray,
+    value: float,
+    *,
+    ci: str,
+    level: float,
+    jackknife: np.ndarray | None,
+) -> tuple[float, float, list[str]]:
+    if ci == "bca" and jackknife is not None:
+        return bca_interval(replicates, value, jackknife, level)
+    return percentile_interval(replicates, level)
+
+
+def _jackknife(scorer: RunScorer, n_columns: int) -> np.ndarray:
+    """Leave-one-cluster-out values ``[m, cells]`` through 0/1 masks."""
+    out = np.empty((n_columns, len(scorer.cells)))
+    for start, stop in chunks(n_columns, max(scorer.run.n, n_columns)):
+        masks = np.ones((stop - start, n_columns), dtype=np.int64)
+        masks[np.arange(stop - start), np.arange(start, stop)] = 0
+        out[start:stop] = scorer.values(masks)
+    return out
+
+
+def _resolve_metrics(metrics: Sequence[str] | None, kind: str) -> tuple[str, ...]:
+    """The metrics `score` computes for a kind: the defaults, or the requested ones that apply to it."""
+    if metrics is None:
+        return default_metrics(kind)
+    computable = set(BINARY_METRICS) | set(MULTICLASS_METRICS)
+    for name in metrics:
+        metric_spec(name)
+        if name not in computable:
+            raise ValueError(f"score cannot compute {name!r}; it computes: {', '.join(sorted(computable))}")
+    valid = MULTICLASS_METRICS if kind == "multiclass" else BINARY_METRICS
+    return tuple(dict.fromkeys(name for name in metrics if name in valid))
+
+
+def _group_key(run: TaskRun, aggregate: Sequence[str]) -> tuple[Any, ...]:
+    kept = tuple((key, None if key in aggregate else run.keys[key]) for key in RUN_KEYS)
+    return (*kept, ("task", run.task))
+
+
+def _seed_fold_sd(runs: Sequence[TaskRun], values: np.ndarray) -> tuple[float, float | None, list[str]]:
+    """``seed_sd`` (RMS over folds of the within-fold seed SD) and ``fold_sd`` (SD of fold means)."""
+    folds: dict[Any, list[float]] = {}
+    for run, value in zip(runs, values, strict=True):
+        folds.setdefault(run.keys["fold"], []).append(float(value))
+    variances = [np.var(seeds, ddof=1) for seeds in folds.values() if len(seeds) > 1]
+    notes = [] if variances else ["single_seed"]
+    seed_sd = float(np.sqrt(np.mean(variances))) if variances else math.nan
+    fold_means = [float(np.mean(seeds)) for seeds in folds.values()]
+    fold_sd = float(np.std(fold_means, ddof=1)) if len(fold_means) > 1 else None
+    return seed_sd, fold_sd, notes
+
+
+def score(
+    preds: Any,
+    *,
+    metrics: Sequence[str] | None = None,
+    kinds: Mapping[str, str] | None = None,
+    classes: Mapping[str, Sequence[str]] | None = None,
+    threshold: ThresholdPolicy | None = None,
+    n_bins: int = 10,
+    n_boot: int = 1000,
+    ci: str = "percentile",
+    level: float = 0.95,
+    cluster: str | None = "subject_id",
+    aggregate: Sequence[str] = AGGREGATE_KEYS,
+    random_state: int = 0,
+    n_jobs: int = 1,
+    averages: Sequence[str] = AVERAGES,
+    progress: Progress | None = None,
+) -> pl.DataFrame:
+    """Every metric of every run and task, with patient-clustered bootstrap CIs (eval.md §4, §8.3).
+
+    Args:
+        preds: predictions: a frame, a ``LazyFrame``, a path, a list or a glob (validated, §1.3).
+        metrics: registry names; None = the kind's defaults (§2.2, §2.6). Names that do not apply to a
+            task's kind are skipped for that task.
+        kinds: task -> kind overrides.
+        classes: task -> class order (multiclass).
+        threshold: `Fixed` (default ``Fixed(0.5)``), `FromValidation` or `TopK` for label metrics.
+        n_bins: calibration bins.
+        n_boot: bootstrap replicates ``B`` (0 = no CI).
+        ci: ``"percentile"`` or ``"bca"``.
+        level: confidence level.
+        cluster: cluster column (patients); None or absent → row bootstrap (note ``row_bootstrap``).
+        aggregate: run keys to aggregate over (``mean``, ``seed_sd``, ``fold_sd`` rows); ``()`` for none.
+        random_state: seed of the bootstrap stream.
+        n_jobs: threads over replicate chunks (results never depend on it).
+        averages: aggregate targets of multilabel/multiclass tasks: ``macro``, ``weighted``, ``micro``.
+        progress: ``progress(done, total)`` callback over bootstrap chunks.
+
+    Returns:
+        The tidy result frame of §8.1.
+
+    Example:
+        >>> from carebench_eval.testing import synthetic_predictions
+        >>> preds = synthetic_predictions(n_samples=60, tasks=("mortality",), models=("a",), seed=1)
+        >>> table = score(preds, metrics=["auroc_score"], n_boot=50)
+        >>> table.select("model", "metric", "target").row(0)
+        ('a', 'auroc_score', 'mortality')
+    """
+    policy = Fixed(0.5) if threshold is None else threshold
+    if not isinstance(policy, Fixed | FromValidation | TopK):
+        raise ValueError("threshold must be Fixed(...), FromValidation(...) or TopK(...)")
+    if ci not in CI_METHODS:
+        raise ValueError(f"ci must be one of {', '.join(CI_METHODS)}; got {ci!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs must be >= 1, got {n_jobs}")
+    unknown = [key for key in aggregate if key not in AGGREGATE_KEYS]
+    if unknown:
+        raise ValueError(f"aggregate must name 'seed' and/or 'fold'; got {unknown}")
+    unknown = [average for average in averages if average not in AVERAGES]
+    if unknown:
+        raise ValueError(f"averages must be among {', '.join(AVERAGES)}; got {unknown}")
+    if isinstance(preds, pl.DataFrame):
+        frame_notes = list(frame_info(preds).get("notes", []))
+        frame = validate(preds, kinds=kinds, classes=classes)
+    else:
+        frame = read_predictions(preds, kinds=kinds, classes=classes)
+        frame_notes = list(frame_info(frame).get("notes", []))
+    wanted = set(metrics or ())
+    ordinal = {"kappa_linear_score", "kappa_quadratic_score"}
+    ordinal_tasks = list(frame["task"].unique()) if (metrics is None or wanted & ordinal) else []
+    runs = split_runs(frame, kinds=kinds, classes=classes, cluster=cluster, ordinal_tasks=ordinal_tasks)
+    validation_runs: list[TaskRun] = []
+    if isinstance(policy, FromValidation):
+        validation_frame = read_predictions(policy.predictions, kinds=kinds, classes=classes)
+        validation_runs = split_runs(validation_frame, kinds=kinds, classes=classes, cluster=cluster)
+    clustered = cluster is not None and cluster in frame.columns
+    base_notes = frame_notes + ([] if clustered else ["row_bootstrap"] if n_boot else [])
+
+    groups: dict[tuple[Any, ...], list[TaskRun]] = {}
+    for run in runs:
+        groups.setdefault(_group_key(run, aggregate), []).append(run)
+    total_steps = len(groups)
+    rows: list[dict[str, Any]] = []
+    undefined: dict[tuple[str, str], list[str]] = {}
+
+    for step, group in enumerate(groups.values(), start=1):
+        group_metrics = _resolve_metrics(metrics, group[0].kind)
+        if progress is not None:
+            progress(step - 1, total_steps)
+        if not group_metrics:
+            continue
+        needs_threshold = group[0].kind != "multiclass" and any(
+            name in LABEL_METRICS and name != "base_rate" for name in group_metrics
+        )
+        run_scorers: list[RunScorer] = []
+        thresholds_of: list[np.ndarray | None] = []
+        for run in group:
+            thresholds = run_thresholds(run, policy, validation_runs) if needs_threshold else None
+            thresholds_of.append(thresholds)
+            universe, (column_of,) = cluster_universe(run.cluster)
+            run_scorers.append(
+                RunScorer(
+                    run, group_metrics, thresholds, column_of, universe.size, n_bins=n_bins, averages=averages
+                )
+            )
+        point_values = [
+            scorer.values(np.ones((1, scorer.n_columns), dtype=np.int64))[0] for scorer in run_scorers
+        ]
+        replicate_values: list[np.ndarray | None] = [None] * len(group)
+        jackknife_values: list[np.ndarray | None] = [None] * len(group)
+        if n_boot:
+            for position, scorer in enumerate(run_scorers):
+                (replicate_values[position],) = _replicates(
+                    [scorer], scorer.n_columns, n_boot=n_boot, random_state=random_state, n_jobs=n_jobs
+                )
+                if ci == "bca":
+                    jackknife_values[position] = _jackknife(scorer, scorer.n_columns)
+
+        for run, scorer, values, replicates, jackknife, thresholds in zip(
+            group, run_scorers, point_values, replicate_values, jackknife_values, thresholds_of, strict=True
+        ):
+            keys = {
+                "model": run.keys["model"],
+                "seed": run.keys["seed"],
+                "fold": run.keys["fold"],
+                "setting": run.keys["setting"],
+            }
+            for position, cell in enumerate(scorer.cells):
+                value = float(values[position])
+                notes = [*base_notes, *scorer.notes(cell, value)]
+                low = high = None
+                if replicates is not None:
+                    low, high, ci_notes = _interval(
+                        replicates[:, position],
+                        value,
+                        ci=ci,
+                        level=level,
+                        jackknife=None if jackknife is None else jackknife[:, position],
+                    )
+                    notes.extend(ci_notes)
+                if math.isnan(value):
+                    undefined.setdefault((cell.metric, notes[len(base_notes)]), []).append(
+                        f", e.g. task {run.task!r}, target {cell.target!r}"
+                    )
+                rows.append(
+                    {
+                        **keys,
+                        "task": run.task,
+                        "metric": cell.metric,
+                        "statistic": "estimate",
+                        "target": cell.target,
+                        "value": value,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "n": run.n,
+                        "n_runs": 1,
+                        "notes": join_notes(notes),
+                    }
+                )
+            if thresholds is not None:
+                for target, value in zip(run.targets, thresholds, strict=True):
+                    rows.append(
+                        {
+                            **keys,
+                            "task": run.task,
+                            "metric": "threshold",
+                            "statistic": "estimate",
+                            "target": target,
+                            "value": float(value),
+                            "n": run.n,
+                            "n_runs": 1,
+                            "notes": policy.note,
+                        }
+                    )
+
+        if len(group) > 1:
+            rows.extend(
+                _aggregate_rows(
+                    group,
+                    run_scorers,
+                    thresholds_of,
+                    point_values,
+                    aggregate=aggregate,
+                    n_bins=n_bins,
+                    averages=averages,
+                    group_metrics=group_metrics,
+                    n_boot=n_boot,
+                    ci=ci,
+                    level=level,
+                    random_state=random_state,
+                    n_jobs=n_jobs,
+                    base_notes=base_notes,
+                )
+            )
+
+    if progress is not None:
+        progress(total_steps, total_steps)
+    for (metric, note), examples in undefined.items():
+        warn_undefined(metric, note, cells=len(examples), example=examples[0], stacklevel=2)
+    return make_rows(rows)
+
+
+def _aggregate_rows(
+    group: Sequence[TaskRun],
+    run_scorers: Sequence[RunScorer],
+    thresholds_of: Sequence[np.ndarray | None],
+    point_values: Sequence[np.ndarray],
+    *,
+    aggregate: Sequence[str],
+    n_bins: int,
+    averages: Sequence[str],
+    group_metrics: Sequence[str],
+    n_boot: int,
+    ci: str,
+    level: float,
+    random_state: int,
+    n_jobs: int,
+    base_notes: Sequence[str],
+) -> list[dict[str, Any]]:
+    """``mean`` (joint bootstrap CI over the union of the runs' clusters), ``seed_sd``, ``fold_sd`` rows."""
+    first = group[0]
+    cells = run_scorers[0].cells
+    if any(scorer.cells != cells for scorer in run_scorers):
+        raise ValueError(
+            f"task {first.task!r}: runs aggregated over {list(aggregate)} have different targets; "
+            "score them separately (aggregate=())"
+        )
+    universe, column_ofs = cluster_universe(*(run.cluster for run in group))
+    point = np.vstack(point_values)
+    mean_point = point.mean(axis=0)
+    replicates = None
+    if n_boot:
+        joint = [
+            RunScorer(
+                run, group_metrics, thresholds, column_of, universe.size, n_bins=n_bins, averages=averages
+            )
+            for run, thresholds, column_of in zip(group, thresholds_of, column_ofs, strict=True)
+        ]
+        per_run = _replicates(joint, universe.size, n_boot=n_boot, random_state=random_state, n_jobs=n_jobs)
+        replicates = np.mean(np.stack(per_run), axis=0)
+    keys = {
+        "model": first.keys["model"],
+        "seed": None if "seed" in aggregate else first.keys["seed"],
+        "fold": None if "fold" in aggregate else first.keys["fold"],
+        "setting": first.keys["setting"],
+    }
+    n_samples = int(np.unique(np.concatenate([run.sample_id for run in group])).size)
+    rows: list[dict[str, Any]] = []
+    for position, cell in enumerate(cells):
+        value = float(mean_point[position])
+        notes = [*base_notes]
+        if math.isnan(value):
+            notes.append(UNDEFINED_NOTES.get(cell.metric, "single_class"))
+        low = high = None
+        if replicates is not None:
+            low, high, ci_notes = percentile_interval(replicates[:, position], level)
+            notes.extend(ci_notes)
+        common = {
+            **keys,
+            "task": first.task,
+            "metric": cell.metric,
+            "target": cell.target,
+            "n": n_samples,
+            "n_runs": len(group),
+        }
+        rows.append(
+            {
+                **common,
+                "statistic": "mean",
+                "value": value,
+                "ci_low": low,
+                "ci_high": high,
+                "notes": join_notes(notes),
+            }
+        )
+        seed_sd, fold_sd, sd_notes = _seed_fold_sd(group, point[:, position])
+        if "seed" in aggregate:
+            rows.append({**common, "statistic": "seed_sd", "value": seed_sd, "notes": join_notes(sd_notes)})
+        if "fold" in aggregate and fold_sd is not None:
+            rows.append({**common, "statistic": "fold_sd", "value": fold_sd})
+    return rows

@@ -1,0 +1,1306 @@
+"""Paired model comparison: permutation test, paired bootstrap CI and DeLong test (eval.md §5).
+
+Layers:
+
+- array layer: :func:`delong_test` (DeLong 1988 with the midrank algorithm of Sun & Xu 2014);
+- frame layer: :func:`compare` (two models, or two sets of runs, scored on the same samples) and
+  :func:`compare_grid` (many models against a reference model or all pairs, with Holm/BH correction).
+
+The module also holds the weighted-evaluation machinery that fairness and robustness share: predictions
+split into per-run arrays (:class:`TaskRun`), metrics evaluated for whole batches of weight rows
+(:class:`Scored`), and the bootstrap and permutation streams (eval.md §4.1, §5.1).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any, NamedTuple
+
+import numpy as np
+import polars as pl
+
+from carebench_eval.errors import PredictionsError, join_notes, warn_undefined
+from carebench_eval.io import class_order, load_predictions
+from carebench_eval.metrics.core import (
+    MULTICLASS_SCALARS,
+    BinaryEvaluator,
+    MulticlassEvaluator,
+    average_targets,
+)
+from carebench_eval.metrics.threshold import Fixed, FromValidation, TopK, choose_threshold, top_k_threshold
+from carebench_eval.registry import defaults, metric_spec, primary_metric, task_kind
+from carebench_eval.resampling import (
+    bootstrap_counts,
+    chunks,
+    cluster_universe,
+    enumerated_flips,
+    percentile_interval,
+    permutation_flips,
+    permutation_pvalue,
+)
+from carebench_eval.schema import make_rows
+
+__all__ = ["DeLongResult", "compare", "compare_grid", "delong_test"]
+
+logger = logging.getLogger(__name__)
+
+RUN_KEYS = ("model", "seed", "fold", "setting")
+"""Columns that identify a run (eval.md §1.1)."""
+
+PREDICTION_COLUMNS = frozenset({"sample_id", "subject_id", "task", "target", "y_true", "y_score", *RUN_KEYS})
+"""Columns that are not sensitive attributes."""
+
+# --------------------------------------------------------------------------------------------------
+# DeLong (array layer)
+
+
+class DeLongResult(NamedTuple):
+    """Result of :func:`delong_test`: ``delta`` = AUROC(a) − AUROC(b) with its standard error, z, p, CI."""
+
+    delta: float
+    se: float
+    z: float
+    p_value: float
+    ci_low: float
+    ci_high: float
+
+
+def _midranks(values: np.ndarray) -> np.ndarray:
+    """1-based midranks of `values` ``[n]`` (tied values share the mean of their ranks)."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], values.size]
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def delong_components(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DeLong structural components of several models' AUROC (Sun & Xu 2014 midrank algorithm).
+
+    Args:
+        y_true: ``[n]`` 0/1 labels with both classes present.
+        scores: ``[r, n]`` scores of r models.
+
+    Returns:
+        ``(auroc [r], v10 [r, n1], v01 [r, n0])``: ``v10[k, i]`` is the share of negatives that
+        positive ``i`` outranks (ties count half), ``v01[k, j]`` the share of positives that outrank
+        negative ``j``; ``auroc = v10.mean(1) = v01.mean(1)``.
+    """
+    positive = np.asarray(y_true).astype(bool)
+    n1 = int(positive.sum())
+    n0 = positive.size - n1
+    v10 = np.empty((scores.shape[0], n1))
+    v01 = np.empty((scores.shape[0], n0))
+    for k, score in enumerate(np.asarray(scores, dtype=np.float64)):
+        x, y = score[positive], score[~positive]
+        ranks_all = _midranks(np.concatenate([x, y]))
+        v10[k] = (ranks_all[:n1] - _midranks(x)) / n0
+        v01[k] = 1.0 - (ranks_all[n1:] - _midranks(y)) / n1
+    return v10.mean(axis=1), v10, v01
+
+
+def delong_test(
+    y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *, level: float = 0.95
+) -> DeLongResult:
+    """DeLong test of two correlated AUROCs (DeLong, DeLong & Clarke-Pearson 1988; eval.md §5.3).
+
+    ``S = S10/n1 + S01/n0`` from the 2x2 sample covariances (ddof 1) of the structural components;
+    ``Var(Δ) = S_aa + S_bb − 2 S_ab``; ``z = Δ/√Var``; ``p = erfc(|z|/√2)``; CI ``Δ ± z_{1−α/2} √Var``.
+    Samples are assumed independent (the frame layer notes ``delong_ignores_clusters`` otherwise).
+    Identical scores give ``Δ = 0``, ``Var = 0`` and ``p = 1``.
+
+    Args:
+        y_true: ``[n]`` 0/1 labels.
+        score_a: ``[n]`` scores of model a.
+        score_b: ``[n]`` scores of model b.
+        level: confidence level of the interval.
+
+    Returns:
+        :class:`DeLongResult`; all NaN (with an ``UndefinedMetricWarning``) when a class has fewer than
+        two samples.
+
+    Examples:
+        >>> r = delong_test([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], [0.1, 0.4, 0.35, 0.8])
+        >>> (r.delta, r.p_value)
+        (0.0, 1.0)
+    """
+    y = np.asarray(y_true)
+    scores = np.vstack([np.asarray(score_a, dtype=np.float64), np.asarray(score_b, dtype=np.float64)])
+    if scores.shape[1] != y.shape[0] or y.ndim != 1:
+        raise ValueError(f"delong_test: y_true [n] and scores [n] must match, got {y.shape} and {scores.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"delong_test: level must lie in (0, 1), got {level}")
+    n1 = int(y.astype(bool).sum())
+    n0 = y.size - n1
+    if n1 < 2 or n0 < 2:
+        warn_undefined("auroc_score", "single_class", cells=1, n=int(y.size))
+        return DeLongResult(*(math.nan,) * 6)
+    auroc, v10, v01 = delong_components(y, scores)
+    covariance = np.cov(v10, ddof=1) / n1 + np.cov(v01, ddof=1) / n0
+    delta = float(auroc[0] - auroc[1])
+    variance = max(float(covariance[0, 0] + covariance[1, 1] - 2.0 * covariance[0, 1]), 0.0)
+    se = math.sqrt(variance)
+    if se == 0.0:
+        z = 0.0 if delta == 0.0 else math.copysign(math.inf, delta)
+    else:
+        z = delta / se
+    p_value = math.erfc(abs(z) / math.sqrt(2.0))
+    half_width = NormalDist().inv_cdf(0.5 + level / 2.0) * se
+    return DeLongResult(delta, se, z, p_value, delta - half_width, delta + half_width)
+
+
+# --------------------------------------------------------------------------------------------------
+# Predictions -> per-run arrays
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """One run (model, seed, fold, setting) of one task as aligned arrays, samples sorted by id.
+
+    Attributes:
+        keys: run key values (``model``, ``seed``, ``fold``, ``setting``; None when absent).
+        task: task name.
+        kind: ``binary``, ``multilabel`` or ``multiclass``.
+        targets: ``[L]`` label names, or class names in class order for multiclass.
+        sample_id: ``[n]`` sample ids (str), sorted.
+        cluster: ``[n]`` cluster ids (str): ``subject_id`` or, without it, the sample id.
+        y: ``[n, L]`` int8 0/1 labels (multiclass: one-hot).
+        s: ``[n, L]`` float64 scores.
+        attributes: one row per sample (same order) with the attribute columns, as strings.
+    """
+
+    keys: dict[str, Any]
+    task: str
+    kind: str
+    targets: tuple[str, ...]
+    sample_id: np.ndarray
+    cluster: np.ndarray
+    y: np.ndarray
+    s: np.ndarray
+    attributes: pl.DataFrame
+
+    @property
+    def n(self) -> int:
+        """Number of samples."""
+        return int(self.sample_id.size)
+
+    def take(self, rows: np.ndarray) -> TaskRun:
+        """The run restricted to sample `rows` (sorted order kept)."""
+        return TaskRun(
+            keys=self.keys,
+            task=self.task,
+            kind=self.kind,
+            targets=self.targets,
+            sample_id=self.sample_id[rows],
+            cluster=self.cluster[rows],
+            y=self.y[rows],
+            s=self.s[rows],
+            # A frame without columns has no rows to gather.
+            attributes=self.attributes[rows] if self.attributes.width else self.attributes,
+        )
+
+
+def resolve_kind(task: str, n_targets: int, kinds: Mapping[str, str] | None) -> str:
+    """Task kind (eval.md §1.2): ``kinds=`` > bundled defaults > inference (never multiclass)."""
+    return task_kind(task, n_targets=n_targets, kinds=kinds)
+
+
+def split_runs(
+    frame: pl.DataFrame,
+    *,
+    kinds: Mapping[str, str] | None = None,
+    classes: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+    cluster: str | None = "subject_id",
+) -> list[TaskRun]:
+    """Split validated long predictions into one :class:`TaskRun` per (run, task), in key order.
+
+    Args:
+        frame: validated predictions (eval.md §1.1).
+        kinds: task -> kind overrides.
+        classes: class order per multiclass task (a mapping task -> names, or one list for all).
+        cluster: cluster column; ``None`` or absent: each sample is its own cluster.
+
+    Returns:
+        Runs sorted by (model, seed, fold, setting, task), nulls first.
+    """
+    keys = [key for key in RUN_KEYS if key in frame.columns]
+    attribute_columns = [column for column in frame.columns if column not in PREDICTION_COLUMNS]
+    cluster_column = cluster if cluster is not None and cluster in frame.columns else "sample_id"
+    runs: list[TaskRun] = []
+    for key_values, part in sorted(
+        frame.group_by([*keys, "task"], maintain_order=True),
+        key=lambda item: tuple((value is not None, value) for value in item[0]),
+    ):
+        values = dict(zip([*keys, "task"], key_values, strict=True))
+        task = str(values.pop("task"))
+        names = sorted(part["target"].unique().to_list())
+        kind = resolve_kind(task, len(names), kinds)
+        if kind == "multiclass":
+            task_classes = classes.get(task) if isinstance(classes, Mapping) else classes
+            names = list(class_order(task, names, task_classes))
+        target_index = {name: index for index, name in enumerate(names)}
+        part = part.with_columns(
+            pl.col("target").replace_strict(target_index, return_dtype=pl.Int64).alias("_target_index")
+        ).sort("sample_id", "_target_index")
+        n_targets = len(names)
+        n = part.height // n_targets
+        per_sample = part.gather_every(n_targets)
+        runs.append(
+            TaskRun(
+                keys={key: values.get(key) for key in RUN_KEYS},
+                task=task,
+                kind=kind,
+                targets=tuple(names),
+                sample_id=per_sample["sample_id"].cast(pl.String).to_numpy().astype(str),
+                cluster=per_sample[cluster_column].cast(pl.String).to_numpy().astype(str),
+                y=part["y_true"].to_numpy().astype(np.int8).reshape(n, n_targets),
+                s=part["y_score"].to_numpy().astype(np.float64).reshape(n, n_targets),
+                attributes=per_sample.select(attribute_columns),
+            )
+        )
+    return runs
+
+
+# --------------------------------------------------------------------------------------------------
+# Weighted evaluation of metrics for batches of weight rows
+
+
+AGGREGATE_TARGETS = ("(macro)", "(micro)", "(weighted)")
+WHOLE_TASK_TARGET = "(micro)"
+"""Target of multiclass metrics defined on the whole task (accuracy, κ, Brier, top-label ECE)."""
+
+THRESHOLD_METRICS = frozenset(
+    {
+        "sensitivity_score",
+        "specificity_score",
+        "fpr_error",
+        "ppv_score",
+        "npv_score",
+        "f1_score",
+        "positive_rate",
+        "accuracy_score",
+        "kappa_score",
+        "kappa_linear_score",
+        "kappa_quadratic_score",
+    }
+)
+_UNDEFINED_NOTE = {
+    "ppv_score": "no_predicted_positive",
+    "npv_score": "no_predicted_negative",
+    "kappa_score": "degenerate_agreement",
+    "kappa_linear_score": "degenerate_agreement",
+    "kappa_quadratic_score": "degenerate_agreement",
+}
+
+
+def undefined_note(metric: str) -> str:
+    """Note token for an undefined value of `metric` (eval.md §1.4)."""
+    return _UNDEFINED_NOTE.get(metric, "single_class")
+
+
+Request = tuple[str, str]
+"""A (metric, target) pair; target is a label/class name or an aggregate such as ``(macro)``."""
+
+
+class Scored:
+    """One sample set's labels, scores and predictions, evaluated for batches of weight rows.
+
+    A thin layer over the evaluators of :mod:`carebench_eval.metrics.core` (the ones `score` uses, so
+    point estimates agree): it picks the requested (metric, target) cells and forms the macro and weighted
+    averages over the targets defined on the whole sample set (the fixed estimand of eval.md §4.3).
+
+    Args:
+        kind: ``binary``, ``multilabel`` or ``multiclass``.
+        targets: ``[L]`` label names, or class names in class order.
+        y: ``[n, L]`` 0/1 labels (multiclass: one-hot).
+        s: ``[n, L]`` scores.
+        pred: ``[n, L]`` 0/1 predictions at the policy thresholds (multiclass: ignored, argmax is used).
+        column_of: ``[n]`` weight column of each sample.
+        requests: the (metric, target) cells to compute.
+        n_bins: calibration bins.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        targets: tuple[str, ...],
+        y: np.ndarray,
+        s: np.ndarray,
+        pred: np.ndarray,
+        column_of: np.ndarray,
+        requests: Sequence[Request],
+        *,
+        n_bins: int = 10,
+    ) -> None:
+        self.kind = kind
+        self.targets = targets
+        self.requests = list(dict.fromkeys(requests))
+        self.column_of = np.asarray(column_of, dtype=np.int64)
+        metrics = tuple(dict.fromkeys(metric for metric, _ in self.requests))
+        self._micro: BinaryEvaluator | None = None
+        if kind == "multiclass":
+            self._evaluator: BinaryEvaluator | MulticlassEvaluator = MulticlassEvaluator(
+                y.argmax(axis=1), s, metrics=metrics, n_classes=len(targets), column_of=self.column_of, n_bins=n_bins
+            )
+        else:
+            self._evaluator = BinaryEvaluator(y, s, pred, metrics=metrics, column_of=self.column_of, n_bins=n_bins)
+            if any(target == "(micro)" for _, target in self.requests):
+                self._micro = self._evaluator.micro()
+        for metric, target in self.requests:
+            if target not in AGGREGATE_TARGETS and target not in targets:
+                raise ValueError(f"unknown target {target!r} for {metric}; available: {list(targets)}")
+        # Label-major flattening in the evaluator makes working arrays [b, n L] wide.
+        self.width = max(self.column_of.size * len(targets), int(self.column_of.max()) + 1 if self.column_of.size else 1)
+        ones = np.ones((1, int(self.column_of.max()) + 1 if self.column_of.size else 1), dtype=np.int64)
+        point = self._evaluator.values(ones)
+        self.defined = {metric: np.isfinite(values[0]) for metric, values in point.items()}
+
+    def evaluate(self, columns: np.ndarray) -> dict[Request, np.ndarray]:
+        """Values of every requested cell for each weight row.
+
+        Args:
+            columns: ``[b, k]`` weights (see :mod:`carebench_eval._kernels`).
+
+        Returns:
+            (metric, target) -> ``[b]`` float64, NaN where undefined.
+        """
+        values = self._evaluator.values(columns)
+        micro = self._micro.values(columns) if self._micro is not None else {}
+        support: np.ndarray | None = None
+        out: dict[Request, np.ndarray] = {}
+        for metric, target in self.requests:
+            per_target = values[metric]
+            if target == "(micro)":
+                out[metric, target] = micro[metric][:, 0] if self.kind != "multiclass" else per_target[:, 0]
+            elif self.kind == "multiclass" and metric in MULTICLASS_SCALARS:
+                out[metric, target] = per_target[:, 0]
+            elif target in ("(macro)", "(weighted)"):
+                if target == "(weighted)" and support is None:
+                    support = self._evaluator.support(columns)
+                out[metric, target] = average_targets(
+                    per_target, average=target[1:-1], defined=self.defined[metric], support=support
+                )
+            else:
+                out[metric, target] = per_target[:, self.targets.index(target)]
+        return out
+
+
+def label_rows(kind: str, metric: str, targets: tuple[str, ...], mode: str) -> list[str]:
+    """Targets evaluated for `metric`: `mode` is ``aggregate``, ``per_label`` or ``all``."""
+    if kind == "binary":
+        return [targets[0]]
+    if kind == "multiclass" and metric in MULTICLASS_SCALARS:
+        return [WHOLE_TASK_TARGET]
+    if mode == "aggregate":
+        return ["(macro)"]
+    if mode == "per_label":
+        return list(targets)
+    if mode == "all":
+        return ["(macro)", *targets]
+    raise ValueError(f"unknown targets {mode!r}; allowed: 'aggregate', 'per_label', 'all'")
+
+
+def predictions_at(run: TaskRun, thresholds: np.ndarray) -> np.ndarray:
+    """0/1 predictions ``[n, L]``: ``s >= t`` per label (multiclass: one-hot argmax, ties to the lowest)."""
+    if run.kind == "multiclass":
+        pred = np.zeros_like(run.y)
+        pred[np.arange(run.n), run.s.argmax(axis=1)] = 1
+        return pred
+    return (run.s >= thresholds[None, :]).astype(np.int8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Replicated evaluation of cells (reps x units) for one side or for a pair
+
+
+Reducer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``reduce(values [b, U], eligible [U]) -> [b]``: a statistic over units (groups, curve points)."""
+
+
+def reduce_estimate(values: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """The plain estimate: the single unit's value."""
+    return values[:, 0]
+
+
+class CellGrid:
+    """Scored cells ``[R reps][U units]`` that share one weight-column space.
+
+    A rep is a (seed, fold) run or run pair; a unit is a sample subset (a group) or a setting (a curve
+    point). Each side's statistic is ``mean_r reduce(values[:, r, :], eligible)`` (eval.md §4.4: runs
+    share the cluster weights).
+    """
+
+    def __init__(self, cells: list[list[Scored]]) -> None:
+        self.cells = cells
+        self.width = max(cell.width for row in cells for cell in row)
+
+    def values(self, columns: np.ndarray) -> dict[Request, np.ndarray]:
+        """``(metric, target) -> [b, R, U]`` for the weight rows `columns` ``[b, k]``."""
+        out: dict[Request, np.ndarray] = {}
+        n_reps, n_units = len(self.cells), len(self.cells[0])
+        for r, row in enumerate(self.cells):
+            for u, cell in enumerate(row):
+                for request, value in cell.evaluate(columns).items():
+                    if request not in out:
+                        out[request] = np.full((columns.shape[0], n_reps, n_units), np.nan)
+                    out[request][:, r, u] = value
+        return out
+
+
+def reduce_reps(values: np.ndarray, reducer: Reducer, eligible: np.ndarray) -> np.ndarray:
+    """``mean_r reducer(values[:, r, :], eligible)`` for ``values [b, R, U]`` -> ``[b]``."""
+    return np.mean(np.stack([reducer(values[:, r, :], eligible) for r in range(values.shape[1])], axis=1), axis=1)
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    """One comparison cell: Δ, its paired bootstrap CI, the permutation p, notes and Δ replicates ``[B]``."""
+
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    notes: list[str]
+    replicates: np.ndarray
+
+
+def paired_statistics(
+    grid: CellGrid,
+    n_clusters: int,
+    requests: Sequence[Request],
+    *,
+    reducer: Reducer = reduce_estimate,
+    eligible: Mapping[Request, np.ndarray] | None = None,
+    n_boot: int,
+    n_perm: int,
+    level: float,
+    random_state: int,
+) -> dict[Request, PairedResult]:
+    """Δ = statistic(A) − statistic(B) with paired bootstrap CI and permutation p (eval.md §5.1-5.2).
+
+    `grid` cells hold A's samples then B's samples, A's weight column ``k`` and B's ``k + m``
+    (m = `n_clusters`). Bootstrap replicate counts ``C`` weight A by ``[C, 0]`` and B by ``[0, C]``;
+    permutation coins ``F`` swap the models per cluster: A by ``[1−F, F]``, B by ``[F, 1−F]``. When
+    ``2^m <= n_perm`` all flip patterns are enumerated and p is exact.
+
+    Args:
+        grid: paired cells.
+        n_clusters: m, clusters in the shared universe.
+        requests: (metric, target) cells.
+        reducer: statistic over units (default: the plain estimate).
+        eligible: per request, the units that enter the reducer (default: all).
+        n_boot: bootstrap replicates (0: no CI).
+        n_perm: permutations (0: no test).
+        level: CI level.
+        random_state: seed of the bootstrap and permutation streams.
+
+    Returns:
+        Request -> :class:`PairedResult`.
+    """
+    m = n_clusters
+    zeros = np.zeros((1, m), dtype=np.int64)
+    ones = np.ones((1, m), dtype=np.int64)
+    n_units = len(grid.cells[0])
+    masks = {request: (np.ones(n_units, dtype=bool) if eligible is None else eligible[request]) for request in requests}
+
+    def deltas(columns_a: np.ndarray, columns_b: np.ndarray) -> dict[Request, np.ndarray]:
+        values_a = grid.values(columns_a)
+        values_b = grid.values(columns_b)
+        return {
+            request: reduce_reps(values_a[request], reducer, masks[request])
+            - reduce_reps(values_b[request], reducer, masks[request])
+            for request in requests
+        }
+
+    observed = {request: float(value[0]) for request, value in deltas(np.hstack([ones, zeros]), np.hstack([zeros, ones])).items()}
+    boot: dict[Request, list[np.ndarray]] = {request: [] for request in requests}
+    for start, stop in chunks(n_boot, max(grid.width, 2 * m)):
+        counts = bootstrap_counts(m, start, stop, random_state)
+        empty = np.zeros_like(counts)
+        for request, value in deltas(np.hstack([counts, empty]), np.hstack([empty, counts])).items():
+            boot[request].append(value)
+    exact = m < 63 and 2**m <= n_perm
+    total_perm = 2**m if exact else n_perm
+    perm: dict[Request, list[np.ndarray]] = {request: [] for request in requests}
+    for start, stop in chunks(total_perm if n_perm > 0 else 0, max(grid.width, 2 * m)):
+        flips = enumerated_flips(m, start, stop) if exact else permutation_flips(m, start, stop, random_state)
+        for request, value in deltas(np.hstack([1 - flips, flips]), np.hstack([flips, 1 - flips])).items():
+            perm[request].append(value)
+    results: dict[Request, PairedResult] = {}
+    for request in requests:
+        notes: list[str] = []
+        ci_low = ci_high = math.nan
+        if n_boot > 0:
+            ci_low, ci_high, notes = percentile_interval(np.concatenate(boot[request]), level)
+        p_value = math.nan
+        if n_perm > 0:
+            p_value = permutation_pvalue(observed[request], np.concatenate(perm[request]), exact=exact)
+        replicates = np.concatenate(boot[request]) if boot[request] else np.empty(0)
+        results[request] = PairedResult(observed[request], ci_low, ci_high, p_value, notes, replicates)
+    return results
+
+
+def single_statistics(
+    grid: CellGrid,
+    n_clusters: int,
+    requests: Sequence[Request],
+    *,
+    n_boot: int,
+    random_state: int,
+) -> tuple[dict[Request, np.ndarray], dict[Request, np.ndarray]]:
+    """Point values and bootstrap replicates of one side's cells.
+
+    Returns:
+        ``(point, replicates)``: request -> ``[R, U]`` point values and ``[B, R, U]`` replicate values
+        (B = `n_boot`, the shared resamples of eval.md §4.1).
+    """
+    ones = np.ones((1, n_clusters), dtype=np.int64)
+    point = {request: value[0] for request, value in grid.values(ones).items()}
+    parts: dict[Request, list[np.ndarray]] = {request: [] for request in requests}
+    for start, stop in chunks(n_boot, max(grid.width, n_clusters)):
+        for request, value in grid.values(bootstrap_counts(n_clusters, start, stop, random_state)).items():
+            parts[request].append(value)
+    n_reps, n_units = len(grid.cells), len(grid.cells[0])
+    replicates = {
+        request: np.concatenate(parts[request]) if parts[request] else np.empty((0, n_reps, n_units))
+        for request in requests
+    }
+    return point, replicates
+
+
+# --------------------------------------------------------------------------------------------------
+# Thresholds
+
+
+def run_keys_text(keys: Mapping[str, Any]) -> str:
+    """``model='drfuse', seed=42, fold=1`` (the ``{run}`` of eval.md §1.3 messages)."""
+    shown = [f"{key}={value!r}" for key, value in keys.items() if value is not None]
+    return ", ".join(shown) if shown else "(single run)"
+
+
+def validation_runs(policy: Any, *, kinds: Mapping[str, str] | None, classes: Any) -> list[TaskRun]:
+    """The validation runs of a `FromValidation` policy (empty for the other policies)."""
+    if not isinstance(policy, FromValidation):
+        return []
+    return split_runs(load_predictions(policy.predictions, kinds=kinds), kinds=kinds, classes=classes)
+
+
+def run_thresholds(policy: Any, run: TaskRun, validation: Sequence[TaskRun]) -> np.ndarray:
+    """Per-label thresholds ``[L]`` of `run` under `policy` (eval.md §2.3; NaN for multiclass).
+
+    Raises:
+        PredictionsError: P019 when `FromValidation` has no validation run for (model, seed, fold, task).
+    """
+    n_labels = len(run.targets)
+    if run.kind == "multiclass":
+        return np.full(n_labels, np.nan)
+    if isinstance(policy, Fixed):
+        return np.full(n_labels, policy.threshold)
+    if isinstance(policy, TopK):
+        return np.array([top_k_threshold(run.s[:, label], policy.fraction) for label in range(n_labels)])
+    if isinstance(policy, FromValidation):
+        wanted = {key: run.keys[key] for key in ("model", "seed", "fold")}
+        matches = [
+            other
+            for other in validation
+            if other.task == run.task and all(other.keys[key] == value for key, value in wanted.items())
+        ]
+        if not matches:
+            raise PredictionsError(
+                "P019", f"threshold: no validation predictions for run {run_keys_text(wanted)}, task {run.task!r}"
+            )
+        chosen = matches[0]
+        return np.array(
+            [
+                choose_threshold(
+                    chosen.y[:, chosen.targets.index(target)],
+                    chosen.s[:, chosen.targets.index(target)],
+                    rule=policy.rule,
+                    target=policy.target,
+                )
+                for target in run.targets
+            ]
+        )
+    raise ValueError(f"threshold must be Fixed(...), FromValidation(...) or TopK(...), got {policy!r}")
+
+
+def threshold_rows(policy: Any, run: TaskRun, thresholds: np.ndarray, base: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``threshold`` rows (note ``policy=...``) that go with threshold-dependent values."""
+    if run.kind == "multiclass":
+        return []
+    return [
+        {
+            **base,
+            "metric": "threshold",
+            "statistic": "estimate",
+            "target": target,
+            "value": float(thresholds[label]),
+            "n": run.n,
+            "n_runs": 1,
+            "notes": policy.note,
+        }
+        for label, target in enumerate(run.targets)
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Frame layer
+
+
+STATISTICS = ("estimate", "gap", "ratio", "area", "relative_area", "retention")
+"""Quantities `compare` can difference (eval.md §5.1: metrics, fairness gaps, curve statistics)."""
+
+ALIGNS = ("exact", "inner")
+
+
+def comparison_metrics(task: str, kind: str, metrics: Sequence[str] | None) -> tuple[str, ...]:
+    """`metrics`, or the task's primary and secondary metrics (eval.md §5.5)."""
+    if metrics is not None:
+        return tuple(metrics)
+    primary, _ = primary_metric(task)
+    bundled = defaults()["tasks"].get(task)
+    secondary = tuple(bundled.get("secondary", ())) if bundled is not None else ()
+    if bundled is None:
+        return ("auprc_score", "auroc_score") if kind != "multiclass" else ("accuracy_score", "auroc_score")
+    return tuple(dict.fromkeys((primary, *secondary)))
+
+
+def _side(source: Any, role: str, kinds: Mapping[str, str] | None) -> tuple[pl.DataFrame, str]:
+    name: str | None = None
+    if isinstance(source, tuple):
+        source, name = source
+    frame = load_predictions(source, kinds=kinds)
+    if name is not None:
+        if "model" in frame.columns:
+            frame = frame.filter(pl.col("model") == name)
+            if frame.height == 0:
+                raise ValueError(f"compare: model {name!r} is not in the predictions of {role}")
+        return frame, name
+    models = frame["model"].unique().to_list() if "model" in frame.columns else []
+    if len(models) > 1:
+        raise ValueError(
+            f"compare: {role} holds several models {sorted(map(str, models))}; pass ({role}_frame, model_name)"
+        )
+    return frame, str(models[0]) if models and models[0] is not None else role
+
+
+def align_pair(run_a: TaskRun, run_b: TaskRun, *, align: str, names: tuple[str, str]) -> tuple[TaskRun, TaskRun]:
+    """Restrict two runs to their common samples (``align="inner"``) or insist they match (P018).
+
+    Raises:
+        PredictionsError: P018 (different samples with ``align="exact"``) or P015 (y_true differs).
+        ValueError: the runs have different targets.
+    """
+    if run_a.targets != run_b.targets:
+        raise ValueError(
+            f"compare: task {run_a.task!r} has targets {list(run_a.targets)} for {names[0]!r} but "
+            f"{list(run_b.targets)} for {names[1]!r}"
+        )
+    common, rows_a, rows_b = np.intersect1d(run_a.sample_id, run_b.sample_id, assume_unique=True, return_indices=True)
+    only_one = run_a.n + run_b.n - 2 * common.size
+    if only_one and align == "exact":
+        raise PredictionsError(
+            "P018",
+            f"compare: {names[0]!r} and {names[1]!r} are not scored on the same samples ({only_one} sample_id(s) "
+            'in only one); pass align="inner" to use the intersection',
+        )
+    if only_one:
+        logger.info("compare: %d sample(s) scored by only one of %r, %r left out (align='inner')", only_one, *names)
+    run_a, run_b = run_a.take(rows_a), run_b.take(rows_b)
+    differs = np.flatnonzero((run_a.y != run_b.y).any(axis=1))
+    if differs.size:
+        first = differs[0]
+        target = run_a.targets[int(np.flatnonzero(run_a.y[first] != run_b.y[first])[0])]
+        raise PredictionsError(
+            "P015",
+            f"predictions: y_true differs between runs for {differs.size} (sample_id, target) pair(s) of task "
+            f"{run_a.task!r}; first: sample_id={run_a.sample_id[first]}, target={target!r}",
+        )
+    return run_a, run_b
+
+
+def pair_reps(
+    runs_a: Sequence[TaskRun], runs_b: Sequence[TaskRun], *, names: tuple[str, str], what: str
+) -> list[tuple[TaskRun, TaskRun]]:
+    """Pair two sides' runs of one comparison cell by (seed, fold); one run each pairs directly."""
+
+    def rep(run: TaskRun) -> tuple[Any, Any]:
+        return run.keys["seed"], run.keys["fold"]
+
+    by_a = {rep(run): run for run in runs_a}
+    by_b = {rep(run): run for run in runs_b}
+    if set(by_a) == set(by_b):
+        return [(by_a[key], by_b[key]) for key in sorted(by_a, key=lambda key: [(v is not None, v) for v in key])]
+    if len(runs_a) == 1 and len(runs_b) == 1:
+        return [(runs_a[0], runs_b[0])]
+    raise ValueError(
+        f"compare: {what}: runs (seed, fold) {sorted(map(str, by_a))} of {names[0]!r} do not match "
+        f"{sorted(map(str, by_b))} of {names[1]!r}; compare one seed/fold at a time or give both the same runs"
+    )
+
+
+def pair_cell(
+    run_a: TaskRun,
+    run_b: TaskRun,
+    cluster_index: np.ndarray,
+    n_clusters: int,
+    thresholds: tuple[np.ndarray, np.ndarray],
+    requests: Sequence[Request],
+    *,
+    rows: np.ndarray | None = None,
+    n_bins: int = 10,
+) -> Scored:
+    """A :class:`Scored` of A's then B's samples (optionally only `rows`), B's columns shifted by m."""
+    take = np.arange(run_a.n) if rows is None else rows
+    return Scored(
+        run_a.kind,
+        run_a.targets,
+        np.concatenate([run_a.y[take], run_b.y[take]]),
+        np.concatenate([run_a.s[take], run_b.s[take]]),
+        np.concatenate([predictions_at(run_a, thresholds[0])[take], predictions_at(run_b, thresholds[1])[take]]),
+        np.concatenate([cluster_index[take], cluster_index[take] + n_clusters]),
+        requests,
+        n_bins=n_bins,
+    )
+
+
+@dataclass
+class PairedCell:
+    """One comparison: the paired runs of each rep and unit, and how to label the result rows."""
+
+    task: str
+    setting: str | None
+    pairs: list[list[tuple[TaskRun, TaskRun]]]  # [rep][setting] (one setting unless a curve)
+    rates: np.ndarray | None = None
+
+
+def paired_cells(
+    runs_a: Sequence[TaskRun],
+    runs_b: Sequence[TaskRun],
+    *,
+    statistic: str,
+    names: tuple[str, str],
+    align: str,
+    axis: str,
+    mechanisms: Sequence[str],
+    settings: Mapping[str, Any] | None,
+) -> list[PairedCell]:
+    cells: list[PairedCell] = []
+    if statistic in ("area", "relative_area", "retention"):
+        from carebench_eval.robustness import curve_families
+
+        families_a = curve_families(runs_a, axis=axis, mechanisms=mechanisms, settings=settings)
+        families_b = curve_families(runs_b, axis=axis, mechanisms=mechanisms, settings=settings)
+        for key in sorted(set(families_a) & set(families_b)):
+            task, family = key
+            rates = sorted(set(families_a[key]) & set(families_b[key]))
+            if len(rates) < 2:
+                continue
+            per_rate = [
+                pair_reps(families_a[key][rate], families_b[key][rate], names=names, what=f"{task} {family} r={rate}")
+                for rate in rates
+            ]
+            reps = [
+                [align_pair(*per_rate[k][r], align=align, names=names) for k in range(len(rates))]
+                for r in range(len(per_rate[0]))
+            ]
+            cells.append(PairedCell(task, family, reps, np.asarray(rates, dtype=np.float64)))
+        if not cells:
+            raise ValueError(f"compare: no missing-rate curve with at least two rates is shared by {names[0]!r} and {names[1]!r}")
+        return cells
+
+    def cell_key(run: TaskRun) -> tuple[str, str | None]:
+        return run.task, run.keys["setting"]
+
+    grouped_a: dict[tuple[str, str | None], list[TaskRun]] = {}
+    grouped_b: dict[tuple[str, str | None], list[TaskRun]] = {}
+    for run in runs_a:
+        grouped_a.setdefault(cell_key(run), []).append(run)
+    for run in runs_b:
+        grouped_b.setdefault(cell_key(run), []).append(run)
+    shared = sorted(set(grouped_a) & set(grouped_b), key=lambda key: (key[0], key[1] is not None, key[1] or ""))
+    if not shared:
+        if len(grouped_a) == 1 and len(grouped_b) == 1:
+            shared_pairs = [(next(iter(grouped_a)), next(iter(grouped_b)))]
+        else:
+            raise ValueError(
+                f"compare: {names[0]!r} and {names[1]!r} share no (task, setting); "
+                f"{sorted(map(str, grouped_a))} vs {sorted(map(str, grouped_b))}"
+            )
+    else:
+        shared_pairs = [(key, key) for key in shared]
+        unmatched = (set(grouped_a) | set(grouped_b)) - set(shared)
+        if unmatched:
+            logger.info("compare: (task, setting) cell(s) %s exist for one side only and are not compared", sorted(map(str, unmatched)))
+    for key_a, key_b in shared_pairs:
+        reps = pair_reps(grouped_a[key_a], grouped_b[key_b], names=names, what=f"task {key_a[0]!r}")
+        aligned = [[align_pair(run_a, run_b, align=align, names=names)] for run_a, run_b in reps]
+        setting = key_a[1] if key_a[1] == key_b[1] else None
+        cells.append(PairedCell(key_a[0], setting, aligned))
+    return cells
+
+
+def _reducer(statistic: str, rates: np.ndarray | None) -> Reducer:
+    from carebench_eval.fairness import across_groups
+    from carebench_eval.robustness import curve_area
+
+    if statistic == "estimate":
+        return reduce_estimate
+    if statistic == "gap":
+        return lambda values, eligible: across_groups(values, eligible, higher_is_better=None).gap
+    if statistic == "ratio":
+        return lambda values, eligible: across_groups(values, eligible, higher_is_better=None).ratio
+    assert rates is not None
+    if statistic == "area":
+        return lambda values, eligible: curve_area(rates, values)
+    if statistic == "relative_area":
+        return lambda values, eligible: curve_area(rates, values) / values[:, 0]
+    return lambda values, eligible: values[:, -1] / values[:, 0]
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """Resolved options of one `compare` call (shared by every comparison cell)."""
+
+    metrics: tuple[str, ...] | None
+    statistic: str
+    attribute: str | None
+    targets: str
+    threshold: Any
+    validation: list[TaskRun]
+    n_perm: int
+    n_boot: int
+    delong: bool
+    level: float
+    min_group_n: int
+    include_small: bool
+    age_edges: tuple[float, ...]
+    n_bins: int
+    random_state: int
+    row_bootstrap: bool
+
+
+def compare_cell(
+    cell: PairedCell, names: tuple[str, str], options: CompareOptions
+) -> tuple[list[dict[str, Any]], dict[Request, PairedResult], np.ndarray]:
+    """Rows, per-request results and the cluster universe of one comparison cell."""
+    from carebench_eval.fairness import group_labels
+
+    first = cell.pairs[0][0][0]
+    kind, targets = first.kind, first.targets
+    metrics = comparison_metrics(cell.task, kind, options.metrics)
+    requests = [(metric, target) for metric in metrics for target in label_rows(kind, metric, targets, options.targets)]
+    universe, _ = cluster_universe(*[run_a.cluster for rep in cell.pairs for run_a, _ in rep])
+    m = universe.size
+    thresholds = [
+        [
+            (
+                run_thresholds(options.threshold, run_a, options.validation),
+                run_thresholds(options.threshold, run_b, options.validation),
+            )
+            for run_a, run_b in rep
+        ]
+        for rep in cell.pairs
+    ]
+    rows_of_units: list[list[np.ndarray | None]] = []
+    group_names: list[str] = []
+    group_sizes = np.zeros(0, dtype=np.int64)
+    if options.statistic in ("gap", "ratio"):
+        if options.attribute is None:
+            raise ValueError(f'compare: statistic="{options.statistic}" needs attribute=...')
+        labels = [group_labels(rep[0][0], options.attribute, age_edges=options.age_edges) for rep in cell.pairs]
+        group_names = sorted(set.intersection(*(set(label.tolist()) for label in labels)))
+        group_sizes = np.array([min(int(np.sum(label == g)) for label in labels) for g in group_names])
+        rows_of_units = [[np.flatnonzero(label == g) for g in group_names] for label in labels]
+    grid_cells: list[list[Scored]] = []
+    for r, rep in enumerate(cell.pairs):
+        if rows_of_units:
+            run_a, run_b = rep[0]
+            cluster_index = np.searchsorted(universe, run_a.cluster)
+            grid_cells.append(
+                [
+                    pair_cell(run_a, run_b, cluster_index, m, thresholds[r][0], requests, rows=rows, n_bins=options.n_bins)
+                    for rows in rows_of_units[r]
+                ]
+            )
+        else:
+            grid_cells.append(
+                [
+                    pair_cell(
+                        run_a,
+                        run_b,
+                        np.searchsorted(universe, run_a.cluster),
+                        m,
+                        thresholds[r][k],
+                        requests,
+                        n_bins=options.n_bins,
+                    )
+                    for k, (run_a, run_b) in enumerate(rep)
+                ]
+            )
+    grid = CellGrid(grid_cells)
+    n_units = len(grid_cells[0])
+    eligible: dict[Request, np.ndarray] = {}
+    small_excluded = False
+    if rows_of_units:
+        ones, zeros = np.ones((1, m), dtype=np.int64), np.zeros((1, m), dtype=np.int64)
+        point_a = grid.values(np.hstack([ones, zeros]))
+        point_b = grid.values(np.hstack([zeros, ones]))
+        large = group_sizes >= options.min_group_n
+        small_excluded = not options.include_small and not bool(large.all())
+        for request in requests:
+            defined = np.isfinite(point_a[request][0]).all(axis=0) & np.isfinite(point_b[request][0]).all(axis=0)
+            eligible[request] = defined & (large | options.include_small)
+    results = paired_statistics(
+        grid,
+        m,
+        requests,
+        reducer=_reducer(options.statistic, cell.rates),
+        eligible=eligible or {request: np.ones(n_units, dtype=bool) for request in requests},
+        n_boot=options.n_boot,
+        n_perm=options.n_perm,
+        level=options.level,
+        random_state=options.random_state,
+    )
+    single = len(cell.pairs) == 1 and cell.pairs[0][0][0].keys["seed"] == cell.pairs[0][0][1].keys["seed"] and (
+        cell.pairs[0][0][0].keys["fold"] == cell.pairs[0][0][1].keys["fold"]
+    )
+    base = {
+        "model": names[0],
+        "baseline": names[1],
+        "seed": first.keys["seed"] if single else None,
+        "fold": first.keys["fold"] if single else None,
+        "setting": cell.setting,
+        "task": cell.task,
+        "group_attribute": options.attribute if rows_of_units else None,
+        "n": int(np.unique(np.concatenate([run_a.sample_id for rep in cell.pairs for run_a, _ in rep])).size),
+        "n_runs": len(cell.pairs),
+    }
+    out: list[dict[str, Any]] = []
+    for request in requests:
+        metric, target = request
+        result = results[request]
+        notes = list(result.notes)
+        if options.row_bootstrap:
+            notes.append("row_bootstrap")
+        if metric in THRESHOLD_METRICS and kind != "multiclass":
+            notes.append(options.threshold.note)
+        if rows_of_units:
+            if int(eligible[request].sum()) < 2:
+                notes.append("too_few_groups")
+            if small_excluded:
+                notes.append("small_group")
+        if not math.isfinite(result.delta) and not rows_of_units:
+            notes.append(undefined_note(metric))
+        out.append(
+            {
+                **base,
+                "metric": metric,
+                "statistic": options.statistic,
+                "target": target,
+                "value": result.delta,
+                "ci_low": result.ci_low if options.n_boot > 0 else None,
+                "ci_high": result.ci_high if options.n_boot > 0 else None,
+                "p_value": result.p_value if options.n_perm > 0 else None,
+                "notes": join_notes(notes),
+            }
+        )
+        if options.delong and metric == "auroc_score" and options.statistic == "estimate" and target not in AGGREGATE_TARGETS:
+            out.extend(_delong_rows(cell, base, target, options, notes=[note for note in notes if note != "row_bootstrap"]))
+    return out, results, universe
+
+
+def _delong_rows(
+    cell: PairedCell, base: Mapping[str, Any], target: str, options: CompareOptions, *, notes: list[str]
+) -> list[dict[str, Any]]:
+    if len(cell.pairs) != 1:
+        logger.info("compare: DeLong is per run; task %r has %d runs per side, no DeLong row", cell.task, len(cell.pairs))
+        return []
+    run_a, run_b = cell.pairs[0][0]
+    label = run_a.targets.index(target)
+    result = delong_test(run_a.y[:, label], run_a.s[:, label], run_b.s[:, label], level=options.level)
+    delong_notes = [note for note in notes if not note.startswith("ci_")]
+    if np.unique(run_a.cluster).size < run_a.n:
+        delong_notes.append("delong_ignores_clusters")
+    if not math.isfinite(result.delta):
+        delong_notes.append("single_class")
+    return [
+        {
+            **base,
+            "metric": "auroc_score",
+            "statistic": "delong",
+            "target": target,
+            "value": result.delta,
+            "ci_low": result.ci_low,
+            "ci_high": result.ci_high,
+            "p_value": result.p_value,
+            "notes": join_notes(delong_notes),
+        }
+    ]
+
+
+def compare(
+    a: Any,
+    b: Any,
+    *,
+    metrics: Sequence[str] | None = None,
+    metric: str | None = None,
+    statistic: str = "estimate",
+    attribute: str | None = None,
+    targets: str = "aggregate",
+    align: str = "exact",
+    n_perm: int = 10_000,
+    n_boot: int = 1000,
+    delong: bool = False,
+    threshold: Any = None,
+    cluster: str | None = "subject_id",
+    kinds: Mapping[str, str] | None = None,
+    classes: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+    level: float = 0.95,
+    min_group_n: int = 30,
+    include_small: bool = False,
+    age_edges: Sequence[float] = (18, 40, 60, 80, math.inf),
+    axis: str = "test",
+    mechanisms: Sequence[str] = ("mcar", "mnar"),
+    settings: Mapping[str, Any] | None = None,
+    n_bins: int = 10,
+    random_state: int = 0,
+) -> pl.DataFrame:
+    """Compare model a with model b on the same samples (eval.md §5.1-5.3).
+
+    Δ = quantity(a) − quantity(b) with a paired cluster-bootstrap percentile CI (the same resamples
+    for both models) and a two-sided paired permutation p (per-cluster swaps of the two models'
+    scores, each model keeping its own threshold). Comparisons are made per task and setting; runs
+    with several seeds/folds are averaged (shared resamples and swaps), pairing the runs by (seed, fold).
+
+    Args:
+        a: predictions of model a: a frame, a lazy frame, a path, or ``(frame, model_name)``.
+        b: predictions of model b, same forms.
+        metrics: metrics to compare; default the task's primary and secondary metrics (§5.5).
+        metric: shorthand for ``metrics=(metric,)``.
+        statistic: ``estimate`` (the metric), ``gap`` / ``ratio`` (across the groups of `attribute`),
+            or ``area`` / ``relative_area`` / ``retention`` (of missing-rate curves, eval.md §7.2).
+        attribute: sensitive attribute for ``gap`` / ``ratio`` (``age_group``, ``sex``, ``a|b``, ...).
+        targets: ``aggregate`` (``(macro)`` for multilabel/multiclass), ``per_label`` or ``all``.
+        align: ``exact`` (different samples raise P018) or ``inner`` (use the common samples).
+        n_perm: permutations (exact enumeration when ``2^m <= n_perm``); 0 skips the test.
+        n_boot: bootstrap replicates; 0 skips the CI.
+        delong: add a DeLong row (statistic ``delong``) per label for AUROC.
+        threshold: threshold policy (default ``Fixed(0.5)``).
+        cluster: cluster column (patients); absent: samples (note ``row_bootstrap``).
+        kinds: task kind overrides.
+        classes: class order of multiclass tasks.
+        level: CI level.
+        min_group_n: groups smaller than this are left out of gaps (``include_small=False``).
+        include_small: keep small groups in gaps.
+        age_edges: bins of ``age_group`` when it is derived from ``age``.
+        axis: ``test`` or ``train`` missingness curves for the curve statistics.
+        mechanisms: test-time mechanisms of the curves (``mcar``, ``mnar``, ``subgroup``).
+        settings: mapping setting -> tokens overriding the parsing of ``setting``.
+        n_bins: calibration bins.
+        random_state: seed of the bootstrap and permutation streams.
+
+    Returns:
+        The tidy frame of eval.md §8.1: one row per (task, setting, metric, target), ``model`` = a,
+        ``baseline`` = b, ``value`` = Δ, ``p_value`` the permutation p (``p_adjusted`` null).
+
+    Raises:
+        PredictionsError: P018 when the models are not scored on the same samples.
+        ValueError: an unknown option value.
+    """
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown statistic {statistic!r}; allowed: {', '.join(STATISTICS)}")
+    if align not in ALIGNS:
+        raise ValueError(f"unknown align {align!r}; allowed: 'exact', 'inner'")
+    if metric is not None:
+        if metrics is not None:
+            raise ValueError("compare: pass metric= or metrics=, not both")
+        metrics = (metric,)
+    for name in metrics or ():
+        metric_spec(name)
+    threshold = Fixed(0.5) if threshold is None else threshold
+    frame_a, name_a = _side(a, "a", kinds)
+    frame_b, name_b = _side(b, "b", kinds)
+    names = (name_a, name_b)
+    runs_a = split_runs(frame_a, kinds=kinds, classes=classes, cluster=cluster)
+    runs_b = split_runs(frame_b, kinds=kinds, classes=classes, cluster=cluster)
+    options = CompareOptions(
+        metrics=tuple(metrics) if metrics is not None else None,
+        statistic=statistic,
+        attribute=attribute,
+        targets=targets,
+        threshold=threshold,
+        validation=validation_runs(threshold, kinds=kinds, classes=classes),
+        n_perm=n_perm,
+        n_boot=n_boot,
+        delong=delong,
+        level=level,
+        min_group_n=min_group_n,
+        include_small=include_small,
+        age_edges=tuple(age_edges),
+        n_bins=n_bins,
+        random_state=random_state,
+        row_bootstrap=cluster is None or cluster not in frame_a.columns,
+    )
+    cells = paired_cells(
+        runs_a, runs_b, statistic=statistic, names=names, align=align, axis=axis, mechanisms=mechanisms, settings=settings
+    )
+    rows = [row for cell in cells for row in compare_cell(cell, names, options)[0]]
+    return make_rows(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Grids of comparisons
+
+
+PAIRS = ("vs_reference", "all")
+DEFAULT_UNIMODAL = ("lstm", "transformer", "resnet50")
+"""Registry names of the three unimodal baselines (EHR LSTM, EHR Transformer, CXR ResNet-50)."""
+
+
+def point_value(run: TaskRun, metric: str, target: str, threshold: Any, validation: Sequence[TaskRun]) -> float:
+    """The full-data value of `metric` at `target` for one run."""
+    cell = Scored(
+        run.kind,
+        run.targets,
+        run.y,
+        run.s,
+        predictions_at(run, run_thresholds(threshold, run, validation)),
+        np.arange(run.n),
+        [(metric, target)],
+    )
+    return float(cell.evaluate(np.ones((1, run.n), dtype=np.int64))[metric, target][0])
+
+
+def primary_request(task: str, kind: str) -> Request:
+    """The task's primary metric and its target (eval.md §5.5; unknown tasks: AUROC)."""
+    metric, target = primary_metric(task)
+    if target is None:
+        target = "(macro)" if kind == "multilabel" else WHOLE_TASK_TARGET if kind == "multiclass" else ""
+    if kind == "multiclass" and metric not in MULTICLASS_SCALARS and target == WHOLE_TASK_TARGET:
+        target = "(macro)"
+    return metric, target
+
+
+def best_model(
+    runs: Sequence[TaskRun], candidates: Sequence[str], *, threshold: Any, validation: Sequence[TaskRun]
+) -> str | None:
+    """The candidate with the best primary metric (mean over its runs); None when none is present.
+
+    Ties go to the first name in sorted order.
+    """
+    scores: dict[str, list[float]] = {}
+    for run in runs:
+        model = run.keys["model"]
+        if model not in candidates:
+            continue
+        metric, target = primary_request(run.task, run.kind)
+        target = target or run.targets[0]
+        scores.setdefault(model, []).append(point_value(run, metric, target, threshold, validation))
+    if not scores:
+        return None
+    metric = primary_request(runs[0].task, runs[0].kind)[0]
+    sign = -1.0 if metric_spec(metric).higher_is_better is False else 1.0
+    means = {model: float(np.nanmean(values)) for model, values in scores.items() if np.isfinite(values).any()}
+    if not means:
+        return None
+    return max(sorted(means), key=lambda model: sign * means[model])
+
+
+def compare_grid(
+    preds: Any,
+    *,
+    reference: str = "best_unimodal",
+    unimodal: Sequence[str] = DEFAULT_UNIMODAL,
+    models: Sequence[str] | None = None,
+    pairs: str = "vs_reference",
+    metrics: Sequence[str] | None = None,
+    select_on: Any = None,
+    correction: str = "holm",
+    kinds: Mapping[str, str] | None = None,
+    **compare_kwargs: Any,
+) -> pl.DataFrame:
+    """Many paired comparisons with multiplicity correction (eval.md §5.4-5.5).
+
+    ``pairs="vs_reference"``: every model against `reference`, either a model name or
+    ``"best_unimodal"`` (per task, the `unimodal` model with the best primary metric, mean over its
+    runs, on the `select_on` validation predictions; without them on the test predictions, note
+    ``selected_on_test``; rows carry the note ``best_unimodal`` and unimodal models are not compared).
+    ``pairs="all"``: every unordered pair (a before b in name order). p-values are adjusted within
+    each task x metric x statistic x target x setting family.
+
+    Args:
+        preds: predictions of all models (frame, lazy frame or path).
+        reference: ``"best_unimodal"`` or a model name.
+        unimodal: candidate unimodal models for ``best_unimodal``.
+        models: models to compare (default: all models in `preds`).
+        pairs: ``"vs_reference"`` or ``"all"``.
+        metrics: metrics (default: the task's primary and secondary metrics).
+        select_on: validation predictions used to pick the best unimodal model.
+        correction: ``"holm"``, ``"bh"`` or ``"none"``.
+        kinds: task kind overrides.
+        **compare_kwargs: passed to :func:`compare` (``n_perm``, ``n_boot``, ``threshold``, ...).
+
+    Returns:
+        The tidy frame of eval.md §8.1 with ``p_adjusted`` filled.
+    """
+    from carebench_eval.multiplicity import CORRECTIONS, adjust_pvalues
+
+    if pairs not in PAIRS:
+        raise ValueError(f"unknown pairs {pairs!r}; allowed: 'vs_reference', 'all'")
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown correction {correction!r}; allowed: {', '.join(map(repr, CORRECTIONS))}")
+    frame = load_predictions(preds, kinds=kinds)
+    if "model" not in frame.columns:
+        raise ValueError("compare_grid: predictions need a 'model' column")
+    present = sorted(frame["model"].drop_nulls().unique().to_list())
+    chosen = present if models is None else list(models)
+    unknown = sorted(set(chosen) - set(present))
+    if unknown:
+        raise ValueError(f"compare_grid: model(s) {unknown} not in predictions; available: {present}")
+    threshold = compare_kwargs.get("threshold") or Fixed(0.5)
+    classes = compare_kwargs.get("classes")
+    parts: list[pl.DataFrame] = []
+    for task in sorted(frame["task"].unique().to_list()):
+        task_frame = frame.filter(pl.col("task") == task)
+        task_models = sorted(set(chosen) & set(task_frame["model"].drop_nulls().unique().to_list()))
+        notes: list[str] = []
+        if pairs == "all":
+            pairings = [(a, b) for i, a in enumerate(task_models) for b in task_models[i + 1 :]]
+        else:
+            if reference == "best_unimodal":
+                source = task_frame if select_on is None else load_predictions(select_on, kinds=kinds).filter(pl.col("task") == task)
+                runs = split_runs(source, kinds=kinds, classes=classes)
+                validation = validation_runs(threshold, kinds=kinds, classes=classes)
+                ref = best_model(runs, unimodal, threshold=threshold, validation=validation)
+                if ref is None:
+                    raise ValueError(
+                        f"compare_grid: none of the unimodal models {list(unimodal)} has predictions for task {task!r}"
+                    )
+                notes = ["best_unimodal"] + (["selected_on_test"] if select_on is None else [])
+                pairings = [(model, ref) for model in task_models if model not in unimodal]
+            else:
+                if reference not in present:
+                    raise ValueError(f"compare_grid: reference model {reference!r} not in predictions; available: {present}")
+                pairings = [(model, reference) for model in task_models if model != reference]
+        for model_a, model_b in pairings:
+            result = compare((task_frame, model_a), (task_frame, model_b), metrics=metrics, kinds=kinds, **compare_kwargs)
+            if notes:
+                result = result.with_columns(
+                    pl.Series(
+                        "notes",
+                        [join_notes([*(existing or "").split(";"), *notes]) for existing in result["notes"].to_list()],
+                        dtype=pl.String,
+                    )
+                )
+            parts.append(result)
+    if not parts:
+        raise ValueError("compare_grid: no pair of models to compare")
+    combined = make_rows(pl.concat(parts).to_dicts())
+    return adjust_pvalues(combined, family=("task", "metric", "statistic", "target", "setting"), method=correction)

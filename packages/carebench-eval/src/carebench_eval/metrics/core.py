@@ -1,0 +1,468 @@
+"""Batched metric evaluation: every metric of a task for many weight rows at once (eval.md §2, §3.2).
+
+An evaluator prepares one task's arrays once (sorted score columns, confusion codes, calibration bins)
+and then turns any ``columns [b, k]`` of weights (see `carebench_eval._kernels`) into per-target metric
+values ``[b, T]``. The public per-metric functions evaluate one row of weights (ones or
+``sample_weight``); `bootstrap_ci`, `score`, comparisons and fairness pass replicate, permutation or group
+weights through the same code, so point estimates and replicates can never disagree.
+
+Targets ``T``: labels for binary/multilabel; for multiclass, the classes for one-vs-rest metrics and a
+single column for whole-task metrics (`MULTICLASS_SCALARS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from carebench_eval import _kernels
+
+__all__ = [
+    "BINARY_METRICS",
+    "LABEL_METRICS",
+    "MULTICLASS_METRICS",
+    "MULTICLASS_SCALARS",
+    "SCORE_METRICS",
+    "BinaryEvaluator",
+    "MulticlassEvaluator",
+    "average_targets",
+    "bin_codes",
+]
+
+SCORE_METRICS = frozenset({"auroc_score", "auprc_score", "brier_loss", "expected_calibration_error"})
+LABEL_METRICS = frozenset(
+    {
+        "sensitivity_score",
+        "specificity_score",
+        "fpr_error",
+        "ppv_score",
+        "npv_score",
+        "f1_score",
+        "positive_rate",
+        "base_rate",
+        "accuracy_score",
+        "kappa_score",
+        "kappa_linear_score",
+        "kappa_quadratic_score",
+    }
+)
+BINARY_METRICS: tuple[str, ...] = (
+    "auroc_score",
+    "auprc_score",
+    "brier_loss",
+    "expected_calibration_error",
+    "sensitivity_score",
+    "specificity_score",
+    "fpr_error",
+    "ppv_score",
+    "npv_score",
+    "f1_score",
+    "base_rate",
+    "positive_rate",
+)
+MULTICLASS_METRICS: tuple[str, ...] = (
+    "accuracy_score",
+    "f1_score",
+    "kappa_score",
+    "kappa_linear_score",
+    "kappa_quadratic_score",
+    "auroc_score",
+    "auprc_score",
+    "brier_loss",
+    "expected_calibration_error",
+    "sensitivity_score",
+    "fpr_error",
+    "base_rate",
+    "positive_rate",
+)
+MULTICLASS_SCALARS = frozenset(
+    {
+        "accuracy_score",
+        "kappa_score",
+        "kappa_linear_score",
+        "kappa_quadratic_score",
+        "brier_loss",
+        "expected_calibration_error",
+    }
+)
+"""Multiclass metrics defined on the whole task (one target column), not per class."""
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` in float64, NaN where the denominator is 0."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    out = np.full(np.broadcast(numerator, denominator).shape, np.nan)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
+
+
+def bin_codes(scores: np.ndarray, *, n_bins: int, strategy: str = "uniform") -> np.ndarray:
+    """Calibration bin of each score (eval.md §2.4).
+
+    ``uniform``: ``min(floor(M p), M − 1)`` in float64, so bin ``m < M−1`` is ``[m/M, (m+1)/M)`` and the last
+    bin is closed. ``quantile``: edges at the empirical quantiles ``k/M`` of `scores`; a bin holds the scores
+    ``≥`` its lower edge, so tied scores are never split.
+
+    Args:
+        scores: ``[n]`` scores in [0, 1].
+        n_bins: number of bins ``M``.
+        strategy: ``"uniform"`` or ``"quantile"``.
+
+    Returns:
+        ``[n]`` int64 bin indices in ``[0, M)``.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    scores = np.asarray(scores, dtype=np.float64)
+    if strategy == "uniform":
+        return np.minimum(np.floor(scores * n_bins).astype(np.int64), n_bins - 1)
+    if strategy == "quantile":
+        inner = np.quantile(scores, np.arange(1, n_bins) / n_bins) if scores.size else np.zeros(n_bins - 1)
+        return np.searchsorted(inner, scores, side="right").astype(np.int64)
+    raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
+
+
+def _ece_from_sums(count: np.ndarray, sum_label: np.ndarray, sum_score: np.ndarray) -> np.ndarray:
+    """ECE from per-bin weighted sums ``[b, ..., M]``: ``Σ_m |Σy − Σs| / n`` (= Σ n_m/n |ȳ_m − s̄_m|)."""
+    total = count.sum(axis=-1)
+    return _ratio(np.abs(sum_label - sum_score).sum(axis=-1), total)
+
+
+class BinaryEvaluator:
+    """Binary and multilabel metrics of one task, for many weight rows.
+
+    Args:
+        y_true: ``[n, L]`` 0/1 labels.
+        y_score: ``[n, L]`` scores in [0, 1], or None when only label metrics are wanted.
+        y_pred: ``[n, L]`` 0/1 predictions at the policy threshold, or None when only score metrics
+            (and `base_rate`) are wanted.
+        metrics: the metric names to compute.
+        column_of: ``[n]`` weight column of each sample (its cluster), or None.
+        n_bins: calibration bins.
+        strategy: calibration binning strategy.
+    """
+
+    def __init__(
+        self,
+        y_true: np.ndarray,
+        y_score: np.ndarray | None,
+        y_pred: np.ndarray | None,
+        *,
+        metrics: Iterable[str],
+        column_of: np.ndarray | None = None,
+        n_bins: int = 10,
+        strategy: str = "uniform",
+    ) -> None:
+        self.metrics = tuple(metrics)
+        unknown = set(self.metrics) - set(BINARY_METRICS)
+        if unknown:
+            raise ValueError(f"metric(s) {sorted(unknown)} do not apply to binary/multilabel tasks")
+        wanted = set(self.metrics)
+        if y_score is None and wanted & SCORE_METRICS:
+            raise ValueError(f"metric(s) {sorted(wanted & SCORE_METRICS)} need scores (y_score)")
+        self.y_true = np.asarray(y_true, dtype=np.int8)
+        self.n, self.n_targets = self.y_true.shape
+        self.column_of = column_of
+        self.n_bins = n_bins
+        self.strategy = strategy
+        self._flat_column_of = (
+            None if column_of is None else np.tile(np.asarray(column_of, dtype=np.int64), self.n_targets)
+        )
+        # Flattened label-major arrays: entry j*n + i is (sample i, label j).
+        self._label_codes = np.repeat(np.arange(self.n_targets, dtype=np.int64), self.n)
+        self._y_flat = self.y_true.T.ravel().astype(np.int64)
+        self._score_flat = None if y_score is None else np.asarray(y_score, dtype=np.float64).T.ravel()
+        self._pred_flat = None if y_pred is None else np.asarray(y_pred, dtype=bool).T.ravel()
+        self._ranks: list[_kernels.RankIndex] = []
+        if y_score is not None and {"auroc_score", "auprc_score"} & wanted:
+            self._ranks = [
+                _kernels.rank_index(self.y_true[:, j], np.asarray(y_score[:, j], dtype=np.float64))
+                for j in range(self.n_targets)
+            ]
+        self._confusion_codes: np.ndarray | None = None
+        if self._pred_flat is not None:
+            self._confusion_codes = self._label_codes * 4 + self._y_flat * 2 + self._pred_flat
+        self._bin_codes: np.ndarray | None = None
+        if y_score is not None and "expected_calibration_error" in wanted:
+            bins = [bin_codes(y_score[:, j], n_bins=n_bins, strategy=strategy) for j in range(self.n_targets)]
+            self._bin_codes = self._label_codes * n_bins + np.concatenate(bins)
+
+    def _per_label_sum(self, columns: np.ndarray, values: np.ndarray | None) -> np.ndarray:
+        return _kernels.weighted_bincount(
+            self._label_codes, self.n_targets, columns, self._flat_column_of, values=values
+        )
+
+    def values(self, columns: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-label values of every metric for each weight row.
+
+        Args:
+            columns: ``[b, k]`` weights (see `carebench_eval._kernels`).
+
+        Returns:
+            metric name -> ``[b, L]`` float64 (NaN where undefined).
+        """
+        out: dict[str, np.ndarray] = {}
+        wanted = set(self.metrics)
+        b = columns.shape[0]
+        if self._ranks:
+            auroc = np.empty((b, self.n_targets))
+            auprc = np.empty((b, self.n_targets))
+            for j, index in enumerate(self._ranks):
+                auroc[:, j], auprc[:, j] = _kernels.rank_metrics(index, columns, self.column_of)
+            if "auroc_score" in wanted:
+                out["auroc_score"] = auroc
+            if "auprc_score" in wanted:
+                out["auprc_score"] = auprc
+        total = self._per_label_sum(columns, None) if wanted & {"brier_loss", "base_rate"} else None
+        if "brier_loss" in wanted:
+            squared_error = (self._score_flat - self._y_flat) ** 2
+            out["brier_loss"] = _ratio(self._per_label_sum(columns, squared_error), total)
+        if "expected_calibration_error" in wanted:
+            shape = (b, self.n_targets, self.n_bins)
+            n_codes = self.n_targets * self.n_bins
+            count = _kernels.weighted_bincount(self._bin_codes, n_codes, columns, self._flat_column_of)
+            sum_label = _kernels.weighted_bincount(
+                self._bin_codes, n_codes, columns, self._flat_column_of, values=self._y_flat.astype(float)
+            )
+            sum_score = _kernels.weighted_bincount(
+                self._bin_codes, n_codes, columns, self._flat_column_of, values=self._score_flat
+            )
+            out["expected_calibration_error"] = _ece_from_sums(
+                count.reshape(shape), sum_label.reshape(shape), sum_score.reshape(shape)
+            )
+        if "base_rate" in wanted:
+            positives = self._per_label_sum(columns, self._y_flat.astype(float))
+            out["base_rate"] = _ratio(positives, total)
+        threshold_metrics = wanted & {
+            "sensitivity_score",
+            "specificity_score",
+            "fpr_error",
+            "ppv_score",
+            "npv_score",
+            "f1_score",
+            "positive_rate",
+        }
+        if threshold_metrics:
+            if self._confusion_codes is None:
+                raise ValueError(f"metric(s) {sorted(threshold_metrics)} need predictions (y_pred)")
+            counts = _kernels.weighted_bincount(
+                self._confusion_codes, self.n_targets * 4, columns, self._flat_column_of
+            ).reshape(b, self.n_targets, 4)
+            tn, fp, fn, tp = (counts[..., code] for code in range(4))
+            formulas = {
+                "sensitivity_score": lambda: _ratio(tp, tp + fn),
+                "specificity_score": lambda: _ratio(tn, tn + fp),
+                "fpr_error": lambda: _ratio(fp, fp + tn),
+                "ppv_score": lambda: _ratio(tp, tp + fp),
+                "npv_score": lambda: _ratio(tn, tn + fn),
+                "f1_score": lambda: _ratio(2 * tp, 2 * tp + fp + fn),
+                "positive_rate": lambda: _ratio(tp + fp, tn + fp + fn + tp),
+            }
+            for name in threshold_metrics:
+                out[name] = formulas[name]()
+        return {name: out[name] for name in self.metrics}
+
+    def support(self, columns: np.ndarray) -> np.ndarray:
+        """Weighted positives per label ``[b, L]`` (the weights of the ``(weighted)`` average)."""
+        return self._per_label_sum(columns, self._y_flat.astype(float))
+
+    def micro(self) -> BinaryEvaluator:
+        """An evaluator of the ``n L`` flattened (label, score) pairs: the ``(micro)`` aggregate."""
+        return BinaryEvaluator(
+            self._y_flat[:, None],
+            None if self._score_flat is None else self._score_flat[:, None],
+            None if self._pred_flat is None else self._pred_flat[:, None],
+            metrics=self.metrics,
+            column_of=self._flat_column_of,
+            n_bins=self.n_bins,
+            strategy=self.strategy,
+        )
+
+
+class MulticlassEvaluator:
+    """Multiclass metrics of one task (eval.md §2.6), for many weight rows.
+
+    Args:
+        y_true: ``[n]`` class indices in ``[0, K)`` (ordinal order of the classes).
+        y_score: ``[n, K]`` class probabilities, or None when only label metrics are wanted.
+        y_pred: ``[n]`` predicted class indices; default argmax of `y_score` (ties → lowest index).
+        metrics: the metric names to compute.
+        n_classes: ``K`` (default ``y_score.shape[1]``).
+        column_of: ``[n]`` weight column of each sample, or None.
+        n_bins: calibration bins (top-label ECE).
+        strategy: calibration binning strategy.
+    """
+
+    def __init__(
+        self,
+        y_true: np.ndarray,
+        y_score: np.ndarray | None,
+        y_pred: np.ndarray | None = None,
+        *,
+        metrics: Iterable[str],
+        n_classes: int | None = None,
+        column_of: np.ndarray | None = None,
+        n_bins: int = 10,
+        strategy: str = "uniform",
+    ) -> None:
+        self.metrics = tuple(metrics)
+        unknown = set(self.metrics) - set(MULTICLASS_METRICS)
+        if unknown:
+            raise ValueError(f"metric(s) {sorted(unknown)} do not apply to multiclass tasks")
+        if y_score is None and set(self.metrics) & SCORE_METRICS:
+            raise ValueError(f"metric(s) {sorted(set(self.metrics) & SCORE_METRICS)} need scores (y_score)")
+        self.y_true = np.asarray(y_true, dtype=np.int64)
+        if n_classes is None:
+            if y_score is None:
+                raise ValueError("n_classes is required without y_score")
+            n_classes = y_score.shape[1]
+        self.n_classes = n_classes
+        self.column_of = column_of
+        self.n_bins = n_bins
+        if y_pred is None:
+            if y_score is None:
+                raise ValueError("either y_score or y_pred is required")
+            y_pred = np.argmax(y_score, axis=1)
+        self.y_pred = np.asarray(y_pred, dtype=np.int64)
+        self._confusion_codes = self.y_true * n_classes + self.y_pred
+        wanted = set(self.metrics)
+        self._ranks: list[_kernels.RankIndex] = []
+        if {"auroc_score", "auprc_score"} & wanted:
+            self._ranks = [_kernels.rank_index(self.y_true == k, y_score[:, k]) for k in range(n_classes)]
+        if "brier_loss" in wanted:
+            onehot = np.zeros_like(y_score, dtype=np.float64)
+            onehot[np.arange(self.y_true.size), self.y_true] = 1.0
+            self._squared_error = ((np.asarray(y_score, dtype=np.float64) - onehot) ** 2).sum(axis=1)
+        if "expected_calibration_error" in wanted:
+            confidence = np.asarray(y_score, dtype=np.float64).max(axis=1)
+            self._confidence = confidence
+            self._correct = (self.y_pred == self.y_true).astype(np.float64)
+            self._bin_codes = bin_codes(confidence, n_bins=n_bins, strategy=strategy)
+
+    def confusion(self, columns: np.ndarray) -> np.ndarray:
+        """Weighted confusion matrices ``[b, K, K]`` (rows true class, columns predicted class)."""
+        k = self.n_classes
+        return _kernels.weighted_bincount(self._confusion_codes, k * k, columns, self.column_of).reshape(
+            columns.shape[0], k, k
+        )
+
+    def values(self, columns: np.ndarray) -> dict[str, np.ndarray]:
+        """Values of every metric for each weight row.
+
+        Args:
+            columns: ``[b, k]`` weights.
+
+        Returns:
+            metric name -> ``[b, K]`` per class, or ``[b, 1]`` for `MULTICLASS_SCALARS`.
+        """
+        out: dict[str, np.ndarray] = {}
+        wanted = set(self.metrics)
+        b = columns.shape[0]
+        if self._ranks:
+            auroc = np.empty((b, self.n_classes))
+            auprc = np.empty((b, self.n_classes))
+            for k, index in enumerate(self._ranks):
+                auroc[:, k], auprc[:, k] = _kernels.rank_metrics(index, columns, self.column_of)
+            out["auroc_score"], out["auprc_score"] = auroc, auprc
+        matrix = self.confusion(columns).astype(np.float64)
+        total = matrix.sum(axis=(1, 2))
+        tp = np.diagonal(matrix, axis1=1, axis2=2)
+        row = matrix.sum(axis=2)
+        col = matrix.sum(axis=1)
+        fn, fp = row - tp, col - tp
+        tn = total[:, None] - tp - fn - fp
+        if "accuracy_score" in wanted:
+            out["accuracy_score"] = _ratio(tp.sum(axis=1), total)[:, None]
+        for name, weights in (
+            ("kappa_score", None),
+            ("kappa_linear_score", "linear"),
+            ("kappa_quadratic_score", "quadratic"),
+        ):
+            if name in wanted:
+                out[name] = _kappa(matrix, weights)[:, None]
+        if "f1_score" in wanted:
+            out["f1_score"] = _ratio(2 * tp, 2 * tp + fp + fn)
+        if "sensitivity_score" in wanted:
+            out["sensitivity_score"] = _ratio(tp, tp + fn)
+        if "fpr_error" in wanted:
+            out["fpr_error"] = _ratio(fp, fp + tn)
+        if "base_rate" in wanted:
+            out["base_rate"] = _ratio(row, total[:, None])
+        if "positive_rate" in wanted:
+            out["positive_rate"] = _ratio(col, total[:, None])
+        if "brier_loss" in wanted:
+            sums = _kernels.weighted_sums(self._squared_error, columns, self.column_of)
+            out["brier_loss"] = _ratio(sums, total)[:, None]
+        if "expected_calibration_error" in wanted:
+            m = self.n_bins
+            count = _kernels.weighted_bincount(self._bin_codes, m, columns, self.column_of)
+            sum_label = _kernels.weighted_bincount(
+                self._bin_codes, m, columns, self.column_of, values=self._correct
+            )
+            sum_score = _kernels.weighted_bincount(
+                self._bin_codes, m, columns, self.column_of, values=self._confidence
+            )
+            out["expected_calibration_error"] = _ece_from_sums(count, sum_label, sum_score)[:, None]
+        return {name: out[name] for name in self.metrics}
+
+    def support(self, columns: np.ndarray) -> np.ndarray:
+        """Weighted samples per true class ``[b, K]`` (the weights of the ``(weighted)`` average)."""
+        return self.confusion(columns).sum(axis=2).astype(np.float64)
+
+
+def _kappa(matrix: np.ndarray, weights: str | None) -> np.ndarray:
+    """Cohen's κ (optionally linear/quadratic weighted) of confusion matrices ``[b, K, K]`` -> ``[b]``.
+
+    ``κ_w = 1 − Σ w O / Σ w E`` with ``E = O_i· O_·j / n`` (scikit-learn's `cohen_kappa_score` formula);
+    NaN when ``Σ w E = 0`` (expected agreement 1).
+    """
+    k = matrix.shape[1]
+    total = matrix.sum(axis=(1, 2))
+    expected = _ratio(matrix.sum(axis=2)[:, :, None] * matrix.sum(axis=1)[:, None, :], total[:, None, None])
+    index = np.arange(k)
+    if weights is None:
+        weight = 1.0 - np.eye(k)
+    elif weights == "linear":
+        weight = np.abs(index[:, None] - index[None, :]).astype(np.float64)
+    else:
+        weight = ((index[:, None] - index[None, :]) ** 2).astype(np.float64)
+    observed_disagreement = (weight * matrix).sum(axis=(1, 2))
+    expected_disagreement = (weight * expected).sum(axis=(1, 2))
+    return 1.0 - _ratio(observed_disagreement, expected_disagreement)
+
+
+def average_targets(
+    values: np.ndarray,
+    *,
+    average: str,
+    defined: np.ndarray | None = None,
+    support: np.ndarray | None = None,
+) -> np.ndarray:
+    """Macro or weighted average of per-target values over the targets defined at the point estimate.
+
+    A replicate in which one of those targets is undefined gets NaN (it is dropped from the CI, §4.3).
+
+    Args:
+        values: ``[b, T]`` per-target values.
+        average: ``"macro"`` or ``"weighted"``.
+        defined: ``[T]`` targets that enter the average (default: all).
+        support: ``[b, T]`` weights of the ``weighted`` average (positives per target).
+
+    Returns:
+        ``[b]``; NaN when no target is defined.
+    """
+    if defined is None:
+        defined = np.ones(values.shape[1], dtype=bool)
+    chosen = values[:, defined]
+    if chosen.shape[1] == 0:
+        return np.full(values.shape[0], np.nan)
+    if average == "macro":
+        return chosen.mean(axis=1)
+    if average == "weighted":
+        if support is None:
+            raise ValueError("the weighted average needs support")
+        weight = support[:, defined]
+        return _ratio((chosen * weight).sum(axis=1), weight.sum(axis=1))
+    raise ValueError(f"average must be 'macro' or 'weighted', got {average!r}")

@@ -1,0 +1,86 @@
+"""The missing-CXR execution rule shared by every model (models.md §3.4).
+
+1. `idx = paired_index(batch)`: the rows with a CXR, with the one host sync allowed in `forward`.
+2. No paired row: no CXR encoder runs; CXR-derived tensors come from the model's missing rule.
+3. Otherwise the CXR encoder runs on `cxr[idx]` only and its rows are scattered into a `[B, ...]`
+   tensor pre-filled by the missing rule (`MissingToken.fill`, `scatter_rows`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from carebench_models.errors import CarebenchModelError
+
+
+def paired_index(batch: Mapping[str, Tensor]) -> Tensor:
+    """Row indices of the batch that have a CXR, int64 [n_c] on the batch's device.
+
+    Also checks that every row has its EHR (`has_ehr` all True, when the key is present): all
+    models need it. Both checks share one device-to-host copy.
+
+    Args:
+        batch: a batch dict with `has_cxr` bool [B] and optionally `has_ehr` bool [B].
+
+    Raises:
+        CarebenchModelError: some row has no EHR.
+    """
+    has_cxr = batch["has_cxr"]
+    has_ehr = batch.get("has_ehr")
+    flags = has_cxr.bool() if has_ehr is None else torch.stack([has_cxr.bool(), has_ehr.bool()])
+    flags = flags.cpu()
+    if has_ehr is not None:
+        if not bool(flags[1].all()):
+            missing = int((~flags[1]).sum())
+            raise CarebenchModelError(
+                f"{missing} row(s) of the batch have has_ehr=False; carebench models require the EHR of every stay"
+            )
+        flags = flags[0]
+    return flags.nonzero().squeeze(1).to(has_cxr.device, non_blocking=True)
+
+
+def scatter_rows(base: Tensor, idx: Tensor, rows: Tensor | None) -> Tensor:
+    """`base` [B, ...] with rows `idx` replaced by `rows` [n_c, ...] (out of place, differentiable).
+
+    `rows` is cast to `base`'s dtype (bf16 encoder outputs under autocast into an fp32 buffer).
+    `rows=None` (no paired row) returns `base` unchanged.
+    """
+    if rows is None:
+        return base
+    return base.index_copy(0, idx, rows.to(base.dtype))
+
+
+class MissingToken(nn.Module):
+    """A learned stand-in for the CXR feature of rows without a CXR (models.md §3.4.4).
+
+    Initialised trunc-normal with std 0.02.
+
+    Args:
+        shape: shape of one row's feature, e.g. `d` for a `[B, d]` embedding.
+    """
+
+    def __init__(self, *shape: int) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.empty(*shape))
+        nn.init.trunc_normal_(self.value, std=0.02)
+
+    def expand(self, batch_size: int) -> Tensor:
+        """The token repeated over the batch: [B, *shape]."""
+        return self.value.unsqueeze(0).expand(batch_size, *self.value.shape)
+
+    def fill(self, idx: Tensor, rows: Tensor | None, batch_size: int) -> Tensor:
+        """[B, *shape]: `rows` [n_c, *shape] at `idx`, the token everywhere else."""
+        return scatter_rows(self.expand(batch_size), idx, rows)
+
+
+def require_ehr(batch: Mapping[str, Tensor]) -> None:
+    """Raise `CarebenchModelError` unless every row has its EHR (for models that never read `cxr`)."""
+    has_ehr = batch.get("has_ehr")
+    if has_ehr is not None and not bool(has_ehr.all()):
+        missing = int((~has_ehr.bool()).sum())
+        raise CarebenchModelError(
+            f"{missing} row(s) of the batch have has_ehr=False; carebench models require the EHR of every stay"
+        )

@@ -1,0 +1,69 @@
+"""Registry-parametrised contract tests (models.md §9): every registered model is tested automatically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from carebench_models.base import FusionModel
+from carebench_models.registry import available_models, model_info
+from carebench_models.testing import (
+    CONTRACT_CHECKS,
+    assert_state_round_trip,
+    parameter_count,
+)
+
+KINDS = ("binary", "multilabel", "multiclass")
+MODELS = available_models()
+
+# Parameter counts of models.md §7 (paper profile, F = 27, phenotype K = 25), in millions.
+PAPER_PARAMETERS_M = {
+    "lstm": 1.20,
+    "transformer": 0.82,
+    "resnet": 24.04,
+    "latefusion": 24.86,
+    "utde": 27.9,
+    "daft": 24.97,
+    "mmtm": 33.2,
+    "medfuse": 24.9,
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("check", sorted(CONTRACT_CHECKS))
+@pytest.mark.parametrize("name", MODELS)
+def test_contract(name: str, check: str, kind: str) -> None:
+    CONTRACT_CHECKS[check](name, kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", MODELS)
+def test_state_round_trip(name: str, kind: str, tmp_path: Path) -> None:
+    assert_state_round_trip(name, kind, tmp_path)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_registry_entry(name: str) -> None:
+    info = model_info(name)
+    assert info.group in ("unimodal", "complete", "imbalance", "missing")
+    assert info.paper and info.description
+    overrides_step = any(
+        "training_step" in vars(klass)
+        for klass in info.model_class.__mro__
+        if issubclass(klass, FusionModel) and klass is not FusionModel
+    )
+    assert info.custom_step == overrides_step
+    assert info.batch_dependent == info.model_class.eval_batch_dependent
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) & set(PAPER_PARAMETERS_M)))
+def test_paper_profile_parameter_count(name: str) -> None:
+    count = parameter_count(name) / 1e6
+    assert count == pytest.approx(PAPER_PARAMETERS_M[name], rel=0.05)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_quick_profile_is_small(name: str) -> None:
+    limit = 0.7e6 if name in ("drfuse", "shaspec") else 0.5e6
+    assert parameter_count(name, profile="quick") <= limit
