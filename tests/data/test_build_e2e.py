@@ -27,7 +27,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[RawTreeTruth, Path]
     root = tmp_path_factory.mktemp("e2e")
     truth = write_raw_tree(root / "raw")
     calls: list[tuple[int, int]] = []
-    out = build_dataset(_config(truth, root / "dataset"), progress=lambda done, total: calls.append((done, total)))
+    out = build_dataset(
+        _config(truth, root / "dataset"), progress=lambda done, total: calls.append((done, total))
+    )
     assert calls[-1] == (1000, 1000)
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
     return truth, out
@@ -45,7 +47,13 @@ def test_cohort_and_every_exclusion_step(built: tuple[RawTreeTruth, Path]) -> No
     assert steps["icustays"]["stays"] == truth.counts["icustays"]
     for key, removed in truth.excluded.items():
         assert steps[key]["removed"] == len(removed), key
-    assert steps["single_careunit"] == {"step": "single_careunit", "enabled": False, "stays": steps["min_los"]["stays"], "subjects": steps["min_los"]["subjects"], "removed": 0}
+    assert steps["single_careunit"] == {
+        "step": "single_careunit",
+        "enabled": False,
+        "stays": steps["min_los"]["stays"],
+        "subjects": steps["min_los"]["subjects"],
+        "removed": 0,
+    }
     assert steps["cohort"]["stays"] == len(truth.cohort_stay_ids)
     assert _manifest(out)["counts"]["cohort_checks"]["race_unmapped"] == 0  # PORTUGUESE is listed (→ OTHER)
     race = dict(zip(stays["stay_id"], stays["race"], strict=True))
@@ -84,12 +92,19 @@ def test_ehr_values_windows_conversions_and_counts(built: tuple[RawTreeTruth, Pa
     assert ehr.dtype == np.float32 and ehr.shape[1:] == (48, 17)
     f = {name: names.index(name) for name in names}
     stay = ehr[0]  # stay 30000001 is the first row
-    assert stay[0, f["heart_rate"]] == 90  # charted exactly at intime; the value 1 min before is not carried in
+    assert (
+        stay[0, f["heart_rate"]] == 90
+    )  # charted exactly at intime; the value 1 min before is not carried in
     assert stay[1, f["heart_rate"]] == 97  # the last value of the hour
     assert np.isnan(stay[2, f["heart_rate"]])  # 0 is out of range (0, 300)
     assert stay[3, f["temperature"]] == pytest.approx(37.0)  # 98.6 °F
     assert stay[4, f["temperature"]] == pytest.approx(37.5)  # already °C on the °F item
-    assert (stay[2, f["gcs_eye"]], stay[2, f["gcs_motor"]], stay[2, f["gcs_verbal"]], stay[2, f["gcs_total"]]) == (4, 6, 5, 15)
+    assert (
+        stay[2, f["gcs_eye"]],
+        stay[2, f["gcs_motor"]],
+        stay[2, f["gcs_verbal"]],
+        stay[2, f["gcs_total"]],
+    ) == (4, 6, 5, 15)
     assert stay[5, f["gcs_eye"]] == 2 and np.isnan(stay[5, f["gcs_total"]])
     assert stay[6, f["capillary_refill"]] == 1
     assert stay[7, f["fio2"]] == pytest.approx(0.5)
@@ -108,7 +123,9 @@ def test_ehr_values_windows_conversions_and_counts(built: tuple[RawTreeTruth, Pa
     events = _manifest(out)["counts"]["events"]
     assert events["labevents"]["itemid_kept"] == 2  # the urine glucose item is not in the registry
     # P1: staged rows equal the window-kept counts of the single pass (chartevents + labevents).
-    assert sum(table["window_kept"] for table in events.values()) == sum(c["rows_in_window"] for c in counts.values())
+    assert sum(table["window_kept"] for table in events.values()) == sum(
+        c["rows_in_window"] for c in counts.values()
+    )
 
 
 def test_cxr_selection_fallback_and_leakage_guard(built: tuple[RawTreeTruth, Path]) -> None:
@@ -166,7 +183,7 @@ def test_verify_passes_and_detects_tampering(built: tuple[RawTreeTruth, Path], t
             target.write_bytes(path.read_bytes())
     labels = copy / "labels.parquet"
     pl.read_parquet(labels).with_columns(pl.col("mortality") * 0).write_parquet(labels)
-    with pytest.raises(VerificationError, match="labels.parquet: SHA-256"):
+    with pytest.raises(VerificationError, match=r"labels\.parquet: SHA-256"):
         verify_dataset(copy)
 
 

@@ -47,7 +47,9 @@ def _assert_nothing_written(out: Path) -> None:
     assert not out.exists()
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
     assert leftovers == []
-    assert not (out.parent / ".carebench-work").exists() or not any((out.parent / ".carebench-work").iterdir())
+    assert not (out.parent / ".carebench-work").exists() or not any(
+        (out.parent / ".carebench-work").iterdir()
+    )
 
 
 def _rewrite_gz(path: Path, transform) -> None:
@@ -70,7 +72,11 @@ def test_quoted_line_breaks_across_block_boundaries(tmp_path: Path) -> None:
     rows = [f'{i},"line one\nline ""{i}"", two",{i * 1.5}' for i in range(500)]
     path = tmp_path / "icu" / "d_items.csv.gz"
     path.parent.mkdir()
-    path.write_bytes(gzip.compress(("itemid,label,linksto,category,unitname\n" + "\n".join(r + ",x,y" for r in rows) + "\n").encode()))
+    path.write_bytes(
+        gzip.compress(
+            ("itemid,label,linksto,category,unitname\n" + "\n".join(r + ",x,y" for r in rows) + "\n").encode()
+        )
+    )
     resolved = resolve_table(tmp_path, MIMIC_IV_TABLES["d_items"])
     assert resolved is not None
     blocks = list(iter_csv_blocks(resolved, columns=["itemid", "label", "linksto"], chunk_bytes=97))
@@ -85,7 +91,9 @@ def test_truncated_gzip_is_a_clear_error_and_nothing_is_written(tree: RawTreeTru
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])
     out = tmp_path / "dataset"
-    with pytest.raises(CorruptInputError, match=r"chartevents\.csv\.gz: gzip stream truncated at decompressed byte \d+"):
+    with pytest.raises(
+        CorruptInputError, match=r"chartevents\.csv\.gz: gzip stream truncated at decompressed byte \d+"
+    ):
         build_dataset(_config(tree, out))
     _assert_nothing_written(out)
 
@@ -102,20 +110,28 @@ def test_corrupt_gzip_is_a_clear_error(tree: RawTreeTruth, tmp_path: Path) -> No
 
 def test_missing_file_names_the_table_and_the_names_tried(tree: RawTreeTruth, tmp_path: Path) -> None:
     (tree.mimic_iv / "hosp" / "diagnoses_icd.csv.gz").unlink()
-    with pytest.raises(MissingTableError, match=r"diagnoses_icd.*tried diagnoses_icd\.parquet, diagnoses_icd\.csv, diagnoses_icd\.csv\.gz"):
+    with pytest.raises(
+        MissingTableError,
+        match=r"diagnoses_icd.*tried diagnoses_icd\.parquet, diagnoses_icd\.csv, diagnoses_icd\.csv\.gz",
+    ):
         build_dataset(_config(tree, tmp_path / "dataset"))
     _assert_nothing_written(tmp_path / "dataset")
 
 
 def test_missing_column_names_file_and_column(tree: RawTreeTruth, tmp_path: Path) -> None:
-    _rewrite_gz(tree.mimic_iv / "icu" / "chartevents.csv.gz", lambda text: text.replace(",valuenum,", ",value_num,", 1))
+    _rewrite_gz(
+        tree.mimic_iv / "icu" / "chartevents.csv.gz",
+        lambda text: text.replace(",valuenum,", ",value_num,", 1),
+    )
     with pytest.raises(MissingColumnError, match=r"chartevents\.csv\.gz: missing column\(s\) valuenum"):
         build_dataset(_config(tree, tmp_path / "dataset"))
 
 
 def test_v10_ethnicity_column_suggests_compatibility_mode(tree: RawTreeTruth, tmp_path: Path) -> None:
-    _rewrite_gz(tree.mimic_iv / "hosp" / "admissions.csv.gz", lambda text: text.replace(",race,", ",ethnicity,", 1))
-    with pytest.raises(MissingColumnError, match="v1.0"):
+    _rewrite_gz(
+        tree.mimic_iv / "hosp" / "admissions.csv.gz", lambda text: text.replace(",race,", ",ethnicity,", 1)
+    )
+    with pytest.raises(MissingColumnError, match=r"v1\.0"):
         build_dataset(_config(tree, tmp_path / "dataset"))
 
 
@@ -124,11 +140,29 @@ def test_wrong_or_unknown_version(tmp_path: Path) -> None:
     # 50 icustays rows is no first-class release: refused unless allowed.
     with pytest.raises(VersionError, match="allow_unverified_version"):
         build_dataset(_config(tree, tmp_path / "a"))
-    declared = BuildConfig(mimic_iv=tree.mimic_iv, out=tmp_path / "b", mimic_iv_version="3.1", cxr=CxrConfig(enabled=False), allow_unverified_version=True)
-    assert json.loads((build_dataset(declared) / "manifest.json").read_text())["source"]["mimic_iv_version"] == "3.1"
-    _rewrite_gz(tree.mimic_iv / "icu" / "chartevents.csv.gz", lambda text: text.replace(",caregiver_id,", ",cg,", 1))
-    with pytest.raises(VersionError, match="look like 2.0/2.1"):
-        build_dataset(BuildConfig(mimic_iv=tree.mimic_iv, out=tmp_path / "c", mimic_iv_version="2.2", cxr=CxrConfig(enabled=False)))
+    declared = BuildConfig(
+        mimic_iv=tree.mimic_iv,
+        out=tmp_path / "b",
+        mimic_iv_version="3.1",
+        cxr=CxrConfig(enabled=False),
+        allow_unverified_version=True,
+    )
+    assert (
+        json.loads((build_dataset(declared) / "manifest.json").read_text())["source"]["mimic_iv_version"]
+        == "3.1"
+    )
+    _rewrite_gz(
+        tree.mimic_iv / "icu" / "chartevents.csv.gz", lambda text: text.replace(",caregiver_id,", ",cg,", 1)
+    )
+    with pytest.raises(VersionError, match=r"look like 2\.0/2\.1"):
+        build_dataset(
+            BuildConfig(
+                mimic_iv=tree.mimic_iv,
+                out=tmp_path / "c",
+                mimic_iv_version="2.2",
+                cxr=CxrConfig(enabled=False),
+            )
+        )
 
 
 def test_synthetic_marker_counts_are_checked(tree: RawTreeTruth, tmp_path: Path) -> None:
@@ -136,20 +170,27 @@ def test_synthetic_marker_counts_are_checked(tree: RawTreeTruth, tmp_path: Path)
     content = json.loads(marker.read_text())
     content["row_counts"]["icu/icustays"] = 7
     marker.write_text(json.dumps(content))
-    with pytest.raises(VersionError, match="SYNTHETIC.json declares 7"):
+    with pytest.raises(VersionError, match=r"SYNTHETIC\.json declares 7"):
         build_dataset(_config(tree, tmp_path / "dataset"))
 
 
-def test_unreadable_rows_are_counted_then_fail_above_the_threshold(tree: RawTreeTruth, tmp_path: Path) -> None:
+def test_unreadable_rows_are_counted_then_fail_above_the_threshold(
+    tree: RawTreeTruth, tmp_path: Path
+) -> None:
     path = tree.mimic_iv / "icu" / "chartevents.csv.gz"
     original = path.read_bytes()
     lines = gzip.decompress(original).decode().splitlines()
     # One row with a garbled timestamp: counted; the build goes on with max_bad_row_fraction raised.
-    garbled = lines[:5] + [lines[5].replace("2180-", "21x0-", 1)] + lines[6:]
+    garbled = [*lines[:5], lines[5].replace("2180-", "21x0-", 1), *lines[6:]]
     path.write_bytes(gzip.compress(("\n".join(garbled) + "\n").encode()))
     lenient = BuildConfig.from_dict(
-        {"mimic_iv": str(tree.mimic_iv), "mimic_cxr": str(tree.mimic_cxr), "out": str(tmp_path / "ok"),
-         "cxr": {"workers": 1, "max_failure_fraction": 0.5}, "build": {"max_bad_row_fraction": 0.01}}
+        {
+            "mimic_iv": str(tree.mimic_iv),
+            "mimic_cxr": str(tree.mimic_cxr),
+            "out": str(tmp_path / "ok"),
+            "cxr": {"workers": 1, "max_failure_fraction": 0.5},
+            "build": {"max_bad_row_fraction": 0.01},
+        }
     )
     manifest = json.loads((build_dataset(lenient) / "manifest.json").read_text())
     assert manifest["counts"]["events"]["chartevents"]["bad_values"] == {"charttime": 1}
@@ -159,7 +200,9 @@ def test_unreadable_rows_are_counted_then_fail_above_the_threshold(tree: RawTree
 
 
 def test_row_with_extra_fields_is_a_structural_error(tree: RawTreeTruth, tmp_path: Path) -> None:
-    _rewrite_gz(tree.mimic_iv / "icu" / "chartevents.csv.gz", lambda text: text + "1,2,3,4,5,6,7,8,9,10,11,12\n")
+    _rewrite_gz(
+        tree.mimic_iv / "icu" / "chartevents.csv.gz", lambda text: text + "1,2,3,4,5,6,7,8,9,10,11,12\n"
+    )
     with pytest.raises(CorruptInputError, match="malformed CSV"):
         build_dataset(_config(tree, tmp_path / "dataset"))
 
@@ -177,9 +220,17 @@ def test_wrong_image_root_fails_in_the_preflight(tree: RawTreeTruth, tmp_path: P
 
 
 def test_registry_itemid_missing_from_the_dictionary(tree: RawTreeTruth, tmp_path: Path) -> None:
-    _rewrite_gz(tree.mimic_iv / "hosp" / "d_labitems.csv.gz", lambda text: text.replace("50820,pH,Blood", "50820,pH,Urine"))
-    _rewrite_gz(tree.mimic_iv / "icu" / "d_items.csv.gz", lambda text: "\n".join(l for l in text.splitlines() if not l.startswith("220045,")) + "\n")
-    with pytest.raises(RegistryError, match=r"220045 \(heart_rate\) not in d_items; 50820 \(ph\) has fluid 'Urine'"):
+    _rewrite_gz(
+        tree.mimic_iv / "hosp" / "d_labitems.csv.gz",
+        lambda text: text.replace("50820,pH,Blood", "50820,pH,Urine"),
+    )
+    _rewrite_gz(
+        tree.mimic_iv / "icu" / "d_items.csv.gz",
+        lambda text: "\n".join(line for line in text.splitlines() if not line.startswith("220045,")) + "\n",
+    )
+    with pytest.raises(
+        RegistryError, match=r"220045 \(heart_rate\) not in d_items; 50820 \(ph\) has fluid 'Urine'"
+    ):
         build_dataset(_config(tree, tmp_path / "dataset"))
 
 
@@ -190,22 +241,31 @@ def test_existing_target_lock_and_overwrite(tree: RawTreeTruth, tmp_path: Path) 
         build_dataset(_config(tree, out))
     lock = tmp_path / ".dataset.lock"
     lock.write_text("1")
-    overwrite = BuildConfig.from_toml(None, mimic_iv=str(tree.mimic_iv), mimic_cxr=str(tree.mimic_cxr), out=str(out),
-                                      **{"build.overwrite": True, "cxr.workers": 1, "cxr.max_failure_fraction": 0.5})
+    overwrite = BuildConfig.from_toml(
+        None,
+        mimic_iv=str(tree.mimic_iv),
+        mimic_cxr=str(tree.mimic_cxr),
+        out=str(out),
+        **{"build.overwrite": True, "cxr.workers": 1, "cxr.max_failure_fraction": 0.5},
+    )
     with pytest.raises(DatasetExistsError, match="another build"):
         build_dataset(overwrite)
     lock.unlink()
     before = (out / "manifest.json").read_text()
     build_dataset(overwrite)
-    assert json.loads((out / "manifest.json").read_text())["content_hash"] == json.loads(before)["content_hash"]
+    assert (
+        json.loads((out / "manifest.json").read_text())["content_hash"] == json.loads(before)["content_hash"]
+    )
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".dataset")) == []
 
 
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown build configuration key.*cxr.view_list"):
+    with pytest.raises(ConfigError, match=r"unknown build configuration key.*cxr\.view_list"):
         BuildConfig.from_dict({"mimic_iv": "x", "out": "y", "cxr": {"view_list": ["AP"]}})
     with pytest.raises(ConfigError, match="min_los_hours"):
-        BuildConfig.from_dict({"mimic_iv": "x", "out": "y", "mimic_cxr": "z", "cohort": {"min_los_hours": 24}})
+        BuildConfig.from_dict(
+            {"mimic_iv": "x", "out": "y", "mimic_cxr": "z", "cohort": {"min_los_hours": 24}}
+        )
     with pytest.raises(ConfigError, match="--no-cxr"):
         BuildConfig.from_dict({"mimic_iv": "x", "out": "y"})
     toml = tmp_path / "build.toml"

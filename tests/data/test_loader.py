@@ -243,7 +243,7 @@ def test_missing_image_file_is_an_error(tiny, tmp_path):
     copy_dir = tmp_path / "no-images"
     shutil.copytree(tiny, copy_dir)
     (copy_dir / "cxr.npy").unlink()
-    with pytest.raises(CarebenchDataError, match="cxr.npy not found"):
+    with pytest.raises(CarebenchDataError, match=r"cxr\.npy not found"):
         CarebenchDataset(copy_dir, task="mortality")
 
 
@@ -288,3 +288,11 @@ def test_fixed_scale_matches_torchvision_affine():
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     torch.testing.assert_close(ours, (zoomed - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_grid_equals_affine_grid():
+    from carebench_data.torch.transforms import _affine_thetas, _sampling_grid
+
+    theta = _affine_thetas(5, 0.875, AugmentConfig(), torch.Generator().manual_seed(1)).float()
+    expected = torch.nn.functional.affine_grid(theta, [5, 1, 24, 24], align_corners=False)
+    torch.testing.assert_close(_sampling_grid(theta, 24), expected)

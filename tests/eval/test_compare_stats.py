@@ -136,7 +136,9 @@ def test_delta_is_antisymmetric_with_equal_p() -> None:
 
 def test_permutation_p_equals_the_array_layer_test() -> None:
     frame = _binary(150, {"a": 1.0, "b": 0.8}, n_subjects=100)
-    subjects = frame.filter(pl.col("model") == "a").sort(pl.col("sample_id").cast(pl.Int64))["subject_id"].to_numpy()
+    subjects = (
+        frame.filter(pl.col("model") == "a").sort(pl.col("sample_id").cast(pl.Int64))["subject_id"].to_numpy()
+    )
     y, a = _arrays(frame, "a")
     _, b = _arrays(frame, "b")
     reference = paired_permutation_test(auroc_score, y, a, b, clusters=subjects, n_perm=2000, random_state=7)
@@ -153,7 +155,9 @@ def test_exact_enumeration_and_materialized_bootstrap() -> None:
     b = np.array([0.5, 0.6, 0.4, 0.5, 0.3, 0.6, 0.45, 0.55, 0.4, 0.5, 0.6, 0.5])
     subjects = np.array([0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 7])
     frames = [
-        from_arrays(y, s, task="mortality", kind="binary", targets=["mortality"], subject_id=subjects, model=m)
+        from_arrays(
+            y, s, task="mortality", kind="binary", targets=["mortality"], subject_id=subjects, model=m
+        )
         for m, s in (("a", a), ("b", b))
     ]
     frame = pl.concat(frames)
@@ -163,7 +167,8 @@ def test_exact_enumeration_and_materialized_bootstrap() -> None:
     for pattern in range(2**8):
         flip = ((pattern >> subjects) & 1).astype(bool)
         permuted.append(
-            average_precision_score(y, np.where(flip, b, a)) - average_precision_score(y, np.where(flip, a, b))
+            average_precision_score(y, np.where(flip, b, a))
+            - average_precision_score(y, np.where(flip, a, b))
         )
     expected_p = np.mean(np.abs(permuted) >= abs(observed) - 1e-12)
     assert out["value"][0] == pytest.approx(observed, abs=1e-12)
@@ -222,7 +227,9 @@ def test_multilabel_and_multiclass_comparisons() -> None:
     n, labels = 90, ["chf", "copd", "pneumonia"]
     y = (rng.random((n, 3)) < 0.4).astype(int)
     frames = [
-        from_arrays(y, _scores(rng, y, strength), task="phenotype", kind="multilabel", targets=labels, model=m)
+        from_arrays(
+            y, _scores(rng, y, strength), task="phenotype", kind="multilabel", targets=labels, model=m
+        )
         for m, strength in (("a", 1.5), ("b", 0.5))
     ]
     classes = ["2-3d", "3-4d", "14+d"]
@@ -259,8 +266,24 @@ def test_gap_comparison_is_antisymmetric() -> None:
     frame = _binary(200, {"a": 1.2, "b": 0.6}, n_subjects=150)
     sex = np.where(np.arange(200) % 3 == 0, "F", "M")
     frame = frame.with_columns(pl.Series("sex", np.tile(sex, 2)))
-    ab = compare((frame, "a"), (frame, "b"), statistic="gap", attribute="sex", metric="sensitivity_score", n_perm=300, n_boot=100)
-    ba = compare((frame, "b"), (frame, "a"), statistic="gap", attribute="sex", metric="sensitivity_score", n_perm=300, n_boot=100)
+    ab = compare(
+        (frame, "a"),
+        (frame, "b"),
+        statistic="gap",
+        attribute="sex",
+        metric="sensitivity_score",
+        n_perm=300,
+        n_boot=100,
+    )
+    ba = compare(
+        (frame, "b"),
+        (frame, "a"),
+        statistic="gap",
+        attribute="sex",
+        metric="sensitivity_score",
+        n_perm=300,
+        n_boot=100,
+    )
     _assert_schema(ab)
     assert ab["group_attribute"][0] == "sex" and ab["statistic"][0] == "gap"
     assert ab["value"][0] == pytest.approx(-ba["value"][0], abs=1e-15)
@@ -272,7 +295,9 @@ def test_gap_comparison_is_antisymmetric() -> None:
 
 def test_compare_grid_vs_best_unimodal_with_holm() -> None:
     test = _binary(150, {"fused1": 1.6, "fused2": 1.4, "fused3": 0.9, "lstm": 1.0, "resnet50": 0.4}, seed=2)
-    out = compare_grid(test, unimodal=("lstm", "transformer", "resnet50"), metrics=["auroc_score"], n_perm=500, n_boot=50)
+    out = compare_grid(
+        test, unimodal=("lstm", "transformer", "resnet50"), metrics=["auroc_score"], n_perm=500, n_boot=50
+    )
     _assert_schema(out)
     assert out["model"].to_list() == ["fused1", "fused2", "fused3"]
     assert set(out["baseline"]) == {"lstm"}
@@ -313,9 +338,34 @@ def test_permutation_p_has_nominal_size_under_a_planted_null() -> None:
                 for m, s in (("a", a), ("b", b))
             ]
         )
-        out = compare((frame, "a"), (frame, "b"), metric="auroc_score", n_perm=199, n_boot=0, random_state=seed)
+        out = compare(
+            (frame, "a"), (frame, "b"), metric="auroc_score", n_perm=199, n_boot=0, random_state=seed
+        )
         p_values.append(out["p_value"][0])
     p = np.sort(p_values)
     ks = np.max(np.abs(np.arange(1, p.size + 1) / p.size - p))
     assert ks < 1.63 / np.sqrt(p.size) + 1 / 200  # KS 1% critical value plus the p-value grid step
     assert 0.02 <= np.mean(p <= 0.05) <= 0.09
+
+
+def test_macro_over_defined_labels_is_noted() -> None:
+    rng = np.random.default_rng(8)
+    n = 60
+    y = (rng.random((n, 3)) < 0.4).astype(int)
+    y[:, 2] = 0  # a label without positives: undefined AUROC, left out of the macro average
+    frames = [
+        from_arrays(
+            y,
+            _scores(rng, y, strength),
+            task="phenotype",
+            kind="multilabel",
+            targets=["a", "b", "c"],
+            model=m,
+        )
+        for m, strength in (("x", 1.5), ("y", 0.5))
+    ]
+    frame = pl.concat(frames)
+    out = compare((frame, "x"), (frame, "y"), metric="auroc_score", n_perm=100, n_boot=50)
+    assert out["target"].to_list() == ["(macro)"]
+    assert out["notes"][0] == "row_bootstrap;labels_used=2/3"
+    assert np.isfinite(out["value"][0])

@@ -3,6 +3,7 @@ import polars as pl
 import pytest
 
 from carebench_eval.multiplicity import adjust_pvalues, benjamini_hochberg, holm
+from carebench_eval.schema import RESULT_SCHEMA, make_rows
 
 
 def _random_pvalues(rng: np.random.Generator, m: int) -> np.ndarray:
@@ -49,18 +50,21 @@ def test_invalid_pvalues_raise() -> None:
 
 
 def _frame(p_values: list[float | None], metrics: list[str]) -> pl.DataFrame:
-    n = len(p_values)
-    return pl.DataFrame(
+    rows = [
         {
-            "task": ["mortality"] * n,
-            "metric": metrics,
-            "target": ["mortality"] * n,
-            "setting": [None] * n,
-            "p_value": pl.Series(p_values, dtype=pl.Float64),
-            "p_adjusted": pl.Series([None] * n, dtype=pl.Float64),
-            "notes": pl.Series([None] * n, dtype=pl.String),
+            "model": f"fusion{i}",
+            "baseline": "lstm",
+            "task": "mortality",
+            "metric": metric,
+            "statistic": "estimate",
+            "target": "mortality",
+            "value": 0.01,
+            "n": 100,
+            "p_value": p,
         }
-    )
+        for i, (p, metric) in enumerate(zip(p_values, metrics, strict=True))
+    ]
+    return make_rows(rows)
 
 
 def test_adjust_pvalues_per_family() -> None:
@@ -69,7 +73,7 @@ def test_adjust_pvalues_per_family() -> None:
         ["auroc_score"] * 3 + ["auprc_score"] * 3,
     )
     out = adjust_pvalues(frame, method="holm")
-    assert out.columns == frame.columns
+    assert dict(out.schema) == RESULT_SCHEMA
     adjusted = out["p_adjusted"].to_list()
     np.testing.assert_allclose(adjusted[:3], holm([0.01, 0.04, 0.03]))
     assert adjusted[3] == pytest.approx(0.2)  # a family of one defined test (NaN excluded)
@@ -78,7 +82,9 @@ def test_adjust_pvalues_per_family() -> None:
     assert out["notes"].to_list() == [None, None, None, None, "excluded_from_family", None]
 
     pooled = adjust_pvalues(frame, family=("task",), method="bh")
-    np.testing.assert_allclose(pooled["p_adjusted"].to_list()[:4], benjamini_hochberg([0.01, 0.04, 0.03, 0.2]))
+    np.testing.assert_allclose(
+        pooled["p_adjusted"].to_list()[:4], benjamini_hochberg([0.01, 0.04, 0.03, 0.2])
+    )
     assert adjust_pvalues(frame, method="none")["p_adjusted"].null_count() == frame.height
 
 
@@ -86,5 +92,5 @@ def test_adjust_pvalues_rejects_bad_arguments() -> None:
     frame = _frame([0.1], ["auroc_score"])
     with pytest.raises(ValueError, match="unknown correction 'bonferroni'"):
         adjust_pvalues(frame, method="bonferroni")
-    with pytest.raises(ValueError, match="model"):
-        adjust_pvalues(frame, family=("model",))
+    with pytest.raises(ValueError, match=r"family column\(s\) \['cohort'\]"):
+        adjust_pvalues(frame, family=("task", "cohort"))

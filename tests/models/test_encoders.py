@@ -48,7 +48,13 @@ def test_resnet50_stages_at_224_px() -> None:
     assert sum(p.numel() for p in encoder.parameters()) == 23_508_032
     with torch.no_grad():
         maps = encoder.forward_stages(torch.randn(1, 3, 224, 224))
-    assert [tuple(m.shape[1:]) for m in maps] == [(64, 56, 56), (256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
+    assert [tuple(m.shape[1:]) for m in maps] == [
+        (64, 56, 56),
+        (256, 56, 56),
+        (512, 28, 28),
+        (1024, 14, 14),
+        (2048, 7, 7),
+    ]
 
 
 def test_small_cnn_stages_and_pooled_output_agree() -> None:
@@ -84,8 +90,16 @@ def test_torchvision_weight_files_load_with_renamed_keys(tmp_path: Path) -> None
     source.eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        reference = torch.flatten(source.avgpool(source.layer4(source.layer3(source.layer2(source.layer1(
-            source.maxpool(source.relu(source.bn1(source.conv1(x))))))))), 1)
+        reference = torch.flatten(
+            source.avgpool(
+                source.layer4(
+                    source.layer3(
+                        source.layer2(source.layer1(source.maxpool(source.relu(source.bn1(source.conv1(x))))))
+                    )
+                )
+            ),
+            1,
+        )
         torch.testing.assert_close(encoder(x), reference)
 
 

@@ -84,14 +84,32 @@ def test_task_spec_from_any_task_info_object() -> None:
 def test_profiles_fill_defaults_and_overrides_win() -> None:
     quick = TransformerEHRConfig.for_profile("quick")
     paper = TransformerEHRConfig.for_profile("paper")
-    assert (quick.d_model, quick.ehr_heads, quick.ehr_ff, quick.cxr_encoder, quick.image_size) == (32, 2, 64, "smallcnn", 64)
-    assert (paper.d_model, paper.ehr_heads, paper.ehr_ff, paper.cxr_encoder, paper.image_size) == (256, 4, 1024, "resnet50", 224)
+    assert (quick.d_model, quick.ehr_heads, quick.ehr_ff, quick.cxr_encoder, quick.image_size) == (
+        32,
+        2,
+        64,
+        "smallcnn",
+        64,
+    )
+    assert (paper.d_model, paper.ehr_heads, paper.ehr_ff, paper.cxr_encoder, paper.image_size) == (
+        256,
+        4,
+        1024,
+        "resnet50",
+        224,
+    )
     assert TransformerEHRConfig.for_profile("quick", ehr_ff=8).ehr_ff == 8
 
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"dropout": 1.5}, {"d_model": 30, "ehr_heads": 4}, {"cxr_encoder": "vit"}, {"image_size": 16}, {"cxr_weights": "imagenet"}],
+    [
+        {"dropout": 1.5},
+        {"d_model": 30, "ehr_heads": 4},
+        {"cxr_encoder": "vit"},
+        {"image_size": 16},
+        {"cxr_weights": "imagenet"},
+    ],
 )
 def test_invalid_config_values_raise(overrides: dict[str, object]) -> None:
     with pytest.raises(CarebenchModelError):

@@ -13,8 +13,8 @@ import torch
 from carebench_models import (
     BatchDictDataset,
     CarebenchModelError,
-    Trainer,
     TrainConfig,
+    Trainer,
     load_weights,
     long_predictions,
 )
@@ -33,19 +33,33 @@ def scripted_monitor(values: list[float]):  # type: ignore[no-untyped-def]
 def test_early_stopping_respects_patience_and_min_epochs() -> None:
     task = task_spec("binary")
     data = tiny_dataset(task, 32)
-    config = TrainConfig(max_epochs=20, patience=2, min_epochs=1, monitor=scripted_monitor([0.5, 0.7, 0.6, 0.7, 0.2] + [0.0] * 20), **CPU)
+    config = TrainConfig(
+        max_epochs=20,
+        patience=2,
+        min_epochs=1,
+        monitor=scripted_monitor([0.5, 0.7, 0.6, 0.7, 0.2] + [0.0] * 20),
+        **CPU,
+    )
     result = Trainer(tiny_model("lstm", task), config).fit(data, data)
     assert [record["epoch"] for record in result.epochs] == [0, 1, 2, 3]
     assert (result.best_epoch, result.best_metric, result.stopped_early) == (1, 0.7, True)
 
-    late = TrainConfig(max_epochs=20, patience=1, min_epochs=6, monitor=scripted_monitor([0.9] + [0.1] * 30), **CPU)
+    late = TrainConfig(
+        max_epochs=20, patience=1, min_epochs=6, monitor=scripted_monitor([0.9] + [0.1] * 30), **CPU
+    )
     assert len(Trainer(tiny_model("lstm", task), late).fit(data, data).epochs) == 6
 
 
 def test_nan_metric_never_counts_as_best_once_a_number_exists() -> None:
     task = task_spec("binary")
     data = tiny_dataset(task, 32)
-    config = TrainConfig(max_epochs=3, patience=5, min_epochs=1, monitor=scripted_monitor([float("nan"), 0.4, float("nan")]), **CPU)
+    config = TrainConfig(
+        max_epochs=3,
+        patience=5,
+        min_epochs=1,
+        monitor=scripted_monitor([float("nan"), 0.4, float("nan")]),
+        **CPU,
+    )
     assert Trainer(tiny_model("lstm", task), config).fit(data, data).best_epoch == 1
 
 
@@ -54,8 +68,13 @@ def test_best_checkpoint_is_reloaded_and_saved(tmp_path: Path) -> None:
     train, val = tiny_dataset(task, 64, seed=1), tiny_dataset(task, 32, seed=2)
     path = tmp_path / "best.safetensors"
     config = TrainConfig(
-        max_epochs=4, patience=10, min_epochs=1, lr=1e-3, checkpoint_path=path,
-        monitor=scripted_monitor([0.1, 0.9, 0.2, 0.3]), **CPU,
+        max_epochs=4,
+        patience=10,
+        min_epochs=1,
+        lr=1e-3,
+        checkpoint_path=path,
+        monitor=scripted_monitor([0.1, 0.9, 0.2, 0.3]),
+        **CPU,
     )
     model = tiny_model("latefusion", task)
     trainer = Trainer(model, config)
@@ -66,7 +85,9 @@ def test_best_checkpoint_is_reloaded_and_saved(tmp_path: Path) -> None:
     assert result.epochs[1]["val_loss"] == pytest.approx(trainer.evaluate(val)[0], rel=1e-5)
     fresh = tiny_model("latefusion", task, seed=5)
     load_weights(fresh, path)
-    np.testing.assert_array_equal(Trainer(fresh, TrainConfig(**CPU)).predict(val).proba, trainer.predict(val).proba)
+    np.testing.assert_array_equal(
+        Trainer(fresh, TrainConfig(**CPU)).predict(val).proba, trainer.predict(val).proba
+    )
 
 
 def test_same_seed_same_run() -> None:
@@ -93,14 +114,18 @@ def test_epoch_log_is_json_lines_and_progress_is_reported(caplog: pytest.LogCapt
         )
     records = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
     assert [r["epoch"] for r in records] == [0, 1]
-    assert {"lr", "train_loss", "train_task", "val_loss", "val_accuracy", "seconds", "samples_per_s"} <= set(records[0])
+    assert {"lr", "train_loss", "train_task", "val_loss", "val_accuracy", "seconds", "samples_per_s"} <= set(
+        records[0]
+    )
     assert result.metric_name == "val_accuracy" and calls == [(1, 2), (2, 2)]
 
 
 def test_scheduler_halves_the_learning_rate_on_a_val_loss_plateau() -> None:
     task = task_spec("binary")
     data = tiny_dataset(task, 16)
-    config = TrainConfig(max_epochs=4, min_epochs=4, patience=10, scheduler_patience=0, lr=1e-6, min_lr=1e-9, **CPU)
+    config = TrainConfig(
+        max_epochs=4, min_epochs=4, patience=10, scheduler_patience=0, lr=1e-6, min_lr=1e-9, **CPU
+    )
     result = Trainer(tiny_model("lstm", task), config).fit(data, data)
     assert [record["lr"][0] for record in result.epochs] == pytest.approx([1e-6, 5e-7, 2.5e-7, 1.25e-7])
 
@@ -119,7 +144,9 @@ def test_batched_getitems_path_and_single_row_tail() -> None:
             raise AssertionError("per-sample path used")
 
     data = CountingDataset(tiny_arrays(task, 33))
-    trainer = Trainer(tiny_model("lstm", task), TrainConfig(max_epochs=1, batch_size=16, eval_batch_size=16, **CPU))
+    trainer = Trainer(
+        tiny_model("lstm", task), TrainConfig(max_epochs=1, batch_size=16, eval_batch_size=16, **CPU)
+    )
     trainer.fit(data, data)
     assert CountingDataset.calls == 2 + 2
     assert [len(b) for b in _chunks(range(33), 16)] == [16, 17]

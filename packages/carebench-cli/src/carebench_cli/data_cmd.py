@@ -9,7 +9,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from carebench_cli.errors import handle_errors
@@ -45,10 +52,13 @@ def build_command(
     config: Annotated[
         Path | None, typer.Option("--config", help="Build configuration TOML (spec/data.md §2); flags win.")
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset directory.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing dataset directory.")
+    ] = False,
     no_cxr: Annotated[bool, typer.Option("--no-cxr", help="Build EHR only (has_cxr all false).")] = False,
     registry: Annotated[
-        str | None, typer.Option("--registry", help="Feature set: default (17), extended (47) or a TOML path.")
+        str | None,
+        typer.Option("--registry", help="Feature set: default (17), extended (47) or a TOML path."),
     ] = None,
     version: Annotated[
         str | None, typer.Option("--mimic-iv-version", help="auto, 2.2, 3.1 or 1.0 (default: auto).")
@@ -86,7 +96,9 @@ def build_command(
         previous_level = library_logger.level
         library_logger.setLevel(logging.INFO)
         try:
-            path = build_dataset(build_config, progress=lambda done, total: progress.update(task, completed=done, total=total))
+            path = build_dataset(
+                build_config, progress=lambda done, total: progress.update(task, completed=done, total=total)
+            )
         finally:
             library_logger.removeHandler(handler)
             library_logger.setLevel(previous_level)
@@ -115,11 +127,17 @@ def _print_summary(path: Path) -> None:
 @handle_errors
 def verify_command(
     path: Annotated[Path, typer.Argument(help="A built dataset directory, or a MIMIC-IV root with --raw.")],
-    raw: Annotated[bool, typer.Option("--raw", help="Verify a raw MIMIC-IV tree instead of a dataset.")] = False,
-    mimic_cxr: Annotated[Path | None, typer.Option("--cxr", help="With --raw: the MIMIC-CXR-JPG root.")] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Verify a raw MIMIC-IV tree instead of a dataset.")
+    ] = False,
+    mimic_cxr: Annotated[
+        Path | None, typer.Option("--cxr", help="With --raw: the MIMIC-CXR-JPG root.")
+    ] = None,
     counts: Annotated[bool, typer.Option("--counts", help="With --raw: check exact row counts.")] = False,
     checksums: Annotated[bool, typer.Option("--checksums", help="With --raw: check SHA256SUMS.txt.")] = False,
-    version: Annotated[str, typer.Option("--mimic-iv-version", help="With --raw: declared version.")] = "auto",
+    version: Annotated[
+        str, typer.Option("--mimic-iv-version", help="With --raw: declared version.")
+    ] = "auto",
 ) -> None:
     """Check a dataset (hashes, shapes, consistency) or, with --raw, a raw MIMIC tree."""
     from carebench_data.verify import verify_dataset, verify_raw

@@ -49,8 +49,10 @@ from carebench_data.manifest import (
 )
 from carebench_data.normalization import compute_fold_stats
 from carebench_data.raw import (
+    CHEXPERT_FINDINGS,
     CXR_TABLES,
     FIRST_CLASS_ICUSTAYS,
+    INFLATE_BACKEND,
     MIMIC_IV_TABLES,
     CorruptInputError,
     ResolvedTable,
@@ -68,7 +70,16 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
 PROGRESS_TOTAL = 1000
 _N_FOLDS = 5
-_STAGE_SPANS = {"S0": (0, 20), "S1": (20, 50), "S2": (50, 750), "S3": (750, 800), "S5": (800, 820), "S6": (820, 970), "S7": (970, 990), "S8": (990, 1000)}
+_STAGE_SPANS = {
+    "S0": (0, 20),
+    "S1": (20, 50),
+    "S2": (50, 750),
+    "S3": (750, 800),
+    "S5": (800, 820),
+    "S6": (820, 970),
+    "S7": (970, 990),
+    "S8": (990, 1000),
+}
 
 
 class DiskSpaceError(CarebenchDataError):
@@ -109,7 +120,9 @@ class _Tracker:
 
 def _mimic_iv_specs(version: str) -> dict[str, tuple[TableSpec, str | None]]:
     """Table specs with v1.0 compatibility (core/ folder, `ethnicity` instead of `race`: G4)."""
-    specs: dict[str, tuple[TableSpec, str | None]] = {name: (spec, None) for name, spec in MIMIC_IV_TABLES.items()}
+    specs: dict[str, tuple[TableSpec, str | None]] = {
+        name: (spec, None) for name, spec in MIMIC_IV_TABLES.items()
+    }
     if version == "1.0":
         patients, admissions = MIMIC_IV_TABLES["patients"], MIMIC_IV_TABLES["admissions"]
         columns = {("ethnicity" if k == "race" else k): v for k, v in admissions.columns.items()}
@@ -118,13 +131,25 @@ def _mimic_iv_specs(version: str) -> dict[str, tuple[TableSpec, str | None]]:
     return specs
 
 
-def _resolve_inputs(config: BuildConfig, registry: Registry) -> tuple[dict[str, ResolvedTable], dict[str, ResolvedTable], str]:
+def _resolve_inputs(
+    config: BuildConfig, registry: Registry
+) -> tuple[dict[str, ResolvedTable], dict[str, ResolvedTable], str]:
     """S0: resolve every table of both roots and guess the layout version (v1.0 has core/)."""
     root = config.mimic_iv
     if not root.is_dir():
-        raise CarebenchDataError(f"MIMIC-IV root {root} is not a directory (it should contain hosp/ and icu/)")
+        raise CarebenchDataError(
+            f"MIMIC-IV root {root} is not a directory (it should contain hosp/ and icu/)"
+        )
     layout = "1.0" if (root / "core").is_dir() or config.mimic_iv_version == "1.0" else "2+"
-    wanted = {"patients", "admissions", "icustays", "d_items", "d_labitems", "diagnoses_icd", "d_icd_diagnoses"}
+    wanted = {
+        "patients",
+        "admissions",
+        "icustays",
+        "d_items",
+        "d_labitems",
+        "diagnoses_icd",
+        "d_icd_diagnoses",
+    }
     wanted |= set(registry.tables())
     mimic: dict[str, ResolvedTable] = {}
     for name, (spec, folder) in _mimic_iv_specs(layout if layout == "1.0" else "2.2").items():
@@ -139,15 +164,13 @@ def _resolve_inputs(config: BuildConfig, registry: Registry) -> tuple[dict[str, 
     if config.cxr.enabled:
         assert config.mimic_cxr is not None
         if not config.mimic_cxr.is_dir():
-            raise CarebenchDataError(f"MIMIC-CXR-JPG root {config.mimic_cxr} is not a directory; pass --no-cxr for EHR only")
+            raise CarebenchDataError(
+                f"MIMIC-CXR-JPG root {config.mimic_cxr} is not a directory; pass --no-cxr for EHR only"
+            )
         for name, spec in CXR_TABLES.items():
             resolved = resolve_table(config.mimic_cxr, spec)
             if resolved is not None:
                 cxr[name] = resolved
-        chexpert = TableSpec("mimic-cxr-2.0.0-chexpert", "", {"subject_id": pl.Int64(), "study_id": pl.Int64()}, required=False)
-        resolved = resolve_table(config.mimic_cxr, chexpert)
-        if resolved is not None:
-            cxr[chexpert.name] = resolved
     return mimic, cxr, layout
 
 
@@ -204,7 +227,11 @@ def build_dataset(config: BuildConfig, *, progress: ProgressCallback | None = No
     """
     started = time.perf_counter()
     tracker = _Tracker(progress)
-    work_root = Path(config.build.work_dir) if config.build.work_dir else config.out.absolute().parent / ".carebench-work"
+    work_root = (
+        Path(config.build.work_dir)
+        if config.build.work_dir
+        else config.out.absolute().parent / ".carebench-work"
+    )
     with atomic_directory(config.out, overwrite=config.build.overwrite) as partial:
         work_root.mkdir(parents=True, exist_ok=True)
         staging = work_root / partial.name
@@ -253,7 +280,12 @@ def _build_into(out: Path, *, staging: Path, config: BuildConfig, tracker: _Trac
     diagnoses, diagnoses_bad = read_small_table(mimic["diagnoses_icd"])
     for name, frame in (("patients", patients), ("admissions", admissions), ("diagnoses_icd", diagnoses)):
         rows_read[name] = frame.height
-    bad_small = {"icustays": icu_bad, "patients": patients_bad, "admissions": admissions_bad, "diagnoses_icd": diagnoses_bad}
+    bad_small = {
+        "icustays": icu_bad,
+        "patients": patients_bad,
+        "admissions": admissions_bad,
+        "diagnoses_icd": diagnoses_bad,
+    }
     for table, bad in bad_small.items():
         if bad:
             warnings.append(f"{table}: unparseable values {bad}")
@@ -261,8 +293,12 @@ def _build_into(out: Path, *, staging: Path, config: BuildConfig, tracker: _Trac
                 raise CorruptInputError(
                     f"{mimic[table].path}: unparseable values {bad} above build.max_bad_row_fraction"
                 )
-    spine = cohort_mod.stay_spine(icustays.lazy(), admissions=admissions.lazy(), patients=patients.lazy()).collect()
-    steps = cohort_mod.cohort_steps(config.cohort, diagnosed_hadm_ids=diagnoses.get_column("hadm_id").drop_nulls().unique())
+    spine = cohort_mod.stay_spine(
+        icustays.lazy(), admissions=admissions.lazy(), patients=patients.lazy()
+    ).collect()
+    steps = cohort_mod.cohort_steps(
+        config.cohort, diagnosed_hadm_ids=diagnoses.get_column("hadm_id").drop_nulls().unique()
+    )
     candidates, cohort_counts = cohort_mod.apply_steps(spine, steps)
     candidates = candidates.with_row_index("row").with_columns(pl.col("row").cast(pl.Int32))
     cohort_checks = {
@@ -312,7 +348,12 @@ def _build_into(out: Path, *, staging: Path, config: BuildConfig, tracker: _Trac
     ehr_all = events_mod.scatter_hourly(cleaned.hourly, n_stays=candidates.height, registry=registry)
     has_values = ~np.isnan(ehr_all).all(axis=(1, 2))
     before = candidates.height
-    stays = candidates.filter(pl.Series(has_values)).drop("row").with_row_index("row").with_columns(pl.col("row").cast(pl.Int32))
+    stays = (
+        candidates.filter(pl.Series(has_values))
+        .drop("row")
+        .with_row_index("row")
+        .with_columns(pl.col("row").cast(pl.Int32))
+    )
     ehr = np.ascontiguousarray(ehr_all[has_values])
     del ehr_all
     cohort_counts.append(cohort_mod.step_count("has_ehr", stays, before=before))
@@ -334,7 +375,9 @@ def _build_into(out: Path, *, staging: Path, config: BuildConfig, tracker: _Trac
 
     # S6: CXR.
     tracker.start("S6", "chest X-rays")
-    stays, cxr_array, cxr_counts, cxr_failures = _cxr(stays, tables=cxr_tables, config=config, scratch=staging, tracker=tracker)
+    stays, cxr_array, cxr_counts, cxr_failures = _cxr(
+        stays, tables=cxr_tables, config=config, scratch=staging, tracker=tracker
+    )
     tracker.finish()
 
     # S7: splits and statistics.
@@ -370,7 +413,8 @@ def _build_into(out: Path, *, staging: Path, config: BuildConfig, tracker: _Trac
         },
     }
     inputs = [
-        {**resolved.describe(), "rows_read": rows_read.get(name)} for name, resolved in sorted({**mimic, **cxr_tables}.items())
+        {**resolved.describe(), "rows_read": rows_read.get(name)}
+        for name, resolved in sorted({**mimic, **cxr_tables}.items())
     ]
     if cxr_counts.get("metadata_rows") is not None:
         for entry in inputs:
@@ -384,11 +428,19 @@ def _build_into(out: Path, *, staging: Path, config: BuildConfig, tracker: _Trac
             "kind": "synthetic" if synthetic is not None else "mimic",
             "mimic_iv_version": version,
             "mimic_cxr_version": _cxr_version(config) if config.cxr.enabled else None,
-            "fingerprint": {"detected": fingerprint["version"], "evidence": fingerprint["evidence"], "layout": layout},
+            "fingerprint": {
+                "detected": fingerprint["version"],
+                "evidence": fingerprint["evidence"],
+                "layout": layout,
+            },
             "inputs": inputs,
             "synthetic": synthetic,
         },
-        "config": {**config.resolved(), "registry_sha256": output_config["registry_sha256"], "mapping_sha256": output_config["mapping_sha256"]},
+        "config": {
+            **config.resolved(),
+            "registry_sha256": output_config["registry_sha256"],
+            "mapping_sha256": output_config["mapping_sha256"],
+        },
         "counts": {
             "cohort": cohort_counts,
             "cohort_checks": cohort_checks,
@@ -399,7 +451,9 @@ def _build_into(out: Path, *, staging: Path, config: BuildConfig, tracker: _Trac
             "splits": split_counts,
         },
         "features": registry.names,
-        "labels": labels_mod.labels_manifest(mortality_mode=config.labels.mortality, mapping=config.labels.phenotype_mapping),
+        "labels": labels_mod.labels_manifest(
+            mortality_mode=config.labels.mortality, mapping=config.labels.phenotype_mapping
+        ),
         "shapes": {"ehr": list(ehr.shape), "cxr": list(cxr_array.shape)},
         "files": files,
         "content_hash": content_hash(files, config=output_config),
@@ -427,41 +481,55 @@ def _check_disk_space(out: Path, *, n_stays: int, n_features: int, config: Build
         estimate += n_stays * config.cxr.image_size**2
     free = shutil.disk_usage(out.parent).free
     if free < estimate:
-        raise DiskSpaceError(f"{out.parent} has {free / 1e9:.2f} GB free, the dataset may need up to {estimate / 1e9:.2f} GB")
+        raise DiskSpaceError(
+            f"{out.parent} has {free / 1e9:.2f} GB free, the dataset may need up to {estimate / 1e9:.2f} GB"
+        )
 
 
 def _labels(
     stays: pl.DataFrame, *, diagnoses: pl.DataFrame, titles: pl.DataFrame | None, config: BuildConfig
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """S5: mortality, LoS and phenotypes under the chosen mode; counts under both modes (the audit)."""
-    cohort_diagnoses = diagnoses.filter(pl.col("hadm_id").is_in(stays.get_column("hadm_id").implode())).select(
-        "hadm_id", "icd_version", "icd_code"
-    )
+    cohort_diagnoses = diagnoses.filter(
+        pl.col("hadm_id").is_in(stays.get_column("hadm_id").implode())
+    ).select("hadm_id", "icd_version", "icd_code")
     chosen = config.labels.phenotype_mapping
     positives: dict[str, dict[str, int]] = {}
     labelled = stays
     unmapped: list[dict[str, Any]] = []
     for mode in labels_mod.MAPPING_MODES:
-        mapped = labels_mod.map_codes(cohort_diagnoses.lazy(), mode=mode, parent_fallback=config.labels.icd10_parent_fallback).collect()
+        mapped = labels_mod.map_codes(
+            cohort_diagnoses.lazy(), mode=mode, parent_fallback=config.labels.icd10_parent_fallback
+        ).collect()
         with_labels = labels_mod.phenotype_labels(stays.lazy(), mapped=mapped.lazy()).collect()
-        positives[mode] = {p.column: int(with_labels.get_column(p.column).sum()) for p in labels_mod.phenotypes()}
+        positives[mode] = {
+            p.column: int(with_labels.get_column(p.column).sum()) for p in labels_mod.phenotypes()
+        }
         if mode == chosen:
             labelled = with_labels
             unmapped = labels_mod.unmapped_report(mapped, titles=titles)
     labelled = (
         labelled.lazy()
-        .pipe(labels_mod.mortality_labels, mode=config.labels.mortality, grace_hours=config.labels.icu_death_grace_hours)
+        .pipe(
+            labels_mod.mortality_labels,
+            mode=config.labels.mortality,
+            grace_hours=config.labels.icu_death_grace_hours,
+        )
         .pipe(labels_mod.los_labels)
         .collect()
     )
     after_outtime = labelled.filter(
-        (pl.col("t_death") > pl.col("outtime")) & (pl.col("t_death") <= pl.col("outtime") + timedelta(hours=24))
+        (pl.col("t_death") > pl.col("outtime"))
+        & (pl.col("t_death") <= pl.col("outtime") + timedelta(hours=24))
     ).height
     counts = {
         "mortality_positive": int(labelled.get_column("mortality").sum()),
         "deaths_from_dod_only": int(labelled.get_column("death_from_dod_only").sum()),
         "deaths_within_24h_after_outtime": after_outtime,
-        "los_class": {name: int((labelled.get_column("los_class") == i).sum()) for i, name in enumerate(labels_mod.LOS_CLASS_NAMES)},
+        "los_class": {
+            name: int((labelled.get_column("los_class") == i).sum())
+            for i, name in enumerate(labels_mod.LOS_CLASS_NAMES)
+        },
         "phenotype": {"chosen": chosen, "positives": positives},
         "icd_unmapped": unmapped,
     }
@@ -469,7 +537,12 @@ def _labels(
 
 
 def _cxr(
-    stays: pl.DataFrame, *, tables: dict[str, ResolvedTable], config: BuildConfig, scratch: Path, tracker: _Tracker
+    stays: pl.DataFrame,
+    *,
+    tables: dict[str, ResolvedTable],
+    config: BuildConfig,
+    scratch: Path,
+    tracker: _Tracker,
 ) -> tuple[pl.DataFrame, np.ndarray, dict[str, Any], list[dict[str, str]]]:
     """S6: link, select and decode one frontal CXR per stay; adds has_cxr, cxr_index, cxr_dicom_id, cxr_hours."""
     size = config.cxr.image_size
@@ -486,9 +559,12 @@ def _cxr(
     metadata, meta_bad = read_small_table(tables["mimic-cxr-2.0.0-metadata"])
     timed = metadata.lazy().pipe(cxr_mod.parse_study_time).collect()
     bad_time = timed.filter(pl.col("study_datetime").is_null()).height
-    frontal = timed.filter(pl.col("study_datetime").is_not_null()).lazy().pipe(
-        cxr_mod.frontal_views, views=config.cxr.views, recover_view=config.cxr.recover_view
-    ).collect()
+    frontal = (
+        timed.filter(pl.col("study_datetime").is_not_null())
+        .lazy()
+        .pipe(cxr_mod.frontal_views, views=config.cxr.views, recover_view=config.cxr.recover_view)
+        .collect()
+    )
     candidates = (
         frontal.lazy()
         .pipe(cxr_mod.window_candidates, stays=stays.lazy(), lookback_hours=config.cxr.lookback_hours)
@@ -512,16 +588,28 @@ def _cxr(
         scratch=scratch / "cxr-scratch.npy",
         on_image=on_image,
     )
-    selected = selection.selected.join(stays.select("row", "intime", "prediction_time"), on="row", how="left")
+    selected = selection.selected.join(
+        stays.select("row", "intime", "prediction_time"), on="row", how="left", maintain_order="left"
+    ).sort("row")
     cxr_mod.check_leakage(selected, lookback_hours=config.cxr.lookback_hours)
     selected = selected.with_columns(
         cxr_index=pl.int_range(pl.len()).cast(pl.Int32),
-        cxr_hours=((pl.col("study_datetime") - pl.col("intime")).dt.total_microseconds() / 3.6e9).cast(pl.Float32),
+        cxr_hours=((pl.col("study_datetime") - pl.col("intime")).dt.total_microseconds() / 3.6e9).cast(
+            pl.Float32
+        ),
     )
-    cxr_array = np.ascontiguousarray(buffer[selected.get_column("slot").to_numpy()]) if selected.height else np.zeros((0, size, size), dtype=np.uint8)
+    cxr_array = (
+        np.ascontiguousarray(buffer[selected.get_column("slot").to_numpy()])
+        if selected.height
+        else np.zeros((0, size, size), dtype=np.uint8)
+    )
     del buffer
     out = (
-        stays.join(selected.select("row", "cxr_index", pl.col("dicom_id").alias("cxr_dicom_id"), "cxr_hours"), on="row", how="left")
+        stays.join(
+            selected.select("row", "cxr_index", pl.col("dicom_id").alias("cxr_dicom_id"), "cxr_hours"),
+            on="row",
+            how="left",
+        )
         .sort("row")
         .with_columns(has_cxr=pl.col("cxr_index").is_not_null(), cxr_index=pl.col("cxr_index").fill_null(-1))
     )
@@ -549,26 +637,33 @@ def _cxr(
     if "mimic-cxr-2.0.0-split" in tables:
         split, _ = read_small_table(tables["mimic-cxr-2.0.0-split"])
         joined = selected.join(split.select("dicom_id", "split"), on="dicom_id", how="left")
-        counts["official_split"] = {str(s): int(n) for s, n in joined.group_by("split").len().sort("split", nulls_last=True).iter_rows()}
+        counts["official_split"] = {
+            str(s): int(n)
+            for s, n in joined.group_by("split").len().sort("split", nulls_last=True).iter_rows()
+        }
     if "mimic-cxr-2.0.0-chexpert" in tables:
         counts["chexpert_prevalence"] = _chexpert_prevalence(tables["mimic-cxr-2.0.0-chexpert"], selected)
     return out, cxr_array, counts, selection.failures
 
 
 def _chexpert_prevalence(resolved: ResolvedTable, selected: pl.DataFrame) -> dict[str, float | None]:
-    present = [name for name in cxr_mod.CHEXPERT_FINDINGS if name in resolved.header]
-    table, _ = read_small_table(resolved, columns=["study_id", *present])
-    findings = table.with_columns([pl.col(name).cast(pl.Float32, strict=False) for name in present])
-    joined = selected.select("study_id").join(findings.unique(subset=["study_id"], keep="first"), on="study_id", how="left")
+    present = list(CHEXPERT_FINDINGS)
+    findings, _ = read_small_table(resolved, columns=["study_id", *present])
+    joined = selected.select("study_id").join(
+        findings.unique(subset=["study_id"], keep="first"), on="study_id", how="left"
+    )
     if not joined.height:
         return dict.fromkeys(present)
     return {name: float((joined.get_column(name) == 1.0).mean() or 0.0) for name in present}
 
 
-def _split_counts(stays: pl.DataFrame, labelled: pl.DataFrame, *, config: BuildConfig) -> tuple[dict[str, Any], list[str]]:
+def _split_counts(
+    stays: pl.DataFrame, labelled: pl.DataFrame, *, config: BuildConfig
+) -> tuple[dict[str, Any], list[str]]:
     """Per fold and split: stays, subjects, has_cxr fraction, mortality prevalence, LoS classes, phenotypes."""
     frame = stays.select("stay_id", "subject_id", "fold_part", "has_cxr").join(
-        labelled.select("stay_id", "mortality", "los_class", *[p.column for p in labels_mod.phenotypes()]), on="stay_id"
+        labelled.select("stay_id", "mortality", "los_class", *[p.column for p in labels_mod.phenotypes()]),
+        on="stay_id",
     )
     subjects = frame.get_column("subject_id").to_numpy()
     parts = frame.get_column("fold_part").to_numpy()
@@ -583,13 +678,18 @@ def _split_counts(stays: pl.DataFrame, labelled: pl.DataFrame, *, config: BuildC
                 raise SplitCoverageError(
                     f"fold {fold} has an empty {split} split ({frame.height} stays in all); the cohort is too small"
                 )
-            phenotype = {p.column: float(part.get_column(p.column).mean() or 0.0) for p in labels_mod.phenotypes()}
+            phenotype = {
+                p.column: float(part.get_column(p.column).mean() or 0.0) for p in labels_mod.phenotypes()
+            }
             counts[f"fold{fold}"][split] = {
                 "stays": part.height,
                 "subjects": part.get_column("subject_id").n_unique(),
                 "has_cxr_fraction": float(part.get_column("has_cxr").mean() or 0.0),
                 "mortality_prevalence": float(part.get_column("mortality").mean() or 0.0),
-                "los_class": {name: int((part.get_column("los_class") == i).sum()) for i, name in enumerate(labels_mod.LOS_CLASS_NAMES)},
+                "los_class": {
+                    name: int((part.get_column("los_class") == i).sum())
+                    for i, name in enumerate(labels_mod.LOS_CLASS_NAMES)
+                },
                 "phenotype_prevalence": phenotype,
             }
             if split == "train":
@@ -648,6 +748,7 @@ def _build_info(tracker: _Tracker) -> dict[str, Any]:
             "pillow": PIL.__version__,
             "libjpeg": pil_features.version("jpg"),
             "zlib": zlib.ZLIB_RUNTIME_VERSION,
+            "inflate_backend": INFLATE_BACKEND,
         },
         "platform": sys.platform,
     }

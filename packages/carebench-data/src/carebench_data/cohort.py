@@ -41,10 +41,6 @@ def stay_spine(icustays: pl.LazyFrame, *, admissions: pl.LazyFrame, patients: pl
     Adds: age (§3.1), sex, race (grouped), insurance, admission_type, prediction_time (intime + 48 h),
     los_hours, t_death (deathtime), dod, dischtime, hospital_expire_flag, anchor_year_group,
     `linked` (admission and patient exist and agree on subject_id) and `stays_in_admission`.
-
-    >>> stays = pl.LazyFrame({"subject_id": [1], "hadm_id": [2], "stay_id": [3],
-    ...     "intime": [pl.datetime(2180, 1, 1)], "outtime": [pl.datetime(2180, 1, 4)],
-    ...     "first_careunit": ["MICU"], "last_careunit": ["MICU"]}).with_columns(pl.col("intime", "outtime").cast(pl.Datetime("us")))
     """
     admission_columns = admissions.select(
         pl.col("hadm_id"),
@@ -89,7 +85,11 @@ def stay_spine(icustays: pl.LazyFrame, *, admissions: pl.LazyFrame, patients: pl
 
 def keep_valid_times(spine: pl.LazyFrame) -> pl.LazyFrame:
     """Keep stays with non-null intime and outtime and outtime > intime."""
-    return spine.filter(pl.col("intime").is_not_null() & pl.col("outtime").is_not_null() & (pl.col("outtime") > pl.col("intime")))
+    return spine.filter(
+        pl.col("intime").is_not_null()
+        & pl.col("outtime").is_not_null()
+        & (pl.col("outtime") > pl.col("intime"))
+    )
 
 
 def keep_linked(spine: pl.LazyFrame) -> pl.LazyFrame:
@@ -187,5 +187,7 @@ def apply_steps(spine: pl.DataFrame, steps: list[Step]) -> tuple[pl.DataFrame, l
         counts.append(step_count(step.key, frame, before=before, enabled=step.enabled))
         logger.info("cohort step %s: %d stays (%d removed)", step.key, frame.height, before - frame.height)
     if frame.height == 0:
-        raise CohortError("the cohort is empty after the inclusion steps; check the inputs and the cohort options")
+        raise CohortError(
+            "the cohort is empty after the inclusion steps; check the inputs and the cohort options"
+        )
     return frame.sort("stay_id"), counts

@@ -22,25 +22,10 @@ import polars as pl
 from PIL import Image
 
 from carebench_data.errors import CarebenchDataError
+from carebench_data.raw import CHEXPERT_FINDINGS
 
 logger = logging.getLogger(__name__)
 
-CHEXPERT_FINDINGS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
 _VIEW_CODES = {"antero-posterior": "AP", "postero-anterior": "PA"}
 _MAX_LISTED_FAILURES = 100
 
@@ -60,7 +45,9 @@ def parse_study_time(metadata: pl.LazyFrame) -> pl.LazyFrame:
     >>> [str(t) for t in parse_study_time(meta).collect().get_column("study_datetime")]
     ['2180-05-06 08:05:56', '2180-05-06 21:30:14', '2180-05-06 09:59:59', '2180-05-06 00:00:05', 'None']
     """
-    date = pl.col("StudyDate").str.strip_chars().str.split(".").list.first().str.to_date("%Y%m%d", strict=False)
+    date = (
+        pl.col("StudyDate").str.strip_chars().str.split(".").list.first().str.to_date("%Y%m%d", strict=False)
+    )
     digits = pl.col("StudyTime").str.strip_chars().str.split(".").list.first().str.zfill(6)
     hours = digits.str.slice(0, 2).cast(pl.Int64, strict=False)
     minutes = digits.str.slice(2, 2).cast(pl.Int64, strict=False)
@@ -77,14 +64,19 @@ def frontal_views(metadata: pl.LazyFrame, *, views: tuple[str, ...], recover_vie
     """
     view = pl.col("ViewPosition").str.strip_chars().str.to_uppercase()
     if recover_view:
-        recovered = pl.col("ViewCodeSequence_CodeMeaning").str.strip_chars().str.to_lowercase().replace_strict(
-            _VIEW_CODES, default=None, return_dtype=pl.String
+        recovered = (
+            pl.col("ViewCodeSequence_CodeMeaning")
+            .str.strip_chars()
+            .str.to_lowercase()
+            .replace_strict(_VIEW_CODES, default=None, return_dtype=pl.String)
         )
         view = pl.coalesce(view, recovered)
     return (
         metadata.with_columns(view=view)
         .filter(pl.col("view").is_in(list(views)))
-        .with_columns(view_rank=pl.col("view").replace_strict({v: i for i, v in enumerate(views)}, return_dtype=pl.Int8))
+        .with_columns(
+            view_rank=pl.col("view").replace_strict({v: i for i, v in enumerate(views)}, return_dtype=pl.Int8)
+        )
     )
 
 
@@ -95,7 +87,9 @@ def window_candidates(images: pl.LazyFrame, *, stays: pl.LazyFrame, lookback_hou
     """
     lower = pl.col("intime") - timedelta(hours=lookback_hours)
     return (
-        images.join(stays.select("row", "subject_id", "intime", "prediction_time"), on="subject_id", how="inner")
+        images.join(
+            stays.select("row", "subject_id", "intime", "prediction_time"), on="subject_id", how="inner"
+        )
         .filter((pl.col("study_datetime") >= lower) & (pl.col("study_datetime") <= pl.col("prediction_time")))
         .sort(["row", "study_datetime", "view_rank", "dicom_id"], descending=[False, True, False, False])
         .with_columns(candidate_rank=pl.int_range(pl.len()).over("row").cast(pl.Int32))
@@ -165,7 +159,9 @@ def select_and_decode(
     """
     stays = candidates.get_column("row").unique().sort().to_list()
     slot_of = {row: slot for slot, row in enumerate(stays)}
-    buffer = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(max(len(stays), 1), size, size))
+    buffer = np.lib.format.open_memmap(
+        scratch, mode="w+", dtype=np.uint8, shape=(max(len(stays), 1), size, size)
+    )
     by_row = candidates.partition_by("row", as_dict=True, maintain_order=True)
     pending = {row: 0 for row in stays}
     chosen: dict[int, dict[str, Any]] = {}
@@ -178,7 +174,11 @@ def select_and_decode(
             for row, rank in sorted(pending.items()):
                 candidate = by_row[(row,)].row(rank, named=True)
                 path = image_path(
-                    root, subject_id=candidate["subject_id"], study_id=candidate["study_id"], dicom_id=candidate["dicom_id"], layout=layout
+                    root,
+                    subject_id=candidate["subject_id"],
+                    study_id=candidate["study_id"],
+                    dicom_id=candidate["dicom_id"],
+                    layout=layout,
                 )
                 attempts.append((row, rank, candidate, pool.submit(_try_decode, path, size)))
             next_pending: dict[int, int] = {}
@@ -234,12 +234,20 @@ def _preflight(candidates: pl.DataFrame, *, root: Path, layout: str) -> None:
         return
     for candidate in probe.iter_rows(named=True):
         path = image_path(
-            root, subject_id=candidate["subject_id"], study_id=candidate["study_id"], dicom_id=candidate["dicom_id"], layout=layout
+            root,
+            subject_id=candidate["subject_id"],
+            study_id=candidate["study_id"],
+            dicom_id=candidate["dicom_id"],
+            layout=layout,
         )
         if path.is_file():
             return
     example = image_path(
-        root, subject_id=probe["subject_id"][0], study_id=probe["study_id"][0], dicom_id=probe["dicom_id"][0], layout=layout
+        root,
+        subject_id=probe["subject_id"][0],
+        study_id=probe["study_id"][0],
+        dicom_id=probe["dicom_id"][0],
+        layout=layout,
     )
     raise CxrError(
         f"none of the first {probe.height} candidate images exists (e.g. {example}); check --mimic-cxr "

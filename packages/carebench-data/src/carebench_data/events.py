@@ -108,7 +108,9 @@ def keep_in_window(events: pl.LazyFrame) -> pl.LazyFrame:
 
 def mark_stored_late(events: pl.LazyFrame) -> pl.LazyFrame:
     """Flag events stored at or after prediction_time (counted; removed with availability = storetime)."""
-    return events.with_columns(stored_late=(pl.col("storetime") >= pl.col("prediction_time")).fill_null(False))
+    return events.with_columns(
+        stored_late=(pl.col("storetime") >= pl.col("prediction_time")).fill_null(False)
+    )
 
 
 def _stage_block(
@@ -122,26 +124,31 @@ def _stage_block(
     """S2 on one block: itemid filter on the wide block, then cohort and window on the survivors."""
     key = _KEY[table]
     counts.scanned += block.height
-    counts.null_keys += block.get_column("itemid").null_count()
-    selected = block.lazy().pipe(select_itemids, itemids=itemids).collect()
-    if block.schema["itemid"] == pl.String:
-        raw_itemids = block.get_column("itemid")
-        unparsed = raw_itemids.is_not_null() & raw_itemids.str.strip_chars().cast(pl.Int32, strict=False).is_null()
-        if unparsed.any():
-            counts.bad_values["itemid"] += int(unparsed.sum())
+    raw_itemids = block.get_column("itemid")
+    counts.null_keys += raw_itemids.null_count()
+    # Parse the itemid once: it drives the filter and the count of unparseable ids.
+    parsed = raw_itemids.cast(pl.Int32, strict=False) if raw_itemids.dtype == pl.String else raw_itemids
+    unparsed = int(parsed.null_count() - raw_itemids.null_count())
+    if unparsed:
+        counts.bad_values["itemid"] += unparsed
+    selected = block.with_columns(itemid=parsed).filter(parsed.is_in(itemids))
     counts.itemid_kept += selected.height
     if not selected.height:
         return pl.DataFrame(schema=STAGED_SCHEMA)
     counts.null_keys += selected.get_column(key).null_count() + selected.get_column("charttime").null_count()
-    typed = selected.lazy().pipe(
-        parse_columns,
-        columns={
-            key: pl.Int64(),
-            "charttime": pl.Datetime("us"),
-            "storetime": pl.Datetime("us"),
-            "valuenum" if table != "outputevents" else "value": pl.Float64(),
-        },
-    ).collect()
+    typed = (
+        selected.lazy()
+        .pipe(
+            parse_columns,
+            columns={
+                key: pl.Int64(),
+                "charttime": pl.Datetime("us"),
+                "storetime": pl.Datetime("us"),
+                "valuenum" if table != "outputevents" else "value": pl.Float64(),
+            },
+        )
+        .collect()
+    )
     counts.bad_values.update(
         count_parse_failures(selected, typed, columns=[key, "charttime", "storetime", "valuenum", "value"])
     )
@@ -297,7 +304,9 @@ _COMPARATOR = r"^\s*(<=|>=|<|>)\s*(-?[0-9]*\.?[0-9]+)\s*$"
 _PLAIN_NUMBER = r"^\s*(-?[0-9]*\.?[0-9]+)\s*$"
 
 
-def parse_values(events: pl.LazyFrame, *, encodings: pl.DataFrame, prefixes: list[tuple[int, str, float]]) -> pl.LazyFrame:
+def parse_values(
+    events: pl.LazyFrame, *, encodings: pl.DataFrame, prefixes: list[tuple[int, str, float]]
+) -> pl.LazyFrame:
     """Turn text and numbers into one Float64 `x` with a `parse_status` (spec/data.md §4.5 step 2, §4.3).
 
     Numeric sources use valuenum, then `[<|>|<=|>=] number` in value (`censored`), else `unparseable`.
@@ -308,7 +317,11 @@ def parse_values(events: pl.LazyFrame, *, encodings: pl.DataFrame, prefixes: lis
     text = pl.col("value").str.strip_chars().str.to_lowercase()
     prefix_score: pl.Expr = pl.lit(None, pl.Float64)
     for source, prefix, score in reversed(prefixes):
-        prefix_score = pl.when((pl.col("source") == source) & text.str.starts_with(prefix)).then(score).otherwise(prefix_score)
+        prefix_score = (
+            pl.when((pl.col("source") == source) & text.str.starts_with(prefix))
+            .then(score)
+            .otherwise(prefix_score)
+        )
     censored = pl.col("value").str.extract(_COMPARATOR, 2).cast(pl.Float64, strict=False)
     plain = pl.col("value").str.extract(_PLAIN_NUMBER, 1).cast(pl.Float64, strict=False)
     numeric_x = pl.coalesce(pl.col("valuenum"), censored, plain)
@@ -329,23 +342,33 @@ def parse_values(events: pl.LazyFrame, *, encodings: pl.DataFrame, prefixes: lis
         .then(pl.lit("encoded_fallback"))
         .otherwise(pl.lit("unmatched_text"))
     )
-    return (
-        events.with_columns(text=text)
+    # Most rows are numeric with a valuenum: they skip the text work entirely.
+    fast = events.filter(~pl.col("encoded") & pl.col("valuenum").is_not_null()).with_columns(
+        text=pl.lit(None, pl.String), x=pl.col("valuenum"), parse_status=pl.lit("numeric")
+    )
+    slow = (
+        events.filter(pl.col("encoded") | pl.col("valuenum").is_null())
+        .with_columns(text=text)
         .join(encodings.lazy(), on=["source", "text"], how="left")
         .with_columns(
-            x=pl.when(pl.col("encoded")).then(pl.coalesce(encoded_x, pl.col("valuenum"))).otherwise(numeric_x),
+            x=pl.when(pl.col("encoded"))
+            .then(pl.coalesce(encoded_x, pl.col("valuenum")))
+            .otherwise(numeric_x),
             parse_status=pl.when(pl.col("encoded")).then(encoded_status).otherwise(numeric_status),
         )
         .drop("score")
     )
+    return pl.concat([fast, slow], how="vertical")
 
 
 def convert_units(events: pl.LazyFrame) -> pl.LazyFrame:
     """Apply each source's conversion to `x`; `convert_status` is `converted`, `unit_fixed` or null.
 
+    Row order is not kept (rows without a conversion skip the expression chain).
+
     >>> events = pl.LazyFrame({"x": [98.6, 37.0, 150.0, 0.95, 50.0],
     ...     "convert": ["fahrenheit_to_celsius_unless_valid"] * 2 + ["pound_to_kg", "fraction_to_percent_at_most_1", None]})
-    >>> [round(v, 2) for v in convert_units(events).collect().get_column("x")]
+    >>> [round(v, 2) for v in convert_units(events.with_row_index()).sort("index").collect().get_column("x")]
     [37.0, 37.0, 68.04, 95.0, 50.0]
     """
     value: pl.Expr = pl.col("x")
@@ -357,7 +380,9 @@ def convert_units(events: pl.LazyFrame) -> pl.LazyFrame:
         if conversion.kept_counter is not None:
             kept = (pl.col("convert") == name) & ~conversion.when(pl.col("x")) & pl.col("x").is_not_null()
             status = pl.when(kept).then(pl.lit(conversion.kept_counter)).otherwise(status)
-    return events.with_columns(x=value, convert_status=status)
+    plain = events.filter(pl.col("convert").is_null()).with_columns(convert_status=pl.lit(None, pl.String))
+    converted = events.filter(pl.col("convert").is_not_null()).with_columns(x=value, convert_status=status)
+    return pl.concat([plain, converted], how="vertical")
 
 
 def in_valid_range(x: pl.Expr) -> pl.Expr:
@@ -370,7 +395,10 @@ def in_valid_range(x: pl.Expr) -> pl.Expr:
 def flag_range(events: pl.LazyFrame, *, ranges: pl.DataFrame) -> pl.LazyFrame:
     """Attach each feature's valid range and flag per-row values outside it (`sum` features: per hour)."""
     return events.join(ranges.lazy(), on="feature", how="left").with_columns(
-        in_range=pl.when(pl.col("agg_sum")).then(pl.col("x").is_not_null()).otherwise(in_valid_range(pl.col("x"))).fill_null(False)
+        in_range=pl.when(pl.col("agg_sum"))
+        .then(pl.col("x").is_not_null())
+        .otherwise(in_valid_range(pl.col("x")))
+        .fill_null(False)
     )
 
 
@@ -399,10 +427,11 @@ def keep_last_per_hour(events: pl.LazyFrame) -> pl.LazyFrame:
 
 def sum_per_hour(events: pl.LazyFrame) -> pl.LazyFrame:
     """`agg = sum`: signed hourly sum (urine output minus irrigant in)."""
+    # A fixed row order inside each group makes the floating-point sum byte-identical across builds.
     return (
-        events.group_by(["row", "hour", "feature"])
+        events.sort(["row", "hour", "feature", "x", "sign"])
+        .group_by(["row", "hour", "feature"], maintain_order=True)
         .agg((pl.col("x") * pl.col("sign")).sum().alias("x"))
-        .sort(["row", "hour", "feature"])
     )
 
 
@@ -415,7 +444,17 @@ class CleanResult:
     warnings: list[str]
 
 
-_COUNTERS = ("rows_in_window", "stored_after_prediction", "censored", "unparseable", "unmatched_text", "converted", "unit_fixed", "out_of_range", "duplicates")
+_COUNTERS = (
+    "rows_in_window",
+    "stored_after_prediction",
+    "censored",
+    "unparseable",
+    "unmatched_text",
+    "converted",
+    "unit_fixed",
+    "out_of_range",
+    "duplicates",
+)
 
 
 def clean_events(staged: pl.LazyFrame, *, registry: Registry, availability: str) -> CleanResult:
@@ -428,7 +467,11 @@ def clean_events(staged: pl.LazyFrame, *, registry: Registry, availability: str)
         for text, score in source.encode or ():
             (prefixes if source.encode_match == "prefix" else exact_rows).append((index, text, score))
     encodings = pl.DataFrame(
-        {"source": [r[0] for r in exact_rows], "text": [r[1] for r in exact_rows], "score": [r[2] for r in exact_rows]},
+        {
+            "source": [r[0] for r in exact_rows],
+            "text": [r[1] for r in exact_rows],
+            "score": [r[2] for r in exact_rows],
+        },
         schema={"source": pl.Int16, "text": pl.String, "score": pl.Float64},
     )
     events = (
@@ -479,9 +522,13 @@ def clean_events(staged: pl.LazyFrame, *, registry: Registry, availability: str)
     valid = valid.filter(~pl.col("duplicate"))
     warnings += _unit_warnings(valid, registry=registry)
     last = valid.filter(~pl.col("agg_sum")).lazy().pipe(keep_last_per_hour).collect()
-    summed = valid.filter(pl.col("agg_sum")).lazy().pipe(sum_per_hour).join(
-        range_table(registry).lazy(), on="feature", how="left"
-    ).collect()
+    summed = (
+        valid.filter(pl.col("agg_sum"))
+        .lazy()
+        .pipe(sum_per_hour)
+        .join(range_table(registry).lazy(), on="feature", how="left")
+        .collect()
+    )
     if summed.height:
         bad_sum = summed.filter(~in_valid_range(pl.col("x")))
         for feature, n in bad_sum.group_by("feature").len().iter_rows():
@@ -494,16 +541,29 @@ def clean_events(staged: pl.LazyFrame, *, registry: Registry, availability: str)
 
 
 def _unit_warnings(events: pl.DataFrame, *, registry: Registry) -> list[str]:
-    """Labs: the modal valueuom of each itemid must equal the registry unit (an empty one is allowed)."""
+    """Extended-set labs: the modal valueuom of each itemid should equal the registry unit (§4.4).
+
+    An empty modal unit is allowed (INR); default-set features name their canonical unit instead.
+    """
     labs = events.filter((pl.col("table") == "labevents") & pl.col("valueuom").is_not_null())
     if not labs.height:
         return []
-    modal = labs.group_by("itemid", "feature", "valueuom").len().sort(["itemid", "len", "valueuom"], descending=[False, True, False])
+    modal = (
+        labs.group_by("itemid", "feature", "valueuom")
+        .len()
+        .sort(["itemid", "len", "valueuom"], descending=[False, True, False])
+    )
     warnings = []
-    for itemid, feature, unit, _ in modal.unique(subset=["itemid"], keep="first", maintain_order=True).iter_rows():
+    for itemid, feature, unit, _ in modal.unique(
+        subset=["itemid"], keep="first", maintain_order=True
+    ).iter_rows():
         expected = registry.features[feature].unit
+        if "default" in registry.features[feature].sets:
+            continue
         if unit.strip() and unit.strip().lower() != expected.lower():
-            warnings.append(f"labevents itemid {itemid} ({registry.features[feature].name}): modal unit {unit!r}, registry unit {expected!r}")
+            warnings.append(
+                f"labevents itemid {itemid} ({registry.features[feature].name}): modal unit {unit!r}, registry unit {expected!r}"
+            )
     return warnings
 
 

@@ -63,12 +63,14 @@ def compat_map() -> pl.DataFrame:
             "file_order": pl.Int32,
         },
     )
-    return table.sort("file_order").unique(subset=["code"], keep="last").select(pl.col("code").alias("icd_code"), "ccs_id")
+    return (
+        table.sort("file_order")
+        .unique(subset=["code"], keep="last")
+        .select(pl.col("code").alias("icd_code"), "ccs_id")
+    )
 
 
-def mortality_labels(
-    stays: pl.LazyFrame, *, mode: str = "icu", grace_hours: float = 0.0
-) -> pl.LazyFrame:
+def mortality_labels(stays: pl.LazyFrame, *, mode: str = "icu", grace_hours: float = 0.0) -> pl.LazyFrame:
     """Add `mortality` (Int8) per spec/data.md §5.1; also `death_from_dod_only` for the counts.
 
     ICU mode: prediction_time ≤ t_d ≤ outtime + grace; with no deathtime, dod is compared at day
@@ -120,15 +122,17 @@ def map_codes(diagnoses: pl.LazyFrame, *, mode: str, parent_fallback: bool = Tru
         mapped = codes.join(compat_map().lazy(), on="icd_code", how="left")
     elif mode == "gem_ccs":
         table = gem_ccs_map().lazy().select("icd_version", "icd_code", "ccs_id")
-        known = codes.join(table.select("icd_version", "icd_code").unique(), on=["icd_version", "icd_code"], how="semi")
+        known = codes.join(
+            table.select("icd_version", "icd_code").unique(), on=["icd_version", "icd_code"], how="semi"
+        )
         mapped = known.join(table, on=["icd_version", "icd_code"], how="left")
         missing = codes.join(known, on=["icd_version", "icd_code"], how="anti")
         if parent_fallback:
             parents = pl.concat(
                 [
-                    missing.filter((pl.col("icd_version") == 10) & (pl.col("icd_code").str.len_chars() > length)).with_columns(
-                        parent=pl.col("icd_code").str.slice(0, length), length=pl.lit(length)
-                    )
+                    missing.filter(
+                        (pl.col("icd_version") == 10) & (pl.col("icd_code").str.len_chars() > length)
+                    ).with_columns(parent=pl.col("icd_code").str.slice(0, length), length=pl.lit(length))
                     for length in range(3, 8)
                 ]
             )
@@ -141,10 +145,12 @@ def map_codes(diagnoses: pl.LazyFrame, *, mode: str, parent_fallback: bool = Tru
                 .sort("length", descending=True)
                 .unique(subset=["icd_version", "icd_code"], keep="first")
             )
-            via_parent = best.join(table.rename({"icd_code": "parent"}), on=["icd_version", "parent"], how="left").select(
-                "icd_version", "icd_code", "ccs_id"
+            via_parent = best.join(
+                table.rename({"icd_code": "parent"}), on=["icd_version", "parent"], how="left"
+            ).select("icd_version", "icd_code", "ccs_id")
+            missing = missing.join(best, on=["icd_version", "icd_code"], how="anti").with_columns(
+                ccs_id=pl.lit(None, pl.Int16)
             )
-            missing = missing.join(best, on=["icd_version", "icd_code"], how="anti").with_columns(ccs_id=pl.lit(None, pl.Int16))
             mapped = pl.concat([mapped, via_parent, missing.select("icd_version", "icd_code", "ccs_id")])
         else:
             mapped = pl.concat([mapped, missing.with_columns(ccs_id=pl.lit(None, pl.Int16))])
@@ -166,7 +172,9 @@ def phenotype_labels(stays: pl.LazyFrame, *, mapped: pl.LazyFrame) -> pl.LazyFra
     )
 
 
-def unmapped_report(mapped: pl.DataFrame, *, titles: pl.DataFrame | None, top: int = 20) -> list[dict[str, Any]]:
+def unmapped_report(
+    mapped: pl.DataFrame, *, titles: pl.DataFrame | None, top: int = 20
+) -> list[dict[str, Any]]:
     """The `top` most frequent unmapped (icd_version, icd_code) pairs, with titles when available."""
     frequent = (
         mapped.filter(pl.col("ccs_id").is_null())
@@ -196,7 +204,9 @@ def labels_manifest(*, mortality_mode: str, mapping: str) -> dict[str, Any]:
         "los": {"class_names": list(LOS_CLASS_NAMES), "edges_days": list(LOS_EDGES_DAYS)},
         "phenotype": {
             "mapping": mapping,
-            "columns": [{"name": p.column, "title": p.title, "ccs_id": p.ccs_id, "type": p.type} for p in phenotypes()],
+            "columns": [
+                {"name": p.column, "title": p.title, "ccs_id": p.ccs_id, "type": p.type} for p in phenotypes()
+            ],
         },
         "tasks": {
             "mortality": {"kind": "binary", "columns": ["mortality"], "label_names": ["mortality"]},

@@ -59,7 +59,9 @@ def write_json(path: Path, value: Any) -> None:
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:
     """Deterministic Parquet: zstd level 3, fixed row-group size, statistics on."""
-    frame.write_parquet(path, compression="zstd", compression_level=3, statistics=True, row_group_size=PARQUET_ROW_GROUP)
+    frame.write_parquet(
+        path, compression="zstd", compression_level=3, statistics=True, row_group_size=PARQUET_ROW_GROUP
+    )
 
 
 def write_npy(array: np.ndarray, path: Path) -> None:
@@ -83,7 +85,8 @@ def file_hashes(directory: Path) -> dict[str, dict[str, Any]]:
     """{relpath: {sha256, bytes}} for every file of the dataset but the manifest, sorted by path."""
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
     return {
-        p.relative_to(directory).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files
+        p.relative_to(directory).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in files
     }
 
 
@@ -112,7 +115,9 @@ def atomic_directory(target: Path, *, overwrite: bool) -> Iterator[Path]:
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:
-        raise DatasetExistsError(f"{target} already exists; pass --overwrite (build.overwrite = true) to replace it")
+        raise DatasetExistsError(
+            f"{target} already exists; pass --overwrite (build.overwrite = true) to replace it"
+        )
     lock = parent / f".{target.name}.lock"
     try:
         descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

@@ -34,9 +34,19 @@ def parse_hcup_definitions(text: str) -> pl.DataFrame:
     rows: list[tuple[str, int, str, bool, str]] = []
     for match in _HCUP_BLOCK.finditer(text):
         codes = re.findall(r'"([^"]+)"', match["codes"])
-        rows += [(match["title"], int(match["id"]), match["type"], match["use"] == "True", code) for code in codes]
+        rows += [
+            (match["title"], int(match["id"]), match["type"], match["use"] == "True", code) for code in codes
+        ]
     return pl.DataFrame(
-        rows, schema={"group": pl.String, "ccs_id": pl.Int16, "type": pl.String, "use_in_benchmark": pl.Boolean, "code": pl.String}, orient="row"
+        rows,
+        schema={
+            "group": pl.String,
+            "ccs_id": pl.Int16,
+            "type": pl.String,
+            "use_in_benchmark": pl.Boolean,
+            "code": pl.String,
+        },
+        orient="row",
     )
 
 
@@ -87,7 +97,9 @@ def parse_carebench_definitions(text: str) -> pl.DataFrame:
 def parse_gem(text: str) -> pl.DataFrame:
     """CMS GEM fixed-width text → (source, target, flags); `NoDx` targets are kept (no-map rows)."""
     rows = [line.split() for line in text.splitlines() if line.strip()]
-    return pl.DataFrame(rows, schema={"source": pl.String, "target": pl.String, "flags": pl.String}, orient="row")
+    return pl.DataFrame(
+        rows, schema={"source": pl.String, "target": pl.String, "flags": pl.String}, orient="row"
+    )
 
 
 def gem_ccs_table(*, gem_text: str, hcup_text: str) -> pl.DataFrame:
@@ -96,16 +108,28 @@ def gem_ccs_table(*, gem_text: str, hcup_text: str) -> pl.DataFrame:
     ICD-9 codes map directly (`via = ccs`); every ICD-10 code of the GEM maps through **every** target
     row to CCS (`via = gem`); a code none of whose targets has a CCS group gets one row with null ccs_id.
     """
-    icd9 = parse_hcup_definitions(hcup_text).select(
-        pl.lit(9, pl.Int8).alias("icd_version"), pl.col("code").alias("icd_code"), "ccs_id", pl.lit("ccs").alias("via")
-    ).unique()
+    icd9 = (
+        parse_hcup_definitions(hcup_text)
+        .select(
+            pl.lit(9, pl.Int8).alias("icd_version"),
+            pl.col("code").alias("icd_code"),
+            "ccs_id",
+            pl.lit("ccs").alias("via"),
+        )
+        .unique()
+    )
     gem = parse_gem(gem_text)
     mapped = gem.join(icd9.select(pl.col("icd_code").alias("target"), "ccs_id"), on="target", how="left")
     icd10 = (
         mapped.group_by("source")
         .agg(pl.col("ccs_id").drop_nulls().unique())
         .explode("ccs_id")
-        .select(pl.lit(10, pl.Int8).alias("icd_version"), pl.col("source").alias("icd_code"), "ccs_id", pl.lit("gem").alias("via"))
+        .select(
+            pl.lit(10, pl.Int8).alias("icd_version"),
+            pl.col("source").alias("icd_code"),
+            "ccs_id",
+            pl.lit("gem").alias("via"),
+        )
     )
     return pl.concat([icd9, icd10]).unique().sort(["icd_version", "icd_code", "ccs_id"], nulls_last=True)
 
@@ -120,7 +144,10 @@ def write_csv_gz(frame: pl.DataFrame, path: Path) -> None:
     buffer = io.BytesIO()
     frame.write_csv(buffer)
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as handle:
+    with (
+        open(temporary, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as handle,
+    ):
         handle.write(buffer.getvalue())
     temporary.replace(path)
 

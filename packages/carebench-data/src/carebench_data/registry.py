@@ -80,7 +80,9 @@ class Interval:
         if match is None:
             raise RegistryError(f"invalid interval {text!r}: write it like '[14, 300)'")
         left, low, high, right = match.groups()
-        closed = {("[", "]"): "both", ("[", ")"): "left", ("(", "]"): "right", ("(", ")"): "neither"}[(left, right)]
+        closed = {("[", "]"): "both", ("[", ")"): "left", ("(", "]"): "right", ("(", ")"): "neither"}[
+            (left, right)
+        ]
         return cls(float(low), float(high), closed)
 
     def contains(self, x: pl.Expr) -> pl.Expr:
@@ -234,7 +236,9 @@ def load_registry(name_or_path: str | Path = "default", *, feature_set: str | No
     else:
         path, selected = Path(name_or_path), feature_set
         if not path.is_file():
-            raise RegistryError(f"feature registry {path} not found; use 'default', 'extended' or a TOML file")
+            raise RegistryError(
+                f"feature registry {path} not found; use 'default', 'extended' or a TOML file"
+            )
     content = path.read_bytes()
     try:
         document = tomllib.loads(content.decode("utf-8"))
@@ -255,7 +259,16 @@ def load_registry(name_or_path: str | Path = "default", *, feature_set: str | No
 
 
 _FEATURE_KEYS = {"name", "label", "unit", "kind", "sets", "valid", "agg", "scale", "source", "derived"}
-_SOURCE_KEYS = {"table", "itemids", "convert", "encode", "encode_match", "fluid", "expect_label", "subtract_itemids"}
+_SOURCE_KEYS = {
+    "table",
+    "itemids",
+    "convert",
+    "encode",
+    "encode_match",
+    "fluid",
+    "expect_label",
+    "subtract_itemids",
+}
 
 
 def _parse_feature(entry: dict[str, Any], *, path: Path) -> Feature:
@@ -274,7 +287,9 @@ def _parse_feature(entry: dict[str, Any], *, path: Path) -> Feature:
                 table=raw["table"],
                 itemids=tuple(int(i) for i in raw["itemids"]),
                 convert=raw.get("convert"),
-                encode=None if encode is None else tuple((str(k).lower(), float(v)) for k, v in encode.items()),
+                encode=None
+                if encode is None
+                else tuple((str(k).lower(), float(v)) for k, v in encode.items()),
                 encode_match=raw.get("encode_match", "exact"),
                 fluid=raw.get("fluid"),
                 expect_label=raw.get("expect_label"),
@@ -313,7 +328,7 @@ def _check(features: list[Feature], *, path: Path) -> None:
         if bool(feature.sources) == bool(feature.derived):
             problems.append(f"{feature.name}: give either sources or derived")
         for part in feature.derived:
-            if part not in names[:index] and part not in names[index + 1 :]:
+            if part not in names or part == feature.name:
                 problems.append(f"{feature.name}: derived part {part!r} is not a feature of this set")
         for source in feature.sources:
             if source.table not in EVENT_TABLES:
@@ -331,7 +346,9 @@ def _check(features: list[Feature], *, path: Path) -> None:
         raise RegistryError(f"{path}: " + "; ".join(problems))
 
 
-def validate_against_dictionaries(registry: Registry, *, d_items: pl.DataFrame, d_labitems: pl.DataFrame) -> None:
+def validate_against_dictionaries(
+    registry: Registry, *, d_items: pl.DataFrame, d_labitems: pl.DataFrame
+) -> None:
     """Check every registry itemid against d_items (linksto) and d_labitems (fluid, label) (spec §12).
 
     Raises `RegistryError` listing every offending itemid.
@@ -348,17 +365,27 @@ def validate_against_dictionaries(registry: Registry, *, d_items: pl.DataFrame, 
                         problems.append(f"{itemid} ({feature.name}) not in d_labitems")
                         continue
                     if source.fluid is not None and (row["fluid"] or "").lower() != source.fluid.lower():
-                        problems.append(f"{itemid} ({feature.name}) has fluid {row['fluid']!r}, expected {source.fluid!r}")
+                        problems.append(
+                            f"{itemid} ({feature.name}) has fluid {row['fluid']!r}, expected {source.fluid!r}"
+                        )
                 else:
                     row = items.get(itemid)
                     if row is None:
                         problems.append(f"{itemid} ({feature.name}) not in d_items")
                         continue
                     if (row["linksto"] or "").lower() != source.table:
-                        problems.append(f"{itemid} ({feature.name}) links to {row['linksto']!r}, not {source.table}")
-                if source.expect_label is not None and (row["label"] or "").lower() != source.expect_label.lower():
-                    problems.append(f"{itemid} ({feature.name}) is labelled {row['label']!r}, expected {source.expect_label!r}")
+                        problems.append(
+                            f"{itemid} ({feature.name}) links to {row['linksto']!r}, not {source.table}"
+                        )
+                if (
+                    source.expect_label is not None
+                    and (row["label"] or "").lower() != source.expect_label.lower()
+                ):
+                    problems.append(
+                        f"{itemid} ({feature.name}) is labelled {row['label']!r}, expected {source.expect_label!r}"
+                    )
     if problems:
         raise RegistryError(
-            f"feature registry {registry.name!r} disagrees with the MIMIC-IV dictionaries: " + "; ".join(problems)
+            f"feature registry {registry.name!r} disagrees with the MIMIC-IV dictionaries: "
+            + "; ".join(problems)
         )

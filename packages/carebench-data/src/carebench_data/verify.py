@@ -16,7 +16,14 @@ from carebench_data.cxr import image_path
 from carebench_data.errors import CarebenchDataError
 from carebench_data.labels import LOS_EDGES_DAYS
 from carebench_data.manifest import MANIFEST, sha256_file
-from carebench_data.raw import CXR_TABLES, MIMIC_IV_TABLES, count_rows, detect_version, read_small_table, resolve_table
+from carebench_data.raw import (
+    CXR_TABLES,
+    MIMIC_IV_TABLES,
+    count_rows,
+    detect_version,
+    read_small_table,
+    resolve_table,
+)
 from carebench_data.registry import load_registry, validate_against_dictionaries
 from carebench_data.splits import fold_parts
 
@@ -95,7 +102,9 @@ def verify_dataset(path: Path, *, raise_on_error: bool = True) -> VerifyReport:
     report = VerifyReport()
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise VerificationError(f"{path}: no manifest.json; not a carebench dataset (or an interrupted build)")
+        raise VerificationError(
+            f"{path}: no manifest.json; not a carebench dataset (or an interrupted build)"
+        )
     manifest = json.loads(manifest_path.read_text())
     problems = report.problems
 
@@ -104,7 +113,9 @@ def verify_dataset(path: Path, *, raise_on_error: bool = True) -> VerifyReport:
         if not file.is_file():
             problems.append(f"{relpath} is missing")
         elif sha256_file(file) != entry["sha256"]:
-            problems.append(f"{relpath}: SHA-256 differs from the manifest (the file changed after the build)")
+            problems.append(
+                f"{relpath}: SHA-256 differs from the manifest (the file changed after the build)"
+            )
     extra = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
     for relpath in extra:
         if relpath != MANIFEST and relpath not in manifest["files"]:
@@ -125,7 +136,9 @@ def verify_dataset(path: Path, *, raise_on_error: bool = True) -> VerifyReport:
     m = int(has_cxr.sum())
 
     if ehr.shape != (n, 48, len(features)) or ehr.dtype != np.float32:
-        problems.append(f"ehr.npy has shape {ehr.shape} {ehr.dtype}, expected ({n}, 48, {len(features)}) float32")
+        problems.append(
+            f"ehr.npy has shape {ehr.shape} {ehr.dtype}, expected ({n}, 48, {len(features)}) float32"
+        )
     if cxr.ndim != 3 or cxr.shape[0] != m or cxr.shape[1] != cxr.shape[2] or cxr.dtype != np.uint8:
         problems.append(f"cxr.npy has shape {cxr.shape} {cxr.dtype}, expected ({m}, S, S) uint8")
     report.checked.append("shapes")
@@ -140,7 +153,9 @@ def verify_dataset(path: Path, *, raise_on_error: bool = True) -> VerifyReport:
     index = stays.get_column("cxr_index").to_numpy()
     expected_index = np.where(has_cxr, np.cumsum(has_cxr) - 1, -1)
     if not np.array_equal(index, expected_index):
-        problems.append("stays.cxr_index does not run 0 … M−1 in row order with −1 exactly where has_cxr is false")
+        problems.append(
+            "stays.cxr_index does not run 0 … M−1 in row order with −1 exactly where has_cxr is false"
+        )
     if (stays.get_column("prediction_time") != stays.get_column("intime") + timedelta(hours=48)).any():
         problems.append("prediction_time differs from intime + 48 h")
     lookback = float(manifest["config"]["cxr"]["lookback_hours"])
@@ -154,7 +169,9 @@ def verify_dataset(path: Path, *, raise_on_error: bool = True) -> VerifyReport:
     los = labels.get_column("los_days")
     if (los < 2).any():
         problems.append("los_days below 2 (the cohort requires ICU LoS ≥ 48 h)")
-    expected_class = np.searchsorted(np.asarray(LOS_EDGES_DAYS, dtype=float), los.to_numpy(), side="right") - 1
+    expected_class = (
+        np.searchsorted(np.asarray(LOS_EDGES_DAYS, dtype=float), los.to_numpy(), side="right") - 1
+    )
     if not np.array_equal(expected_class, labels.get_column("los_class").to_numpy()):
         problems.append("los_class inconsistent with los_days and the edges")
     binary = [c for c in labels.columns if c not in {"stay_id", "los_days", "los_class"}]
@@ -171,7 +188,9 @@ def verify_dataset(path: Path, *, raise_on_error: bool = True) -> VerifyReport:
             continue
         valid = feature["valid"]
         low_ok = observed >= valid["low"] if valid["closed"] in {"both", "left"} else observed > valid["low"]
-        high_ok = observed <= valid["high"] if valid["closed"] in {"both", "right"} else observed < valid["high"]
+        high_ok = (
+            observed <= valid["high"] if valid["closed"] in {"both", "right"} else observed < valid["high"]
+        )
         bad = int((~(low_ok & high_ok)).sum())
         if bad:
             problems.append(f"ehr.npy: {bad} value(s) of {feature['name']} outside its valid range")
@@ -180,7 +199,10 @@ def verify_dataset(path: Path, *, raise_on_error: bool = True) -> VerifyReport:
     report.checked.append("ehr ranges")
 
     salt = manifest["config"]["splits"]["salt"]
-    if not np.array_equal(fold_parts(stays.get_column("subject_id").to_numpy(), salt=salt), stays.get_column("fold_part").to_numpy()):
+    if not np.array_equal(
+        fold_parts(stays.get_column("subject_id").to_numpy(), salt=salt),
+        stays.get_column("fold_part").to_numpy(),
+    ):
         problems.append("fold_part differs from the recomputed subject hash")
     report.checked.append("fold parts")
 
@@ -191,8 +213,15 @@ def verify_dataset(path: Path, *, raise_on_error: bool = True) -> VerifyReport:
             report.warnings.append(f"cohort N = {n} outside the expected {low_n}–{high_n} for v{version}")
         fraction = m / max(n, 1)
         if not low_f <= fraction <= high_f:
-            report.warnings.append(f"has_cxr fraction {fraction:.3f} outside the expected {low_f}–{high_f} for v{version}")
-    report.info = {"stays": n, "with_cxr": m, "features": len(features), "content_hash": manifest["content_hash"]}
+            report.warnings.append(
+                f"has_cxr fraction {fraction:.3f} outside the expected {low_f}–{high_f} for v{version}"
+            )
+    report.info = {
+        "stays": n,
+        "with_cxr": m,
+        "features": len(features),
+        "content_hash": manifest["content_hash"],
+    }
     if raise_on_error:
         report.raise_if_failed(str(path))
     return report
@@ -217,13 +246,18 @@ def verify_raw(
         counts: compare exact row counts (§10.1, or SYNTHETIC.json) for every table (streams them).
         checksums: check `SHA256SUMS.txt` in each root.
         registry: feature registry validated against the dictionaries.
+        raise_on_error: raise `VerificationError` when a problem is found (else only report it).
     """
     root = Path(root)
     report = VerifyReport()
     resolved = {}
     for name, spec in MIMIC_IV_TABLES.items():
         try:
-            table = resolve_table(root, spec, folder="core" if (root / "core").is_dir() and name in {"patients", "admissions"} else None)
+            table = resolve_table(
+                root,
+                spec,
+                folder="core" if (root / "core").is_dir() and name in {"patients", "admissions"} else None,
+            )
         except CarebenchDataError as error:
             report.problems.append(str(error))
             continue
@@ -246,13 +280,17 @@ def verify_raw(
         if counts:
             expected = _expected_counts(fingerprint, icustays_rows=icustays_rows)
             if expected is None:
-                report.warnings.append(f"no exact row counts known for version {detected}; counts not checked")
+                report.warnings.append(
+                    f"no exact row counts known for version {detected}; counts not checked"
+                )
             else:
                 for name, table in resolved.items():
                     if name in expected:
                         actual = icustays_rows if name == "icustays" else count_rows(table)
                         if actual != expected[name]:
-                            report.problems.append(f"{table.relpath}: {actual} rows, expected {expected[name]}")
+                            report.problems.append(
+                                f"{table.relpath}: {actual} rows, expected {expected[name]}"
+                            )
                 report.checked.append("row counts")
     if checksums:
         for base in (root, mimic_cxr):
@@ -313,7 +351,13 @@ def _probe_images(root: Path) -> list[str]:
     frame, _ = read_small_table(metadata, columns=["dicom_id", "subject_id", "study_id"])
     probe = frame.head(100)
     found = sum(
-        image_path(root, subject_id=row["subject_id"], study_id=row["study_id"], dicom_id=row["dicom_id"], layout="mimic").is_file()
+        image_path(
+            root,
+            subject_id=row["subject_id"],
+            study_id=row["study_id"],
+            dicom_id=row["dicom_id"],
+            layout="mimic",
+        ).is_file()
         for row in probe.iter_rows(named=True)
     )
     if probe.height and not found:

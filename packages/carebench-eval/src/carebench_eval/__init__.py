@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from carebench_eval.api import score
+from carebench_eval.compare import DeLongResult, compare, compare_grid, delong_test
 from carebench_eval.errors import PredictionsError
+from carebench_eval.fairness import demographic_parity_difference, equalized_odds_difference, fairness
 from carebench_eval.io import from_arrays, read_predictions, to_long, to_wide, validate
 from carebench_eval.metrics import (
     Fixed,
@@ -36,6 +38,7 @@ from carebench_eval.metrics import (
     sensitivity_score,
     specificity_score,
 )
+from carebench_eval.multiplicity import adjust_pvalues, benjamini_hochberg, holm
 from carebench_eval.registry import MetricSpec, metric_info
 from carebench_eval.resampling import (
     BootstrapResult,
@@ -43,6 +46,7 @@ from carebench_eval.resampling import (
     bootstrap_ci,
     paired_permutation_test,
 )
+from carebench_eval.robustness import fusion_gain, modality_contribution, robustness
 from carebench_eval.schema import RESULT_SCHEMA, empty_results, make_rows, read_results, write_results
 from carebench_eval.testing import example_predictions_path
 
@@ -51,6 +55,7 @@ __version__ = "0.1.0"
 __all__ = [
     "RESULT_SCHEMA",
     "BootstrapResult",
+    "DeLongResult",
     "Fixed",
     "FromValidation",
     "MetricSpec",
@@ -60,31 +65,43 @@ __all__ = [
     "UndefinedMetricWarning",
     "__version__",
     "accuracy_score",
+    "adjust_pvalues",
     "auprc_score",
     "auroc_score",
     "base_rate",
+    "benjamini_hochberg",
     "bootstrap_ci",
     "brier_loss",
     "calibration_intercept",
     "calibration_slope",
     "calibration_table",
+    "compare",
+    "compare_grid",
+    "delong_test",
+    "demographic_parity_difference",
     "empty_results",
+    "equalized_odds_difference",
     "example_predictions_path",
     "expected_calibration_error",
     "f1_score",
+    "fairness",
     "fpr_error",
     "from_arrays",
+    "fusion_gain",
+    "holm",
     "kappa_linear_score",
     "kappa_quadratic_score",
     "kappa_score",
     "make_rows",
     "metric_info",
+    "modality_contribution",
     "npv_score",
     "paired_permutation_test",
     "positive_rate",
     "ppv_score",
     "read_predictions",
     "read_results",
+    "robustness",
     "score",
     "sensitivity_score",
     "specificity_score",

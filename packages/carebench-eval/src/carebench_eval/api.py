@@ -260,7 +260,9 @@ class RunScorer:
                 continue
             self.cells.extend(Cell(metric, target) for target in run.targets)
             # Averages of class prevalences are constants (1/K), so descriptive multiclass rates get none.
-            if len(run.targets) > 1 and not (run.kind == "multiclass" and metric in ("base_rate", "positive_rate")):
+            if len(run.targets) > 1 and not (
+                run.kind == "multiclass" and metric in ("base_rate", "positive_rate")
+            ):
                 self.cells.extend(Cell(metric, f"({average})") for average in per_target_averages)
                 if self.micro is not None:
                     self.cells.append(Cell(metric, "(micro)"))

@@ -105,6 +105,13 @@ def delong_components(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     return v10.mean(axis=1), v10, v01
 
 
+def _z_score(delta: float, se: float) -> float:
+    if se > 0.0:
+        return delta / se
+    # No variance (identical rankings): z is 0 for no difference and infinite otherwise.
+    return math.copysign(math.inf, delta) if delta else 0.0
+
+
 def delong_test(
     y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *, level: float = 0.95
 ) -> DeLongResult:
@@ -133,7 +140,9 @@ def delong_test(
     y = np.asarray(y_true)
     scores = np.vstack([np.asarray(score_a, dtype=np.float64), np.asarray(score_b, dtype=np.float64)])
     if scores.shape[1] != y.shape[0] or y.ndim != 1:
-        raise ValueError(f"delong_test: y_true [n] and scores [n] must match, got {y.shape} and {scores.shape}")
+        raise ValueError(
+            f"delong_test: y_true [n] and scores [n] must match, got {y.shape} and {scores.shape}"
+        )
     if not 0 < level < 1:
         raise ValueError(f"delong_test: level must lie in (0, 1), got {level}")
     n1 = int(y.astype(bool).sum())
@@ -146,10 +155,7 @@ def delong_test(
     delta = float(auroc[0] - auroc[1])
     variance = max(float(covariance[0, 0] + covariance[1, 1] - 2.0 * covariance[0, 1]), 0.0)
     se = math.sqrt(variance)
-    if se == 0.0:
-        z = 0.0 if delta == 0.0 else math.copysign(math.inf, delta)
-    else:
-        z = delta / se
+    z = _z_score(delta, se)
     p_value = math.erfc(abs(z) / math.sqrt(2.0))
     half_width = NormalDist().inv_cdf(0.5 + level / 2.0) * se
     return DeLongResult(delta, se, z, p_value, delta - half_width, delta + half_width)
@@ -346,17 +352,26 @@ class Scored:
         self._micro: BinaryEvaluator | None = None
         if kind == "multiclass":
             self._evaluator: BinaryEvaluator | MulticlassEvaluator = MulticlassEvaluator(
-                y.argmax(axis=1), s, metrics=metrics, n_classes=len(targets), column_of=self.column_of, n_bins=n_bins
+                y.argmax(axis=1),
+                s,
+                metrics=metrics,
+                n_classes=len(targets),
+                column_of=self.column_of,
+                n_bins=n_bins,
             )
         else:
-            self._evaluator = BinaryEvaluator(y, s, pred, metrics=metrics, column_of=self.column_of, n_bins=n_bins)
+            self._evaluator = BinaryEvaluator(
+                y, s, pred, metrics=metrics, column_of=self.column_of, n_bins=n_bins
+            )
             if any(target == "(micro)" for _, target in self.requests):
                 self._micro = self._evaluator.micro()
         for metric, target in self.requests:
             if target not in AGGREGATE_TARGETS and target not in targets:
                 raise ValueError(f"unknown target {target!r} for {metric}; available: {list(targets)}")
         # Label-major flattening in the evaluator makes working arrays [b, n L] wide.
-        self.width = max(self.column_of.size * len(targets), int(self.column_of.max()) + 1 if self.column_of.size else 1)
+        self.width = max(
+            self.column_of.size * len(targets), int(self.column_of.max()) + 1 if self.column_of.size else 1
+        )
         ones = np.ones((1, int(self.column_of.max()) + 1 if self.column_of.size else 1), dtype=np.int64)
         point = self._evaluator.values(ones)
         self.defined = {metric: np.isfinite(values[0]) for metric, values in point.items()}
@@ -389,6 +404,16 @@ class Scored:
             else:
                 out[metric, target] = per_target[:, self.targets.index(target)]
         return out
+
+    def labels_used(self, metric: str, target: str) -> list[str]:
+        """Note ``labels_used=j/L`` when a macro or weighted average uses only j of the L targets."""
+        if target not in ("(macro)", "(weighted)") or (
+            self.kind == "multiclass" and metric in MULTICLASS_SCALARS
+        ):
+            return []
+        defined = self.defined[metric]
+        used = int(defined.sum())
+        return [f"labels_used={used}/{defined.size}"] if used < defined.size else []
 
 
 def label_rows(kind: str, metric: str, targets: tuple[str, ...], mode: str) -> list[str]:
@@ -455,7 +480,9 @@ class CellGrid:
 
 def reduce_reps(values: np.ndarray, reducer: Reducer, eligible: np.ndarray) -> np.ndarray:
     """``mean_r reducer(values[:, r, :], eligible)`` for ``values [b, R, U]`` -> ``[b]``."""
-    return np.mean(np.stack([reducer(values[:, r, :], eligible) for r in range(values.shape[1])], axis=1), axis=1)
+    return np.mean(
+        np.stack([reducer(values[:, r, :], eligible) for r in range(values.shape[1])], axis=1), axis=1
+    )
 
 
 @dataclass(frozen=True)
@@ -507,7 +534,10 @@ def paired_statistics(
     zeros = np.zeros((1, m), dtype=np.int64)
     ones = np.ones((1, m), dtype=np.int64)
     n_units = len(grid.cells[0])
-    masks = {request: (np.ones(n_units, dtype=bool) if eligible is None else eligible[request]) for request in requests}
+    masks = {
+        request: (np.ones(n_units, dtype=bool) if eligible is None else eligible[request])
+        for request in requests
+    }
 
     def deltas(columns_a: np.ndarray, columns_b: np.ndarray) -> dict[Request, np.ndarray]:
         values_a = grid.values(columns_a)
@@ -518,7 +548,10 @@ def paired_statistics(
             for request in requests
         }
 
-    observed = {request: float(value[0]) for request, value in deltas(np.hstack([ones, zeros]), np.hstack([zeros, ones])).items()}
+    observed = {
+        request: float(value[0])
+        for request, value in deltas(np.hstack([ones, zeros]), np.hstack([zeros, ones])).items()
+    }
     boot: dict[Request, list[np.ndarray]] = {request: [] for request in requests}
     for start, stop in chunks(n_boot, max(grid.width, 2 * m)):
         counts = bootstrap_counts(m, start, stop, random_state)
@@ -613,7 +646,8 @@ def run_thresholds(policy: Any, run: TaskRun, validation: Sequence[TaskRun]) -> 
         ]
         if not matches:
             raise PredictionsError(
-                "P019", f"threshold: no validation predictions for run {run_keys_text(wanted)}, task {run.task!r}"
+                "P019",
+                f"threshold: no validation predictions for run {run_keys_text(wanted)}, task {run.task!r}",
             )
         chosen = matches[0]
         return np.array(
@@ -630,7 +664,9 @@ def run_thresholds(policy: Any, run: TaskRun, validation: Sequence[TaskRun]) -> 
     raise ValueError(f"threshold must be Fixed(...), FromValidation(...) or TopK(...), got {policy!r}")
 
 
-def threshold_rows(policy: Any, run: TaskRun, thresholds: np.ndarray, base: Mapping[str, Any]) -> list[dict[str, Any]]:
+def threshold_rows(
+    policy: Any, run: TaskRun, thresholds: np.ndarray, base: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     """The ``threshold`` rows (note ``policy=...``) that go with threshold-dependent values."""
     if run.kind == "multiclass":
         return []
@@ -690,7 +726,9 @@ def _side(source: Any, role: str, kinds: Mapping[str, str] | None) -> tuple[pl.D
     return frame, str(models[0]) if models and models[0] is not None else role
 
 
-def align_pair(run_a: TaskRun, run_b: TaskRun, *, align: str, names: tuple[str, str]) -> tuple[TaskRun, TaskRun]:
+def align_pair(
+    run_a: TaskRun, run_b: TaskRun, *, align: str, names: tuple[str, str]
+) -> tuple[TaskRun, TaskRun]:
     """Restrict two runs to their common samples (``align="inner"``) or insist they match (P018).
 
     Raises:
@@ -702,7 +740,9 @@ def align_pair(run_a: TaskRun, run_b: TaskRun, *, align: str, names: tuple[str, 
             f"compare: task {run_a.task!r} has targets {list(run_a.targets)} for {names[0]!r} but "
             f"{list(run_b.targets)} for {names[1]!r}"
         )
-    common, rows_a, rows_b = np.intersect1d(run_a.sample_id, run_b.sample_id, assume_unique=True, return_indices=True)
+    common, rows_a, rows_b = np.intersect1d(
+        run_a.sample_id, run_b.sample_id, assume_unique=True, return_indices=True
+    )
     only_one = run_a.n + run_b.n - 2 * common.size
     if only_one and align == "exact":
         raise PredictionsError(
@@ -711,7 +751,9 @@ def align_pair(run_a: TaskRun, run_b: TaskRun, *, align: str, names: tuple[str, 
             'in only one); pass align="inner" to use the intersection',
         )
     if only_one:
-        logger.info("compare: %d sample(s) scored by only one of %r, %r left out (align='inner')", only_one, *names)
+        logger.info(
+            "compare: %d sample(s) scored by only one of %r, %r left out (align='inner')", only_one, *names
+        )
     run_a, run_b = run_a.take(rows_a), run_b.take(rows_b)
     differs = np.flatnonzero((run_a.y != run_b.y).any(axis=1))
     if differs.size:
@@ -736,7 +778,9 @@ def pair_reps(
     by_a = {rep(run): run for run in runs_a}
     by_b = {rep(run): run for run in runs_b}
     if set(by_a) == set(by_b):
-        return [(by_a[key], by_b[key]) for key in sorted(by_a, key=lambda key: [(v is not None, v) for v in key])]
+        return [
+            (by_a[key], by_b[key]) for key in sorted(by_a, key=lambda key: [(v is not None, v) for v in key])
+        ]
     if len(runs_a) == 1 and len(runs_b) == 1:
         return [(runs_a[0], runs_b[0])]
     raise ValueError(
@@ -763,7 +807,9 @@ def pair_cell(
         run_a.targets,
         np.concatenate([run_a.y[take], run_b.y[take]]),
         np.concatenate([run_a.s[take], run_b.s[take]]),
-        np.concatenate([predictions_at(run_a, thresholds[0])[take], predictions_at(run_b, thresholds[1])[take]]),
+        np.concatenate(
+            [predictions_at(run_a, thresholds[0])[take], predictions_at(run_b, thresholds[1])[take]]
+        ),
         np.concatenate([cluster_index[take], cluster_index[take] + n_clusters]),
         requests,
         n_bins=n_bins,
@@ -803,7 +849,12 @@ def paired_cells(
             if len(rates) < 2:
                 continue
             per_rate = [
-                pair_reps(families_a[key][rate], families_b[key][rate], names=names, what=f"{task} {family} r={rate}")
+                pair_reps(
+                    families_a[key][rate],
+                    families_b[key][rate],
+                    names=names,
+                    what=f"{task} {family} r={rate}",
+                )
                 for rate in rates
             ]
             reps = [
@@ -812,7 +863,9 @@ def paired_cells(
             ]
             cells.append(PairedCell(task, family, reps, np.asarray(rates, dtype=np.float64)))
         if not cells:
-            raise ValueError(f"compare: no missing-rate curve with at least two rates is shared by {names[0]!r} and {names[1]!r}")
+            raise ValueError(
+                f"compare: no missing-rate curve with at least two rates is shared by {names[0]!r} and {names[1]!r}"
+            )
         return cells
 
     def cell_key(run: TaskRun) -> tuple[str, str | None]:
@@ -824,7 +877,9 @@ def paired_cells(
         grouped_a.setdefault(cell_key(run), []).append(run)
     for run in runs_b:
         grouped_b.setdefault(cell_key(run), []).append(run)
-    shared = sorted(set(grouped_a) & set(grouped_b), key=lambda key: (key[0], key[1] is not None, key[1] or ""))
+    shared = sorted(
+        set(grouped_a) & set(grouped_b), key=lambda key: (key[0], key[1] is not None, key[1] or "")
+    )
     if not shared:
         if len(grouped_a) == 1 and len(grouped_b) == 1:
             shared_pairs = [(next(iter(grouped_a)), next(iter(grouped_b)))]
@@ -837,7 +892,10 @@ def paired_cells(
         shared_pairs = [(key, key) for key in shared]
         unmatched = (set(grouped_a) | set(grouped_b)) - set(shared)
         if unmatched:
-            logger.info("compare: (task, setting) cell(s) %s exist for one side only and are not compared", sorted(map(str, unmatched)))
+            logger.info(
+                "compare: (task, setting) cell(s) %s exist for one side only and are not compared",
+                sorted(map(str, unmatched)),
+            )
     for key_a, key_b in shared_pairs:
         reps = pair_reps(grouped_a[key_a], grouped_b[key_b], names=names, what=f"task {key_a[0]!r}")
         aligned = [[align_pair(run_a, run_b, align=align, names=names)] for run_a, run_b in reps]
@@ -895,7 +953,11 @@ def compare_cell(
     first = cell.pairs[0][0][0]
     kind, targets = first.kind, first.targets
     metrics = comparison_metrics(cell.task, kind, options.metrics)
-    requests = [(metric, target) for metric in metrics for target in label_rows(kind, metric, targets, options.targets)]
+    requests = [
+        (metric, target)
+        for metric in metrics
+        for target in label_rows(kind, metric, targets, options.targets)
+    ]
     universe, _ = cluster_universe(*[run_a.cluster for rep in cell.pairs for run_a, _ in rep])
     m = universe.size
     thresholds = [
@@ -914,7 +976,9 @@ def compare_cell(
     if options.statistic in ("gap", "ratio"):
         if options.attribute is None:
             raise ValueError(f'compare: statistic="{options.statistic}" needs attribute=...')
-        labels = [group_labels(rep[0][0], options.attribute, age_edges=options.age_edges) for rep in cell.pairs]
+        labels = [
+            group_labels(rep[0][0], options.attribute, age_edges=options.age_edges) for rep in cell.pairs
+        ]
         group_names = sorted(set.intersection(*(set(label.tolist()) for label in labels)))
         group_sizes = np.array([min(int(np.sum(label == g)) for label in labels) for g in group_names])
         rows_of_units = [[np.flatnonzero(label == g) for g in group_names] for label in labels]
@@ -925,7 +989,16 @@ def compare_cell(
             cluster_index = np.searchsorted(universe, run_a.cluster)
             grid_cells.append(
                 [
-                    pair_cell(run_a, run_b, cluster_index, m, thresholds[r][0], requests, rows=rows, n_bins=options.n_bins)
+                    pair_cell(
+                        run_a,
+                        run_b,
+                        cluster_index,
+                        m,
+                        thresholds[r][0],
+                        requests,
+                        rows=rows,
+                        n_bins=options.n_bins,
+                    )
                     for rows in rows_of_units[r]
                 ]
             )
@@ -955,7 +1028,9 @@ def compare_cell(
         large = group_sizes >= options.min_group_n
         small_excluded = not options.include_small and not bool(large.all())
         for request in requests:
-            defined = np.isfinite(point_a[request][0]).all(axis=0) & np.isfinite(point_b[request][0]).all(axis=0)
+            defined = np.isfinite(point_a[request][0]).all(axis=0) & np.isfinite(point_b[request][0]).all(
+                axis=0
+            )
             eligible[request] = defined & (large | options.include_small)
     results = paired_statistics(
         grid,
@@ -968,8 +1043,10 @@ def compare_cell(
         level=options.level,
         random_state=options.random_state,
     )
-    single = len(cell.pairs) == 1 and cell.pairs[0][0][0].keys["seed"] == cell.pairs[0][0][1].keys["seed"] and (
-        cell.pairs[0][0][0].keys["fold"] == cell.pairs[0][0][1].keys["fold"]
+    single = (
+        len(cell.pairs) == 1
+        and cell.pairs[0][0][0].keys["seed"] == cell.pairs[0][0][1].keys["seed"]
+        and (cell.pairs[0][0][0].keys["fold"] == cell.pairs[0][0][1].keys["fold"])
     )
     base = {
         "model": names[0],
@@ -998,6 +1075,7 @@ def compare_cell(
                 notes.append("small_group")
         if not math.isfinite(result.delta) and not rows_of_units:
             notes.append(undefined_note(metric))
+        notes.extend(grid_cells[0][0].labels_used(metric, target))
         out.append(
             {
                 **base,
@@ -1011,8 +1089,17 @@ def compare_cell(
                 "notes": join_notes(notes),
             }
         )
-        if options.delong and metric == "auroc_score" and options.statistic == "estimate" and target not in AGGREGATE_TARGETS:
-            out.extend(_delong_rows(cell, base, target, options, notes=[note for note in notes if note != "row_bootstrap"]))
+        if (
+            options.delong
+            and metric == "auroc_score"
+            and options.statistic == "estimate"
+            and target not in AGGREGATE_TARGETS
+        ):
+            out.extend(
+                _delong_rows(
+                    cell, base, target, options, notes=[note for note in notes if note != "row_bootstrap"]
+                )
+            )
     return out, results, universe
 
 
@@ -1020,7 +1107,11 @@ def _delong_rows(
     cell: PairedCell, base: Mapping[str, Any], target: str, options: CompareOptions, *, notes: list[str]
 ) -> list[dict[str, Any]]:
     if len(cell.pairs) != 1:
-        logger.info("compare: DeLong is per run; task %r has %d runs per side, no DeLong row", cell.task, len(cell.pairs))
+        logger.info(
+            "compare: DeLong is per run; task %r has %d runs per side, no DeLong row",
+            cell.task,
+            len(cell.pairs),
+        )
         return []
     run_a, run_b = cell.pairs[0][0]
     label = run_a.targets.index(target)
@@ -1149,7 +1240,14 @@ def compare(
         row_bootstrap=cluster is None or cluster not in frame_a.columns,
     )
     cells = paired_cells(
-        runs_a, runs_b, statistic=statistic, names=names, align=align, axis=axis, mechanisms=mechanisms, settings=settings
+        runs_a,
+        runs_b,
+        statistic=statistic,
+        names=names,
+        align=align,
+        axis=axis,
+        mechanisms=mechanisms,
+        settings=settings,
     )
     rows = [row for cell in cells for row in compare_cell(cell, names, options)[0]]
     return make_rows(rows)
@@ -1164,7 +1262,9 @@ DEFAULT_UNIMODAL = ("lstm", "transformer", "resnet50")
 """Registry names of the three unimodal baselines (EHR LSTM, EHR Transformer, CXR ResNet-50)."""
 
 
-def point_value(run: TaskRun, metric: str, target: str, threshold: Any, validation: Sequence[TaskRun]) -> float:
+def point_value(
+    run: TaskRun, metric: str, target: str, threshold: Any, validation: Sequence[TaskRun]
+) -> float:
     """The full-data value of `metric` at `target` for one run."""
     cell = Scored(
         run.kind,
@@ -1207,7 +1307,9 @@ def best_model(
         return None
     metric = primary_request(runs[0].task, runs[0].kind)[0]
     sign = -1.0 if metric_spec(metric).higher_is_better is False else 1.0
-    means = {model: float(np.nanmean(values)) for model, values in scores.items() if np.isfinite(values).any()}
+    means = {
+        model: float(np.nanmean(values)) for model, values in scores.items() if np.isfinite(values).any()
+    }
     if not means:
         return None
     return max(sorted(means), key=lambda model: sign * means[model])
@@ -1275,7 +1377,11 @@ def compare_grid(
             pairings = [(a, b) for i, a in enumerate(task_models) for b in task_models[i + 1 :]]
         else:
             if reference == "best_unimodal":
-                source = task_frame if select_on is None else load_predictions(select_on, kinds=kinds).filter(pl.col("task") == task)
+                source = (
+                    task_frame
+                    if select_on is None
+                    else load_predictions(select_on, kinds=kinds).filter(pl.col("task") == task)
+                )
                 runs = split_runs(source, kinds=kinds, classes=classes)
                 validation = validation_runs(threshold, kinds=kinds, classes=classes)
                 ref = best_model(runs, unimodal, threshold=threshold, validation=validation)
@@ -1287,15 +1393,22 @@ def compare_grid(
                 pairings = [(model, ref) for model in task_models if model not in unimodal]
             else:
                 if reference not in present:
-                    raise ValueError(f"compare_grid: reference model {reference!r} not in predictions; available: {present}")
+                    raise ValueError(
+                        f"compare_grid: reference model {reference!r} not in predictions; available: {present}"
+                    )
                 pairings = [(model, reference) for model in task_models if model != reference]
         for model_a, model_b in pairings:
-            result = compare((task_frame, model_a), (task_frame, model_b), metrics=metrics, kinds=kinds, **compare_kwargs)
+            result = compare(
+                (task_frame, model_a), (task_frame, model_b), metrics=metrics, kinds=kinds, **compare_kwargs
+            )
             if notes:
                 result = result.with_columns(
                     pl.Series(
                         "notes",
-                        [join_notes([*(existing or "").split(";"), *notes]) for existing in result["notes"].to_list()],
+                        [
+                            join_notes([*(existing or "").split(";"), *notes])
+                            for existing in result["notes"].to_list()
+                        ],
                         dtype=pl.String,
                     )
                 )
@@ -1303,4 +1416,6 @@ def compare_grid(
     if not parts:
         raise ValueError("compare_grid: no pair of models to compare")
     combined = make_rows(pl.concat(parts).to_dicts())
-    return adjust_pvalues(combined, family=("task", "metric", "statistic", "target", "setting"), method=correction)
+    return adjust_pvalues(
+        combined, family=("task", "metric", "statistic", "target", "setting"), method=correction
+    )

@@ -13,13 +13,14 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import combinations
+from itertools import combinations, pairwise
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from carebench_eval._kernels import weighted_sums
 from carebench_eval.compare import (
     PREDICTION_COLUMNS,
     THRESHOLD_METRICS,
@@ -31,6 +32,7 @@ from carebench_eval.compare import (
     run_thresholds,
     single_statistics,
     split_runs,
+    threshold_rows,
     undefined_note,
     validation_runs,
 )
@@ -40,6 +42,7 @@ from carebench_eval.metrics.threshold import Fixed
 from carebench_eval.registry import defaults, metric_spec
 from carebench_eval.resampling import (
     GAP_TEST_STREAM,
+    bootstrap_counts,
     chunks,
     cluster_universe,
     percentile_interval,
@@ -122,16 +125,12 @@ def age_groups(age: npt.ArrayLike, *, edges: Sequence[float] = DEFAULT_AGE_EDGES
         raise ValueError(f"age_edges must be at least two increasing values, got {tuple(edges)}")
     values = np.asarray(age, dtype=np.float64)
     names = np.array(
-        [f"[{_edge_text(low)},{_edge_text(high)})" for low, high in _consecutive_pairs(edges_array)] + [MISSING_GROUP]
+        [f"[{_edge_text(low)},{_edge_text(high)})" for low, high in pairwise(edges_array.tolist())]
+        + [MISSING_GROUP]
     )
     bins = np.searchsorted(edges_array, values, side="right") - 1
     outside = np.isnan(values) | (bins < 0) | (bins >= edges_array.size - 1)
     return names[np.where(outside, edges_array.size - 1, bins)]
-
-
-def _consecutive_pairs(values: np.ndarray) -> list[tuple[float, float]]:
-    """Consecutive pairs ``(v0, v1), (v1, v2), ...`` of `values`."""
-    return [(float(low), float(high)) for low, high in zip(values[:-1], values[1:], strict=True)]
 
 
 def _group_rates(y_true: np.ndarray | None, y_pred: np.ndarray, groups: np.ndarray) -> dict[str, np.ndarray]:
@@ -237,7 +236,13 @@ def across_groups(values: np.ndarray, eligible: np.ndarray, *, higher_is_better:
 
 
 def pick_group(
-    values: np.ndarray, eligible: np.ndarray, sizes: np.ndarray, names: Sequence[str], *, worst: bool, higher_is_better: bool
+    values: np.ndarray,
+    eligible: np.ndarray,
+    sizes: np.ndarray,
+    names: Sequence[str],
+    *,
+    worst: bool,
+    higher_is_better: bool,
 ) -> int | None:
     """Index of the worst (or best) eligible group at the point estimate.
 
@@ -262,7 +267,9 @@ def check_attributes(names: Sequence[str], columns: Sequence[str]) -> None:
     ``age_group`` counts as present when ``age`` is (it is derived with ``age_edges``).
     """
     available = set(columns) | ({"age_group"} if "age" in columns else set())
-    missing = [name for name in names if any(part not in available for part in name.split(INTERSECTION_SEPARATOR))]
+    missing = [
+        name for name in names if any(part not in available for part in name.split(INTERSECTION_SEPARATOR))
+    ]
     if missing:
         raise PredictionsError(
             "P016", f"fairness: attribute(s) {missing} not in predictions; available: {sorted(columns)}"
@@ -274,13 +281,17 @@ def _single_attribute(attributes: pl.DataFrame, name: str, age_edges: Sequence[f
         # Booleans (has_cxr) cast to "true" / "false".
         return attributes[name].cast(pl.String).fill_null(MISSING_GROUP).to_numpy().astype(str)
     if name == "age_group" and "age" in attributes.columns:
-        return age_groups(attributes["age"].cast(pl.Float64, strict=False).fill_null(math.nan).to_numpy(), edges=age_edges)
+        return age_groups(
+            attributes["age"].cast(pl.Float64, strict=False).fill_null(math.nan).to_numpy(), edges=age_edges
+        )
     raise PredictionsError(
         "P016", f"fairness: attribute(s) {[name]} not in predictions; available: {sorted(attributes.columns)}"
     )
 
 
-def group_labels(run: TaskRun, attribute: str, *, age_edges: Sequence[float] = DEFAULT_AGE_EDGES) -> np.ndarray:
+def group_labels(
+    run: TaskRun, attribute: str, *, age_edges: Sequence[float] = DEFAULT_AGE_EDGES
+) -> np.ndarray:
     """Group name of every sample of `run` for `attribute` (``"a|b"`` joins an intersection).
 
     Nulls become ``(missing)``; ``has_cxr`` reads ``true`` / ``false``; ``age_group`` is derived from
@@ -297,13 +308,16 @@ def group_labels(run: TaskRun, attribute: str, *, age_edges: Sequence[float] = D
         bad = [value for value in np.unique(values) if INTERSECTION_SEPARATOR in value]
         if bad:
             raise PredictionsError(
-                "P017", f'fairness: attribute {part!r} value {bad[0]!r} contains "|", which joins intersection names'
+                "P017",
+                f'fairness: attribute {part!r} value {bad[0]!r} contains "|", which joins intersection names',
             )
     return np.array([INTERSECTION_SEPARATOR.join(values) for values in zip(*columns, strict=True)], dtype=str)
 
 
 def resolve_attributes(
-    columns: Sequence[str], attributes: Sequence[str] | None, intersections: str | Sequence[Sequence[str]] | None
+    columns: Sequence[str],
+    attributes: Sequence[str] | None,
+    intersections: str | Sequence[Sequence[str]] | None,
 ) -> list[str]:
     """Attribute names to report: singles first, then intersections ``a|b`` (eval.md §6.1).
 
@@ -336,7 +350,9 @@ def resolve_attributes(
 # Frame layer
 
 
-def _group_requests(kind: str, targets: tuple[str, ...], metrics: Sequence[str], mode: str) -> list[tuple[str, str]]:
+def _group_requests(
+    kind: str, targets: tuple[str, ...], metrics: Sequence[str], mode: str
+) -> list[tuple[str, str]]:
     return [(metric, target) for metric in metrics for target in label_rows(kind, metric, targets, mode)]
 
 
@@ -389,7 +405,9 @@ def _gap_pvalues(
     options: _FairnessOptions,
 ) -> dict[tuple[str, str], float]:
     """Permutation p of each gap: attribute values shuffled among patients (eval.md §6.4)."""
-    whole = Scored(run.kind, run.targets, run.y, run.s, pred, np.arange(run.n), list(requests), n_bins=options.n_bins)
+    whole = Scored(
+        run.kind, run.targets, run.y, run.s, pred, np.arange(run.n), list(requests), n_bins=options.n_bins
+    )
     clusters, cluster_of = np.unique(run.cluster, return_inverse=True)
     per_cluster = np.full(clusters.size, -1)
     codes = np.searchsorted(np.asarray(names), labels)
@@ -400,7 +418,9 @@ def _gap_pvalues(
         shuffled = np.empty((stop - start, run.n), dtype=np.int64)
         for row, replicate in enumerate(range(start, stop)):
             generator = replicate_generator(options.random_state, GAP_TEST_STREAM, replicate)
-            shuffled[row] = generator.permutation(per_cluster)[cluster_of] if constant else generator.permutation(codes)
+            shuffled[row] = (
+                generator.permutation(per_cluster)[cluster_of] if constant else generator.permutation(codes)
+            )
         per_group = [whole.evaluate((shuffled == g).astype(np.int64)) for g in range(len(names))]
         for request in requests:
             values = np.stack([values_of_group[request] for values_of_group in per_group], axis=1)
@@ -429,7 +449,16 @@ def _fairness_rows(run: TaskRun, attribute: str, options: _FairnessOptions) -> l
     pred = predictions_at(run, thresholds)
     universe, (cluster_index,) = cluster_universe(run.cluster)
     cells = [
-        Scored(run.kind, run.targets, run.y[rows], run.s[rows], pred[rows], cluster_index[rows], requests, n_bins=options.n_bins)
+        Scored(
+            run.kind,
+            run.targets,
+            run.y[rows],
+            run.s[rows],
+            pred[rows],
+            cluster_index[rows],
+            requests,
+            n_bins=options.n_bins,
+        )
         for rows in (np.flatnonzero(labels == name) for name in names)
     ]
     point, replicates = single_statistics(
@@ -461,6 +490,7 @@ def _fairness_rows(run: TaskRun, attribute: str, options: _FairnessOptions) -> l
                 notes.append("small_group")
             if not np.isfinite(values[g]):
                 notes.append(undefined_note(metric))
+            notes.extend(cells[g].labels_used(metric, target))
             rows.append(
                 {
                     **base,
@@ -501,10 +531,17 @@ def _fairness_rows(run: TaskRun, attribute: str, options: _FairnessOptions) -> l
         ]
         if higher is not None:
             for statistic, worst in (("worst_group", True), ("best_group", False)):
-                picked = pick_group(point[request][0], eligible[request], sizes, names, worst=worst, higher_is_better=higher)
+                picked = pick_group(
+                    point[request][0], eligible[request], sizes, names, worst=worst, higher_is_better=higher
+                )
                 value = math.nan if picked is None else float(point[request][0][picked])
                 statistics.append(
-                    (statistic, None if picked is None else names[picked], value, boot_stats.worst if worst else boot_stats.best)
+                    (
+                        statistic,
+                        None if picked is None else names[picked],
+                        value,
+                        boot_stats.worst if worst else boot_stats.best,
+                    )
                 )
         for statistic, group, value, boot in statistics:
             low, high, ci_notes = interval(boot)
@@ -523,13 +560,21 @@ def _fairness_rows(run: TaskRun, attribute: str, options: _FairnessOptions) -> l
                     "notes": join_notes([*notes, *ci_notes]),
                 }
             )
+    rows.extend(
+        _association_rows(run, attribute, labels, names, point, replicates, eligible, reported, base, options)
+    )
     for target in parity_targets:
         parity_eligible = (
-            eligible["positive_rate", target] & eligible["sensitivity_score", target] & eligible["fpr_error", target]
+            eligible["positive_rate", target]
+            & eligible["sensitivity_score", target]
+            & eligible["fpr_error", target]
         )
-        rates_point = {metric: point[metric, target] for metric in ("positive_rate", "sensitivity_score", "fpr_error")}
+        rates_point = {
+            metric: point[metric, target] for metric in ("positive_rate", "sensitivity_score", "fpr_error")
+        }
         rates_boot = {
-            metric: replicates[metric, target][:, 0, :] for metric in ("positive_rate", "sensitivity_score", "fpr_error")
+            metric: replicates[metric, target][:, 0, :]
+            for metric in ("positive_rate", "sensitivity_score", "fpr_error")
         }
         parity_point, from_tpr = _parity(rates_point, parity_eligible)
         parity_boot, _ = _parity(rates_boot, parity_eligible)
@@ -541,7 +586,11 @@ def _fairness_rows(run: TaskRun, attribute: str, options: _FairnessOptions) -> l
         for metric in PARITY_METRICS:
             value = float(parity_point[metric][0])
             low, high, ci_notes = interval(parity_boot[metric])
-            extra = [f"eod_from={'tpr' if from_tpr[0] else 'fpr'}"] if metric == "equalized_odds_difference" and math.isfinite(value) else []
+            extra = (
+                [f"eod_from={'tpr' if from_tpr[0] else 'fpr'}"]
+                if metric == "equalized_odds_difference" and math.isfinite(value)
+                else []
+            )
             rows.append(
                 {
                     **base,
@@ -555,6 +604,84 @@ def _fairness_rows(run: TaskRun, attribute: str, options: _FairnessOptions) -> l
                     "notes": join_notes([*notes, *extra, *ci_notes]),
                 }
             )
+    return rows
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row-wise Pearson r of ``x [b, G]`` and ``y [b, G]``; NaN where either has zero variance."""
+    x_centred = x - x.mean(axis=1, keepdims=True)
+    y_centred = y - y.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((x_centred**2).sum(axis=1) * (y_centred**2).sum(axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, (x_centred * y_centred).sum(axis=1) / denominator, np.nan)
+
+
+def _association_rows(
+    run: TaskRun,
+    attribute: str,
+    labels: np.ndarray,
+    names: list[str],
+    point: Mapping[tuple[str, str], np.ndarray],
+    replicates: Mapping[tuple[str, str], np.ndarray],
+    eligible: Mapping[tuple[str, str], np.ndarray],
+    reported: set[tuple[str, str]],
+    base: Mapping[str, Any],
+    options: _FairnessOptions,
+) -> list[dict[str, Any]]:
+    """Pearson r across groups between a metric and the group's missing-CXR share (eval.md §6.5)."""
+    if "has_cxr" not in run.attributes.columns or "has_cxr" in attribute.split(INTERSECTION_SEPARATOR):
+        return []
+    missing_cxr = (~run.attributes["has_cxr"].cast(pl.Boolean).fill_null(False)).to_numpy().astype(np.float64)
+    universe, (cluster_index,) = cluster_universe(run.cluster)
+    group_rows = [np.flatnonzero(labels == name) for name in names]
+
+    def shares(columns: np.ndarray) -> np.ndarray:
+        per_group = []
+        for rows in group_rows:
+            size = weighted_sums(np.ones(rows.size), columns, cluster_index[rows])
+            missing = weighted_sums(missing_cxr[rows], columns, cluster_index[rows])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                per_group.append(np.where(size > 0, missing / np.where(size > 0, size, 1.0), np.nan))
+        return np.stack(per_group, axis=1)
+
+    share_point = shares(np.ones((1, universe.size), dtype=np.int64))
+    share_boot = np.concatenate(
+        [
+            shares(bootstrap_counts(universe.size, start, stop, options.random_state))
+            for start, stop in chunks(options.n_boot, run.n)
+        ]
+        or [np.empty((0, len(names)))]
+    )
+    no_missing = not bool(missing_cxr.any())
+    rows = []
+    for request in sorted(reported):
+        metric, target = request
+        chosen = eligible[request]
+        notes = ["row_bootstrap"] if options.row_bootstrap else []
+        if no_missing:
+            notes.append("no_missing_modality")
+        if int(chosen.sum()) < 3:
+            notes.append("too_few_groups")
+            value, boot = math.nan, np.full(share_boot.shape[0], np.nan)
+        else:
+            value = float(_pearson(point[request][:, chosen], share_point[:, chosen])[0])
+            boot = _pearson(replicates[request][:, 0, chosen], share_boot[:, chosen])
+        low, high, ci_notes = (
+            (None, None, []) if options.n_boot == 0 else percentile_interval(boot, options.level)
+        )
+        rows.append(
+            {
+                **base,
+                "metric": metric,
+                "statistic": "association",
+                "target": target,
+                "value": value,
+                "ci_low": low,
+                "ci_high": high,
+                "n": int(labels.size),
+                "notes": join_notes([*notes, *(ci_notes if math.isfinite(value) else [])]),
+            }
+        )
     return rows
 
 
@@ -625,7 +752,8 @@ def fairness(
     names = resolve_attributes(attribute_columns, attributes, intersections)
     if not names:
         raise PredictionsError(
-            "P016", f"fairness: attribute(s) {list(DEFAULT_ATTRIBUTES)} not in predictions; available: {sorted(frame.columns)}"
+            "P016",
+            f"fairness: attribute(s) {list(DEFAULT_ATTRIBUTES)} not in predictions; available: {sorted(frame.columns)}",
         )
     options = _FairnessOptions(
         metrics=tuple(metrics) if metrics is not None else None,
@@ -646,6 +774,9 @@ def fairness(
     runs = split_runs(frame, kinds=kinds, classes=classes, cluster=cluster)
     rows: list[dict[str, Any]] = []
     for done, run in enumerate(runs, start=1):
+        if run.kind != "multiclass" and set(options.metrics or GROUP_METRICS) & THRESHOLD_METRICS:
+            thresholds = run_thresholds(threshold, run, options.validation)
+            rows.extend(threshold_rows(threshold, run, thresholds, {**run.keys, "task": run.task}))
         for attribute in names:
             rows.extend(_fairness_rows(run, attribute, options))
         if progress is not None:

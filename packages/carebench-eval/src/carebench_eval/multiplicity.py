@@ -138,7 +138,9 @@ def adjust_pvalues(
     family = list(family)
     unknown = [column for column in family if column not in frame.columns]
     if unknown:
-        raise ValueError(f"adjust_pvalues: family column(s) {unknown} not in the frame; columns: {frame.columns}")
+        raise ValueError(
+            f"adjust_pvalues: family column(s) {unknown} not in the frame; columns: {frame.columns}"
+        )
     if method == "none" or frame.height == 0:
         return frame
 

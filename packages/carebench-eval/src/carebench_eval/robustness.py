@@ -65,7 +65,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOKENS = frozenset({"cohort_matched", "natural", ""})
 """Tokens that mean the default setting (matched cohort, no simulated missingness)."""
 
-_RATE_TOKEN = re.compile(r"^(train_cxr_drop|test_cxr_mcar|test_cxr_mnar|test_cxr_subgroup_[^_].*)_([0-9]*\.?[0-9]+)$")
+_RATE_TOKEN = re.compile(
+    r"^(train_cxr_drop|test_cxr_mcar|test_cxr_mnar|test_cxr_subgroup_[^_].*)_([0-9]*\.?[0-9]+)$"
+)
+_MEET_TOLERANCE = 1e-12
 _FIXED_TOKENS = frozenset({"cohort_base", "cross_matched_to_base", "cross_base_to_matched"})
 
 
@@ -160,16 +163,18 @@ def break_even_rate(rates: np.ndarray, values: np.ndarray, reference: float) -> 
         The rate, ``rates[0]`` if the curve starts at or below the reference, NaN if it never meets it.
 
     Examples:
-        >>> break_even_rate(np.array([0.0, 0.5, 1.0]), np.array([0.8, 0.7, 0.6]), 0.65)
+        >>> round(break_even_rate(np.array([0.0, 0.5, 1.0]), np.array([0.8, 0.7, 0.6]), 0.65), 6)
         0.75
     """
     if not np.all(np.isfinite(values)) or not math.isfinite(reference):
         return math.nan
-    if values[0] <= reference:
+    # The tolerance lets a curve that ends exactly on the reference (up to summation order) meet it.
+    reached = values <= reference + _MEET_TOLERANCE
+    if reached[0]:
         return float(rates[0])
     for k in range(1, values.size):
-        if values[k] <= reference:
-            fraction = (values[k - 1] - reference) / (values[k - 1] - values[k])
+        if reached[k]:
+            fraction = min(1.0, (values[k - 1] - reference) / (values[k - 1] - values[k]))
             return float(rates[k - 1] + fraction * (rates[k] - rates[k - 1]))
     return math.nan
 
@@ -212,8 +217,11 @@ def curve_point(
         return context, None, 0.0
     if len(test) > 1:
         return None
-    (name, rate), = test.items()
-    wanted = any(name == f"test_cxr_{mechanism}" or name.startswith(f"test_cxr_{mechanism}_") for mechanism in mechanisms)
+    ((name, rate),) = test.items()
+    wanted = any(
+        name == f"test_cxr_{mechanism}" or name.startswith(f"test_cxr_{mechanism}_")
+        for mechanism in mechanisms
+    )
     return (context, name, rate) if wanted else None
 
 
@@ -253,13 +261,13 @@ def curve_families(
     return families
 
 
-def _curve_reps(
-    by_rate: Mapping[float, Sequence[TaskRun]], *, what: str
-) -> list[list[TaskRun]]:
+def _curve_reps(by_rate: Mapping[float, Sequence[TaskRun]], *, what: str) -> list[list[TaskRun]]:
     """``[rep][rate]`` runs of one curve, paired by (seed, fold) and checked for identical samples (P018)."""
     rates = list(by_rate)
     keyed = [{(run.keys["seed"], run.keys["fold"]): run for run in by_rate[rate]} for rate in rates]
-    reps = sorted(set.intersection(*(set(keys) for keys in keyed)), key=lambda key: [(v is not None, v) for v in key])
+    reps = sorted(
+        set.intersection(*(set(keys) for keys in keyed)), key=lambda key: [(v is not None, v) for v in key]
+    )
     dropped = sum(len(keys) for keys in keyed) - len(reps) * len(rates)
     if dropped:
         logger.info("robustness: %s: %d run(s) without a run at every rate are left out", what, dropped)
@@ -272,7 +280,7 @@ def _curve_reps(
                 raise PredictionsError(
                     "P018",
                     f"compare: {row[0].keys['setting']!r} and {run.keys['setting']!r} are not scored on the same "
-                    f"samples ({only_one} sample_id(s) in only one); pass align=\"inner\" to use the intersection",
+                    f'samples ({only_one} sample_id(s) in only one); pass align="inner" to use the intersection',
                 )
         out.append(row)
     return out
@@ -285,7 +293,13 @@ class ReferenceLine:
     """
 
     def __init__(
-        self, runs: Sequence[TaskRun], reference: Any, *, ehr_only: Sequence[str], threshold: Any, validation: Sequence[TaskRun]
+        self,
+        runs: Sequence[TaskRun],
+        reference: Any,
+        *,
+        ehr_only: Sequence[str],
+        threshold: Any,
+        validation: Sequence[TaskRun],
     ) -> None:
         self.runs = runs
         self.reference = reference
@@ -314,7 +328,9 @@ class ReferenceLine:
         chosen = [run for run in task_runs if run.keys["model"] == model]
         if not chosen:
             return math.nan, model
-        values = np.array([point_value(run, metric, target, self.threshold, self.validation) for run in chosen])
+        values = np.array(
+            [point_value(run, metric, target, self.threshold, self.validation) for run in chosen]
+        )
         return (float(np.nanmean(values)) if np.isfinite(values).any() else math.nan), model
 
 
@@ -323,7 +339,11 @@ class ReferenceLine:
 
 
 def _requests(run: TaskRun, metrics: Sequence[str], targets: str) -> list[tuple[str, str]]:
-    return [(metric, target) for metric in metrics for target in label_rows(run.kind, metric, run.targets, targets)]
+    return [
+        (metric, target)
+        for metric in metrics
+        for target in label_rows(run.kind, metric, run.targets, targets)
+    ]
 
 
 def _curve_rows(
@@ -363,7 +383,9 @@ def _curve_rows(
         ]
         for rep in reps
     ]
-    point, replicates = single_statistics(CellGrid(cells), universe.size, requests, n_boot=n_boot, random_state=random_state)
+    point, replicates = single_statistics(
+        CellGrid(cells), universe.size, requests, n_boot=n_boot, random_state=random_state
+    )
     n_reps = len(reps)
     single = n_reps == 1
     base = {
@@ -384,12 +406,16 @@ def _curve_rows(
 
     for request in requests:
         metric, target = request
-        notes = [*shared, *([threshold.note] if metric in THRESHOLD_METRICS and first.kind != "multiclass" else [])]
+        notes = [
+            *shared,
+            *([threshold.note] if metric in THRESHOLD_METRICS and first.kind != "multiclass" else []),
+        ]
         curve = point[request].mean(axis=0)  # [K]: mean over reps
         boot_curve = replicates[request].mean(axis=1)  # [B, K]
-        for k, rate in enumerate(rates):
+        for k in range(rates.size):
             low, high, ci_notes = interval(boot_curve[:, k])
             undefined = [] if np.isfinite(curve[k]) else [undefined_note(metric)]
+            undefined.extend(cells[0][k].labels_used(metric, target))
             rows.append(
                 {
                     **base,
@@ -409,8 +435,14 @@ def _curve_rows(
         with np.errstate(divide="ignore", invalid="ignore"):
             statistics = {
                 "area": (area_point, area_boot),
-                "relative_area": (area_point / start if start else math.nan, area_boot / boot_curve[:, 0] if n_boot else area_boot),
-                "retention": (end / start if start else math.nan, boot_curve[:, -1] / boot_curve[:, 0] if n_boot else area_boot),
+                "relative_area": (
+                    area_point / start if start else math.nan,
+                    area_boot / boot_curve[:, 0] if n_boot else area_boot,
+                ),
+                "retention": (
+                    end / start if start else math.nan,
+                    boot_curve[:, -1] / boot_curve[:, 0] if n_boot else area_boot,
+                ),
             }
         for statistic, (value, boot) in statistics.items():
             low, high, ci_notes = interval(boot)
@@ -444,15 +476,21 @@ def _curve_rows(
     return rows
 
 
-def _missing_rate_rows(base: Mapping[str, Any], rates: np.ndarray, reps: list[list[TaskRun]], family: str) -> list[dict[str, Any]]:
+def _missing_rate_rows(
+    base: Mapping[str, Any], rates: np.ndarray, reps: list[list[TaskRun]], family: str
+) -> list[dict[str, Any]]:
     """``cxr_missing_rate`` per curve point when ``has_cxr`` is present (note ``rate_mismatch``, §7.1)."""
     first = reps[0]
     if "has_cxr" not in first[0].attributes.columns:
         return []
     rows = []
-    nominal_known = "cohort_base" not in family and not family.startswith("train_cxr_drop") and "+train" not in family
+    nominal_known = (
+        "cohort_base" not in family and not family.startswith("train_cxr_drop") and "+train" not in family
+    )
     for k, rate in enumerate(rates):
-        shares = [float((~rep[k].attributes["has_cxr"].cast(pl.Boolean).fill_null(False)).mean()) for rep in reps]
+        shares = [
+            float((~rep[k].attributes["has_cxr"].cast(pl.Boolean).fill_null(False)).mean()) for rep in reps
+        ]
         observed = float(np.mean(shares))
         mismatch = nominal_known and abs(observed - rate) > 0.01
         rows.append(
@@ -572,7 +610,19 @@ def robustness(
     return make_rows(rows).unique(subset=list(_POINT_KEY), keep="first", maintain_order=True)
 
 
-_POINT_KEY = ("model", "baseline", "seed", "fold", "setting", "task", "metric", "statistic", "target", "group_attribute", "group")
+_POINT_KEY = (
+    "model",
+    "baseline",
+    "seed",
+    "fold",
+    "setting",
+    "task",
+    "metric",
+    "statistic",
+    "target",
+    "group_attribute",
+    "group",
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -582,7 +632,9 @@ _POINT_KEY = ("model", "baseline", "seed", "fold", "setting", "task", "metric", 
 def _with_notes(frame: pl.DataFrame, extra: Sequence[str]) -> pl.DataFrame:
     if not extra:
         return frame
-    merged = [join_notes([*(notes.split(";") if notes else []), *extra]) for notes in frame["notes"].to_list()]
+    merged = [
+        join_notes([*(notes.split(";") if notes else []), *extra]) for notes in frame["notes"].to_list()
+    ]
     return frame.with_columns(pl.Series("notes", merged, dtype=pl.String))
 
 
@@ -650,24 +702,37 @@ def fusion_gain(
     parts: list[pl.DataFrame] = []
     for task in sorted(frame["task"].unique().to_list()):
         reference = best_model(
-            [run for run in selection_runs if run.task == task], unimodal, threshold=threshold, validation=validation
+            [run for run in selection_runs if run.task == task],
+            unimodal,
+            threshold=threshold,
+            validation=validation,
         )
         if reference is None:
-            raise ValueError(f"fusion_gain: none of the unimodal models {list(unimodal)} has predictions for task {task!r}")
+            raise ValueError(
+                f"fusion_gain: none of the unimodal models {list(unimodal)} has predictions for task {task!r}"
+            )
         task_frame = frame.filter(pl.col("task") == task)
         if by is None:
             subsets: list[tuple[str | None, pl.DataFrame]] = [(None, task_frame)]
         else:
-            per_sample = split_runs(task_frame.filter(pl.col("model") == reference), kinds=kinds, classes=classes)
+            per_sample = split_runs(
+                task_frame.filter(pl.col("model") == reference), kinds=kinds, classes=classes
+            )
             labels = {
                 sample: label
                 for run in per_sample
                 for sample, label in zip(run.sample_id, group_labels(run, by), strict=True)
             }
             keyed = task_frame.with_columns(
-                pl.col("sample_id").cast(pl.String).replace_strict(labels, default=None, return_dtype=pl.String).alias("_group")
+                pl.col("sample_id")
+                .cast(pl.String)
+                .replace_strict(labels, default=None, return_dtype=pl.String)
+                .alias("_group")
             )
-            subsets = [(group, keyed.filter(pl.col("_group") == group).drop("_group")) for group in sorted(set(labels.values()))]
+            subsets = [
+                (group, keyed.filter(pl.col("_group") == group).drop("_group"))
+                for group in sorted(set(labels.values()))
+            ]
         for group, subset in subsets:
             for model in fused_models:
                 if model not in subset["model"].unique().to_list():
@@ -685,7 +750,8 @@ def fusion_gain(
                 )
                 if by is not None:
                     result = result.with_columns(
-                        pl.lit(by, dtype=pl.String).alias("group_attribute"), pl.lit(group, dtype=pl.String).alias("group")
+                        pl.lit(by, dtype=pl.String).alias("group_attribute"),
+                        pl.lit(group, dtype=pl.String).alias("group"),
                     )
                 parts.append(_with_notes(result, notes))
     if not parts:
@@ -699,7 +765,16 @@ def fusion_gain(
 
 
 def _same_setting(setting: str | None, wanted: str | None, settings: Mapping[str, Any] | None) -> bool:
-    return _parsed(setting, settings) == _parsed(wanted, settings)
+    """Whether two settings name the same condition (``""``, None and ``"natural"`` are all the default).
+
+    Settings outside the grammar (e.g. a user's ``test_ehr_withheld``) match by name only.
+    """
+    if (setting or "") == (wanted or ""):
+        return True
+    try:
+        return _parsed(setting, settings) == _parsed(wanted, settings)
+    except ValueError:
+        return False
 
 
 def modality_contribution(
@@ -786,7 +861,11 @@ def modality_contribution(
     for model in chosen:
         for task in sorted({run.task for run in runs if run.keys["model"] == model}):
             full_runs = [
-                run for run in runs if run.keys["model"] == model and run.task == task and _same_setting(run.keys["setting"], full, settings)
+                run
+                for run in runs
+                if run.keys["model"] == model
+                and run.task == task
+                and _same_setting(run.keys["setting"], full, settings)
             ]
             if not full_runs:
                 continue
@@ -795,20 +874,34 @@ def modality_contribution(
                 withheld_runs = [
                     run
                     for run in runs
-                    if run.keys["model"] == model and run.task == task and _same_setting(run.keys["setting"], setting, settings)
+                    if run.keys["model"] == model
+                    and run.task == task
+                    and _same_setting(run.keys["setting"], setting, settings)
                 ]
                 if not withheld_runs:
                     continue
                 names = (f"{model} ({full or 'full'})", f"{model} ({setting})")
                 reps = pair_reps(full_runs, withheld_runs, names=names, what=f"task {task!r}")
-                cell = PairedCell(task, setting, [[align_pair(a, b, align="exact", names=names)] for a, b in reps])
+                cell = PairedCell(
+                    task, setting, [[align_pair(a, b, align="exact", names=names)] for a, b in reps]
+                )
                 cell_rows, results, universe = compare_cell(cell, (model, model), options)
                 for row in cell_rows:
                     rows.append({**row, "baseline": None, "statistic": "modality_drop"})
                 drops[modality] = (results, universe)
             if "cxr" in drops and unimodal_cxr is not None:
                 rows.extend(
-                    _utilization_rows(model, task, drops["cxr"], runs, unimodal_cxr, full, withheld["cxr"], options, settings)
+                    _utilization_rows(
+                        model,
+                        task,
+                        drops["cxr"],
+                        runs,
+                        unimodal_cxr,
+                        full,
+                        withheld["cxr"],
+                        options,
+                        settings,
+                    )
                 )
             if "cxr" in drops and "ehr" in drops:
                 rows.extend(_share_rows(model, task, drops, withheld["cxr"], options))
@@ -840,12 +933,18 @@ def _utilization_rows(
     cxr_runs = [
         run
         for run in runs
-        if run.keys["model"] == unimodal_cxr and run.task == task and _same_setting(run.keys["setting"], full, settings)
+        if run.keys["model"] == unimodal_cxr
+        and run.task == task
+        and _same_setting(run.keys["setting"], full, settings)
     ]
     if not requests or not cxr_runs:
         return []
     if not all(np.isin(run.cluster, universe).all() for run in cxr_runs):
-        logger.info("modality_contribution: %r is not scored on the samples of %r; no cxr_utilization", unimodal_cxr, model)
+        logger.info(
+            "modality_contribution: %r is not scored on the samples of %r; no cxr_utilization",
+            unimodal_cxr,
+            model,
+        )
         return []
     wanted = [*requests, *_chance_requests(requests)]
     cells = [
@@ -909,7 +1008,9 @@ def _share_rows(
     cxr_results, cxr_universe = drops["cxr"]
     ehr_results, ehr_universe = drops["ehr"]
     if not np.array_equal(cxr_universe, ehr_universe):
-        logger.info("modality_contribution: the CXR and EHR drops of %r use different samples; no cxr_share", model)
+        logger.info(
+            "modality_contribution: the CXR and EHR drops of %r use different samples; no cxr_share", model
+        )
         return []
     rows = []
     for request in sorted(set(cxr_results) & set(ehr_results)):

@@ -256,7 +256,7 @@ def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.
     buf.add(r[lbs], t[lbs], 226531, weight[lbs] * 2.20462, decimals=1)
     r, t = series(24.0)
     days = (t - stays["intime"][r]) / SECONDS_PER_DAY
-    slope = np.where(state("overload", r) > 0, 1.5, -0.3)
+    slope = np.where(state("overload", r) > 0, 2.0, -0.5)
     buf.add(r, t, 224639, stays["baseline_weight"][r] + slope * days + rng.normal(0, 0.4, r.size), decimals=1)
     # Height once.
     r, t = once()

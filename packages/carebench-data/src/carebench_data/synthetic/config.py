@@ -103,7 +103,7 @@ class SignalConfig:
     mortality_effusion: float = 0.3
     cxr_presence_mortality: float = 0.0
     icu_death_fraction: float = 0.68
-    pleurisy_weight: float = 9.0
+    pleurisy_weight: float = 12.0
     pleurisy_ehr_weight: float = 0.2
     finding_noise_sd: float = 1.4
     chf_interaction: float = 3.0
@@ -114,9 +114,9 @@ class SignalConfig:
     pneumonia_consolidation: float = 2.5
     pneumonia_febrile: float = 2.5
     cxr_paired_fraction: float = 0.215
-    cxr_severity: float = 1.3
+    cxr_severity: float = 0.8
     cxr_ventilated: float = 1.2
-    cxr_pulmonary: float = 0.6
+    cxr_pulmonary: float = 1.0
     cxr_cardiac: float = 0.4
 
 

@@ -179,41 +179,60 @@ def diagnoses(population: Population, config: SyntheticConfig) -> tuple[pl.DataF
     icd9 = rng.random(labels.shape[0]) < np.asarray(vocab.ICD9_SHARE)[group]
     subject = np.concatenate([adm["subject_id"], bg["subject_id"]])
     hadm = np.concatenate([adm["hadm_id"], bg["hadm_id"]])
-    by_key = {(p, v): np.asarray(table.codes_for(p, v)) for p in range(-1, len(PHENOTYPE_COLUMNS)) for v in (9, 10)}
-    groups = table.groups
-    coded = np.zeros((adm["hadm_id"].size, len(PHENOTYPE_COLUMNS)), dtype=bool)
-    out_subject: list[int] = []
-    out_hadm: list[int] = []
-    out_seq: list[int] = []
-    out_code: list[int] = []
+    n_pheno = len(PHENOTYPE_COLUMNS)
+    version_index = np.where(icd9, 0, 1)
+    # Code pools padded to a rectangle: pool[p, version] -> code rows; filler is row n_pheno.
+    pools = [[table.codes_for(p if p < n_pheno else -1, v) for v in (9, 10)] for p in range(n_pheno + 1)]
+    width = max(len(pool) for row in pools for pool in row)
+    pool_codes = np.zeros((n_pheno + 1, 2, width), dtype=np.int64)
+    pool_size = np.zeros((n_pheno + 1, 2), dtype=np.int64)
+    for p, row in enumerate(pools):
+        for v, pool in enumerate(row):
+            pool_codes[p, v, : len(pool)] = pool
+            pool_size[p, v] = len(pool)
+    # Phenotype codes: 1 code per positive label, a second distinct one with probability .3.
+    adm_idx, pheno = np.nonzero(labels & has_dx[:, None])
+    ver = version_index[adm_idx]
+    size = pool_size[pheno, ver]
+    first = (rng.random(adm_idx.size) * size).astype(np.int64)
+    second_mask = (rng.random(adm_idx.size) < 0.3) & (size > 1)
+    second = (first + 1 + (rng.random(adm_idx.size) * np.maximum(size - 1, 1)).astype(np.int64)) % size
+    code_adm = np.concatenate([adm_idx, adm_idx[second_mask]])
+    code_row = np.concatenate([pool_codes[pheno, ver, first], pool_codes[pheno[second_mask], ver[second_mask], second[second_mask]]])
+    key = rng.random(code_adm.size)
+    # Filler: distinct codes that bring the admission to 8-20 codes (at least one).
+    n_codes = np.bincount(code_adm, minlength=labels.shape[0])
     n_total = rng.integers(8, 21, size=labels.shape[0])
-    for i in np.flatnonzero(has_dx):
-        version = 9 if icd9[i] else 10
-        chosen: list[int] = []
-        for p in np.flatnonzero(labels[i]):
-            pool = by_key[(int(p), version)]
-            k = 2 if rng.random() < 0.3 else 1
-            chosen.extend(rng.choice(pool, size=min(k, pool.size), replace=False).tolist())
-        rng.shuffle(chosen)
-        filler = by_key[(-1, version)]
-        n_filler = int(min(max(n_total[i] - len(chosen), 1), filler.size))
-        codes = chosen + rng.choice(filler, size=n_filler, replace=False).tolist()
-        if chosen and rng.random() < 0.3:
-            # A filler code as principal diagnosis for some admissions.
-            codes = [codes[len(chosen)], *chosen, *codes[len(chosen) + 1 :]]
-        out_subject.extend([int(subject[i])] * len(codes))
-        out_hadm.extend([int(hadm[i])] * len(codes))
-        out_seq.extend(range(1, len(codes) + 1))
-        out_code.extend(codes)
-        if i < coded.shape[0]:
-            for c in codes:
-                coded[i, list(groups[c])] = True
-    code_index = np.asarray(out_code, dtype=np.int64)
+    filler_size = pool_size[n_pheno, version_index]
+    n_filler = np.where(has_dx, np.clip(n_total - n_codes, 1, filler_size), 0)
+    ranks = np.argsort(rng.random((labels.shape[0], width)) + (np.arange(width)[None, :] >= filler_size[:, None]), axis=1)
+    take = np.arange(width)[None, :] < n_filler[:, None]
+    filler_adm = np.broadcast_to(np.arange(labels.shape[0])[:, None], take.shape)[take]
+    filler_row = pool_codes[n_pheno, version_index[filler_adm], ranks[take]]
+    filler_key = 1.0 + rng.random(filler_adm.size)
+    # Some admissions have a filler code as principal diagnosis.
+    principal_filler = rng.random(labels.shape[0]) < 0.3
+    first_filler = np.r_[True, filler_adm[1:] != filler_adm[:-1]]
+    filler_key[first_filler & principal_filler[filler_adm]] = -1.0
+    all_adm = np.concatenate([code_adm, filler_adm])
+    all_code = np.concatenate([code_row, filler_row])
+    order = np.lexsort((np.concatenate([key, filler_key]), all_adm))
+    all_adm, code_index = all_adm[order], all_code[order]
+    start = np.searchsorted(all_adm, all_adm, side="left")
+    seq = np.arange(all_adm.size) - start + 1
+    membership = np.zeros((len(table.codes), n_pheno), dtype=bool)
+    for c, group in enumerate(table.groups):
+        membership[c, list(group)] = True
+    n_icu = adm["hadm_id"].size
+    icu_rows = all_adm < n_icu
+    hits = np.zeros((n_icu, n_pheno), dtype=np.int64)
+    np.add.at(hits, all_adm[icu_rows], membership[code_index[icu_rows]].astype(np.int64))
+    coded = hits > 0
     frame = pl.DataFrame(
         {
-            "subject_id": np.asarray(out_subject, dtype=np.int64),
-            "hadm_id": np.asarray(out_hadm, dtype=np.int64),
-            "seq_num": np.asarray(out_seq, dtype=np.int16),
+            "subject_id": subject[all_adm],
+            "hadm_id": hadm[all_adm],
+            "seq_num": seq.astype(np.int16),
             "icd_code": np.asarray(table.codes, dtype=object)[code_index].astype(str),
             "icd_version": np.asarray(table.versions, dtype=np.int8)[code_index],
         }

@@ -224,7 +224,8 @@ def lab_chunk(
                 "hadm_null": hadm_null,
                 "specimen_id": specimen,
                 "itemid": itemids,
-                "order_provider_id": np.where(rng.random(n) < 0.3, provider_ids(rng, n), None),
+                "order_provider_id": pl.Series("p", provider_ids(rng, n).astype(str)),
+                "has_provider": rng.random(n) < 0.3,
                 "charttime": to_datetime(ev["times"], "charttime"),
                 "storetime": to_datetime(ev["times"] + rng.integers(1800, 3 * 3600, size=n) // 60 * 60, "storetime"),
                 "valuenum": ev["valuenum"],
@@ -232,14 +233,17 @@ def lab_chunk(
                 "decimals": ev["decimals"],
                 "ref_range_lower": ref_low,
                 "ref_range_upper": ref_high,
-                "flag": np.where(abnormal, "abnormal", None),
+                "abnormal": abnormal,
                 "priority": np.where(priority, "STAT", "ROUTINE"),
-                "comments": np.where(comments_blank, "___", None),
+                "comments_blank": comments_blank,
             }
         )
         .with_columns(value, valuenum, pl.col("itemid").replace_strict(uom, default=None, return_dtype=pl.String).alias("valueuom"))
         .with_columns(
             pl.when(pl.col("hadm_null")).then(None).otherwise(pl.col("hadm_id")).alias("hadm_id"),
+            pl.when(pl.col("has_provider")).then(pl.col("order_provider_id")).alias("order_provider_id"),
+            pl.when(pl.col("abnormal")).then(pl.lit("abnormal")).alias("flag"),
+            pl.when(pl.col("comments_blank")).then(pl.lit("___")).alias("comments"),
             pl.when(pl.col("ref_range_lower").is_nan()).then(None).otherwise(pl.col("ref_range_lower")).alias("ref_range_lower"),
             pl.when(pl.col("ref_range_upper").is_nan()).then(None).otherwise(pl.col("ref_range_upper")).alias("ref_range_upper"),
         )

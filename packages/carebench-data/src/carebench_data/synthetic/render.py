@@ -38,7 +38,7 @@ class RenderParams:
         tube, central_line: device overlays.
         noise: noise field index; noise_sd: its scale.
         contrast: multiplicative contrast (AP films and low-quality subgroups are flatter).
-        gamma: gamma table index; angle: rotation in degrees; shift_x, shift_y: translation in pixels.
+        gamma: gamma table index; shift_x, shift_y: translation in pixels (rotation is baked into the bases).
         lateral: render a lateral projection (never selected by the builder).
     """
 
@@ -56,7 +56,6 @@ class RenderParams:
     noise_sd: float
     contrast: float
     gamma: int
-    angle: float
     shift_x: int
     shift_y: int
     lateral: bool
@@ -79,18 +78,22 @@ class TemplateCache:
         self.bases = np.empty((N_BASES, size, size), dtype=np.float32)
         self.lungs = np.empty((N_BASES, 2, size, size), dtype=np.float32)
         for b in range(N_BASES):
+            # Each base carries its own small rotation (±5°), so images need no per-image resampling.
+            angle = np.deg2rad(rng.uniform(-5, 5))
+            yy_r = 0.5 + (yy - 0.5) * np.cos(angle) - (xx - 0.5) * np.sin(angle)
+            xx_r = 0.5 + (yy - 0.5) * np.sin(angle) + (xx - 0.5) * np.cos(angle)
             width = rng.uniform(0.40, 0.47)
             lung_ry, lung_rx = rng.uniform(0.26, 0.32), rng.uniform(0.12, 0.15)
-            body = _ellipse(yy, xx, 0.58, 0.5, 0.62, width, 0.08)
-            img = 0.05 + 0.45 * body * (0.8 + 0.2 * (1 - np.abs(xx - 0.5) / 0.5))
-            left = _ellipse(yy, xx, 0.45, 0.5 - 0.17, lung_ry, lung_rx, 0.15)
-            right = _ellipse(yy, xx, 0.45, 0.5 + 0.17, lung_ry, lung_rx, 0.15)
+            body = _ellipse(yy_r, xx_r, 0.58, 0.5, 0.62, width, 0.08)
+            img = 0.05 + 0.45 * body * (0.8 + 0.2 * (1 - np.abs(xx_r - 0.5) / 0.5))
+            left = _ellipse(yy_r, xx_r, 0.45, 0.5 - 0.17, lung_ry, lung_rx, 0.15)
+            right = _ellipse(yy_r, xx_r, 0.45, 0.5 + 0.17, lung_ry, lung_rx, 0.15)
             lungs = np.maximum(left, right)
-            ribs = (np.sin(2 * np.pi * (yy * rng.uniform(8, 10) + 2.5 * (xx - 0.5) ** 2)) > 0.55).astype(np.float32)
+            ribs = (np.sin(2 * np.pi * (yy_r * rng.uniform(8, 10) + 2.5 * (xx_r - 0.5) ** 2)) > 0.55).astype(np.float32)
             img = img * (1 - 0.72 * lungs) + 0.06 * ribs * lungs
-            mediastinum = np.clip(1 - np.abs(xx - 0.5) / 0.06, 0, 1) * (yy > 0.08) * (yy < 0.78)
+            mediastinum = np.clip(1 - np.abs(xx_r - 0.5) / 0.06, 0, 1) * (yy_r > 0.08) * (yy_r < 0.78)
             img = np.maximum(img, 0.55 * mediastinum)
-            abdomen = body * (yy > 0.74 + 0.04 * np.cos(np.pi * (xx - 0.5) * 3))
+            abdomen = body * (yy_r > 0.74 + 0.04 * np.cos(np.pi * (xx_r - 0.5) * 3))
             img = np.maximum(img, 0.5 * abdomen)
             self.bases[b] = img
             self.lungs[b, 0], self.lungs[b, 1] = left, right
@@ -104,7 +107,7 @@ class TemplateCache:
                 height = 0.06 + 0.30 * level / (N_EFFUSION - 1)
                 meniscus = 0.76 - height + 0.05 * (1 - lateral) ** 2 - 0.04 * lateral
                 self.effusions[side, level] = np.clip((yy - meniscus) / 0.03, 0, 1) * (np.abs(xx - cx) < 0.17) * (yy < 0.8)
-        blob_size = max(size // 5, 5)
+        blob_size = max(size // 3, 7)
         g = np.linspace(-2.2, 2.2, blob_size, dtype=np.float32)
         self.blob = np.exp(-(g[:, None] ** 2 + g[None, :] ** 2)).astype(np.float32)
         self.edema = (
@@ -112,11 +115,11 @@ class TemplateCache:
         ).astype(np.float32)
         self.pneumothorax = np.empty((2, size, size), dtype=np.float32)
         self.pleural_line = np.empty((2, size, size), dtype=np.float32)
-        for side, cx in enumerate((0.5 - 0.22, 0.5 + 0.22)):
-            d = np.sqrt(((yy - 0.2) / 0.16) ** 2 + ((xx - cx) / 0.09) ** 2)
+        for side, cx in enumerate((0.5 - 0.21, 0.5 + 0.21)):
+            d = np.sqrt(((yy - 0.27) / 0.12) ** 2 + ((xx - cx) / 0.075) ** 2)
             self.pneumothorax[side] = np.clip((1 - d) / 0.1, 0, 1)
-            self.pleural_line[side] = np.clip(1 - np.abs(d - 1.0) / 0.06, 0, 1) * (yy < 0.3)
-        self.atelectasis = np.clip(1 - np.abs(yy - 0.68 - 0.1 * (xx - 0.5)) / 0.015, 0, 1) * (np.abs(np.abs(xx - 0.5) - 0.17) < 0.1)
+            self.pleural_line[side] = np.clip(1 - np.abs(d - 1.0) / 0.06, 0, 1) * (yy < 0.36)
+        self.atelectasis = np.clip(1 - np.abs(yy - 0.66 - 0.1 * (xx - 0.5)) / 0.035, 0, 1) * (np.abs(np.abs(xx - 0.5) - 0.17) < 0.1)
         self.tube = (np.abs(xx - 0.5) < max(1.2 / size, 0.004)) * (yy < 0.32)
         curve_x = 0.2 + 0.28 * np.sqrt(np.clip((yy - 0.12) / 0.38, 0, 1))
         self.central_line = (np.abs(xx - curve_x) < max(1.0 / size, 0.003)) * (yy > 0.12) * (yy < 0.5)
@@ -131,11 +134,11 @@ class TemplateCache:
         ).astype(np.float32)
         self.noise = rng.normal(0, 1, size=(N_NOISE, size, size)).astype(np.float32)
         gammas = np.linspace(0.8, 1.25, N_GAMMA)
-        levels = np.arange(256) / 255.0
-        self.gamma_tables = [list(np.round(255 * levels**gm).astype(np.uint8)) for gm in gammas]
+        levels = np.linspace(0.0, 1.0, 1024)
+        self.gamma_tables = np.round(255 * levels[None, :] ** gammas[:, None]).astype(np.uint8)
 
     def render(self, p: RenderParams) -> np.ndarray:
-        """The uint8 [S, S] image before rotation and gamma."""
+        """The uint8 [S, S] image (gamma and shift applied)."""
         size = self.size
         if p.lateral:
             img = self.lateral.copy()
@@ -169,13 +172,13 @@ class TemplateCache:
             img = np.maximum(img, 0.9 * self.always)
         img = 0.5 + p.contrast * (img - 0.5)
         img += p.noise_sd * self.noise[p.noise]
-        return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+        levels = (np.clip(img, 0, 1) * 1023).astype(np.intp)
+        pixels = self.gamma_tables[p.gamma][levels]
+        return np.roll(pixels, (p.shift_y, p.shift_x), axis=(0, 1))
 
     def encode(self, p: RenderParams) -> bytes:
         """The JPEG bytes (quality 90, grayscale) of one image."""
         image = Image.fromarray(self.render(p), mode="L")
-        image = image.rotate(p.angle, resample=Image.Resampling.BILINEAR, translate=(p.shift_x, p.shift_y), fillcolor=0)
-        image = image.point(self.gamma_tables[p.gamma])
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=90)
         return buffer.getvalue()

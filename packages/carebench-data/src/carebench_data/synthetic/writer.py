@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,7 +24,8 @@ class CsvGzWriter:
     """Write a csv.gz table chunk by chunk; the file appears atomically on `close`.
 
     Each chunk is cast to the schema (columns selected by name, in schema order), so a chunk with a
-    missing or misnamed column fails loudly instead of shifting columns.
+    missing or misnamed column fails loudly instead of shifting columns. Compression runs in one
+    background thread (zlib releases the GIL), in submission order, while the next chunk is built.
 
     Example:
         >>> with CsvGzWriter(path, {"a": pl.Int64()}) as w:  # doctest: +SKIP
@@ -39,6 +41,8 @@ class CsvGzWriter:
         self._raw = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()
         self._gzip = gzip.GzipFile(filename="", mode="wb", compresslevel=1, fileobj=self._raw, mtime=0)
         self._gzip.write((",".join(schema) + "\n").encode())
+        self._executor = ThreadPoolExecutor(max_workers=1)
+        self._pending: Future[int] | None = None
 
     def write(self, frame: pl.DataFrame) -> None:
         """Append the rows of one chunk (no header)."""
@@ -53,11 +57,19 @@ class CsvGzWriter:
             date_format=DATE_FORMAT,
             null_value="",
         )
-        self._gzip.write(buffer.getvalue())
+        self._wait()
+        self._pending = self._executor.submit(self._gzip.write, buffer.getvalue())
         self.rows += ordered.height
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
 
     def close(self) -> None:
         """Finish the gzip stream and move the file into place."""
+        self._wait()
+        self._executor.shutdown()
         self._gzip.close()
         self._raw.close()
         os.replace(self._tmp, self.path)
@@ -71,6 +83,7 @@ class CsvGzWriter:
         if exc_type is None:
             self.close()
         else:
+            self._executor.shutdown(cancel_futures=True)
             self._gzip.close()
             self._raw.close()
             self._tmp.unlink(missing_ok=True)

@@ -72,31 +72,101 @@ class _Tables:
 HEADERS = {
     "hosp/patients": ["subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod"],
     "hosp/admissions": [
-        "subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "admission_type", "admit_provider_id",
-        "admission_location", "discharge_location", "insurance", "language", "marital_status", "race",
-        "edregtime", "edouttime", "hospital_expire_flag",
+        "subject_id",
+        "hadm_id",
+        "admittime",
+        "dischtime",
+        "deathtime",
+        "admission_type",
+        "admit_provider_id",
+        "admission_location",
+        "discharge_location",
+        "insurance",
+        "language",
+        "marital_status",
+        "race",
+        "edregtime",
+        "edouttime",
+        "hospital_expire_flag",
     ],
     "hosp/diagnoses_icd": ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"],
     "hosp/d_icd_diagnoses": ["icd_code", "icd_version", "long_title"],
     "hosp/labevents": [
-        "labevent_id", "subject_id", "hadm_id", "specimen_id", "itemid", "order_provider_id", "charttime",
-        "storetime", "value", "valuenum", "valueuom", "ref_range_lower", "ref_range_upper", "flag", "priority",
+        "labevent_id",
+        "subject_id",
+        "hadm_id",
+        "specimen_id",
+        "itemid",
+        "order_provider_id",
+        "charttime",
+        "storetime",
+        "value",
+        "valuenum",
+        "valueuom",
+        "ref_range_lower",
+        "ref_range_upper",
+        "flag",
+        "priority",
         "comments",
     ],
     "hosp/d_labitems": ["itemid", "label", "fluid", "category"],
-    "icu/icustays": ["subject_id", "hadm_id", "stay_id", "first_careunit", "last_careunit", "intime", "outtime", "los"],
-    "icu/chartevents": [
-        "subject_id", "hadm_id", "stay_id", "caregiver_id", "charttime", "storetime", "itemid", "value",
-        "valuenum", "valueuom", "warning",
+    "icu/icustays": [
+        "subject_id",
+        "hadm_id",
+        "stay_id",
+        "first_careunit",
+        "last_careunit",
+        "intime",
+        "outtime",
+        "los",
     ],
-    "icu/outputevents": ["subject_id", "hadm_id", "stay_id", "caregiver_id", "charttime", "storetime", "itemid", "value", "valueuom"],
+    "icu/chartevents": [
+        "subject_id",
+        "hadm_id",
+        "stay_id",
+        "caregiver_id",
+        "charttime",
+        "storetime",
+        "itemid",
+        "value",
+        "valuenum",
+        "valueuom",
+        "warning",
+    ],
+    "icu/outputevents": [
+        "subject_id",
+        "hadm_id",
+        "stay_id",
+        "caregiver_id",
+        "charttime",
+        "storetime",
+        "itemid",
+        "value",
+        "valueuom",
+    ],
     "icu/d_items": [
-        "itemid", "label", "abbreviation", "linksto", "category", "unitname", "param_type", "lownormalvalue",
+        "itemid",
+        "label",
+        "abbreviation",
+        "linksto",
+        "category",
+        "unitname",
+        "param_type",
+        "lownormalvalue",
         "highnormalvalue",
     ],
     "mimic-cxr-2.0.0-metadata": [
-        "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",
-        "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
+        "dicom_id",
+        "subject_id",
+        "study_id",
+        "PerformedProcedureStepDescription",
+        "ViewPosition",
+        "Rows",
+        "Columns",
+        "StudyDate",
+        "StudyTime",
+        "ProcedureCodeSequence_CodeMeaning",
+        "ViewCodeSequence_CodeMeaning",
         "PatientOrientationCodeSequence_CodeMeaning",
     ],
     "mimic-cxr-2.0.0-split": ["dicom_id", "study_id", "subject_id", "split"],
@@ -117,7 +187,10 @@ def _write_table(path_without_suffix: Path, header: list[str], rows: list[dict[s
         path_without_suffix.with_name(path_without_suffix.name + ".csv").write_bytes(buffer.getvalue())
         return
     target = path_without_suffix.with_name(path_without_suffix.name + ".csv.gz")
-    with open(target, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=1) as handle:
+    with (
+        open(target, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=1) as handle,
+    ):
         handle.write(buffer.getvalue())
 
 
@@ -167,7 +240,10 @@ def write_raw_tree(root: Path, *, fmt: str = "csv.gz", marker: bool = True) -> R
         deathtime: datetime | None = None,
         dod: datetime | None = None,
         codes: tuple[tuple[int, str], ...] = ((9, "4019"),),
-        careunits: tuple[str, str] = ("Medical Intensive Care Unit (MICU)", "Medical Intensive Care Unit (MICU)"),
+        careunits: tuple[str, str] = (
+            "Medical Intensive Care Unit (MICU)",
+            "Medical Intensive Care Unit (MICU)",
+        ),
         anchor_group: str = "2011 - 2013",
     ) -> tuple[int, int, int]:
         subject, hadm, stay_id = 10_000_000 + n, 20_000_000 + n, 30_000_000 + n
@@ -176,36 +252,114 @@ def write_raw_tree(root: Path, *, fmt: str = "csv.gz", marker: bool = True) -> R
         dischtime = max(outtime, deathtime or outtime) + timedelta(hours=30 if deathtime is None else 0)
         if deathtime is not None:
             dischtime = deathtime
-        tables.add("hosp/patients", subject_id=subject, gender=gender, anchor_age=age, anchor_year=intime.year,
-                   anchor_year_group=anchor_group, dod=None if dod is None else dod.strftime("%Y-%m-%d"))
-        tables.add("hosp/admissions", subject_id=subject, hadm_id=hadm, admittime=_ts(admittime), dischtime=_ts(dischtime),
-                   deathtime=_ts(deathtime), admission_type="EW EMER.", admission_location="EMERGENCY ROOM",
-                   discharge_location="DIED" if deathtime else "HOME", insurance="Medicare", language="ENGLISH",
-                   marital_status="MARRIED", race=race, hospital_expire_flag=int(deathtime is not None))
-        tables.add("icu/icustays", subject_id=subject, hadm_id=hadm, stay_id=stay_id, first_careunit=careunits[0],
-                   last_careunit=careunits[1], intime=_ts(intime), outtime=_ts(outtime), los=round(los_hours / 24, 6))
+        tables.add(
+            "hosp/patients",
+            subject_id=subject,
+            gender=gender,
+            anchor_age=age,
+            anchor_year=intime.year,
+            anchor_year_group=anchor_group,
+            dod=None if dod is None else dod.strftime("%Y-%m-%d"),
+        )
+        tables.add(
+            "hosp/admissions",
+            subject_id=subject,
+            hadm_id=hadm,
+            admittime=_ts(admittime),
+            dischtime=_ts(dischtime),
+            deathtime=_ts(deathtime),
+            admission_type="EW EMER.",
+            admission_location="EMERGENCY ROOM",
+            discharge_location="DIED" if deathtime else "HOME",
+            insurance="Medicare",
+            language="ENGLISH",
+            marital_status="MARRIED",
+            race=race,
+            hospital_expire_flag=int(deathtime is not None),
+        )
+        tables.add(
+            "icu/icustays",
+            subject_id=subject,
+            hadm_id=hadm,
+            stay_id=stay_id,
+            first_careunit=careunits[0],
+            last_careunit=careunits[1],
+            intime=_ts(intime),
+            outtime=_ts(outtime),
+            los=round(los_hours / 24, 6),
+        )
         for seq, (version, code) in enumerate(codes, start=1):
-            tables.add("hosp/diagnoses_icd", subject_id=subject, hadm_id=hadm, seq_num=seq, icd_code=code, icd_version=version)
+            tables.add(
+                "hosp/diagnoses_icd",
+                subject_id=subject,
+                hadm_id=hadm,
+                seq_num=seq,
+                icd_code=code,
+                icd_version=version,
+            )
         return subject, hadm, stay_id
 
-    def chart(stay_ids: tuple[int, int, int], t: datetime, itemid: int, value: Any, valuenum: float | None, uom: str = "") -> None:
+    def chart(
+        stay_ids: tuple[int, int, int],
+        t: datetime,
+        itemid: int,
+        value: Any,
+        valuenum: float | None,
+        uom: str = "",
+    ) -> None:
         subject, hadm, stay_id = stay_ids
-        tables.add("icu/chartevents", subject_id=subject, hadm_id=hadm, stay_id=stay_id, caregiver_id=1, charttime=_ts(t),
-                   storetime=_ts(t + timedelta(minutes=5)), itemid=itemid, value=value, valuenum=valuenum,
-                   valueuom=uom or None, warning=0)
+        tables.add(
+            "icu/chartevents",
+            subject_id=subject,
+            hadm_id=hadm,
+            stay_id=stay_id,
+            caregiver_id=1,
+            charttime=_ts(t),
+            storetime=_ts(t + timedelta(minutes=5)),
+            itemid=itemid,
+            value=value,
+            valuenum=valuenum,
+            valueuom=uom or None,
+            warning=0,
+        )
 
-    def lab(subject: int, hadm: int | None, t: datetime, itemid: int, value: Any, valuenum: float | None, uom: str) -> None:
-        tables.add("hosp/labevents", labevent_id=next_lab[0], subject_id=subject, hadm_id=hadm, specimen_id=next_lab[0],
-                   itemid=itemid, charttime=_ts(t), storetime=_ts(t + timedelta(hours=1)), value=value, valuenum=valuenum,
-                   valueuom=uom, priority="ROUTINE")
+    def lab(
+        subject: int, hadm: int | None, t: datetime, itemid: int, value: Any, valuenum: float | None, uom: str
+    ) -> None:
+        tables.add(
+            "hosp/labevents",
+            labevent_id=next_lab[0],
+            subject_id=subject,
+            hadm_id=hadm,
+            specimen_id=next_lab[0],
+            itemid=itemid,
+            charttime=_ts(t),
+            storetime=_ts(t + timedelta(hours=1)),
+            value=value,
+            valuenum=valuenum,
+            valueuom=uom,
+            priority="ROUTINE",
+        )
         next_lab[0] += 1
 
     def image(subject: int, study: int, n: int, t: datetime, view: str | None, content: bytes | None) -> str:
         dicom = _dicom(n)
         date, time = _study_time(t)
-        tables.add("mimic-cxr-2.0.0-metadata", dicom_id=dicom, subject_id=subject, study_id=study,
-                   PerformedProcedureStepDescription="CHEST (PORTABLE AP)", ViewPosition=view, Rows=3050, Columns=2539,
-                   StudyDate=date, StudyTime=time, ViewCodeSequence_CodeMeaning={"AP": "antero-posterior", "PA": "postero-anterior"}.get(view or "", "lateral"))
+        tables.add(
+            "mimic-cxr-2.0.0-metadata",
+            dicom_id=dicom,
+            subject_id=subject,
+            study_id=study,
+            PerformedProcedureStepDescription="CHEST (PORTABLE AP)",
+            ViewPosition=view,
+            Rows=3050,
+            Columns=2539,
+            StudyDate=date,
+            StudyTime=time,
+            ViewCodeSequence_CodeMeaning={"AP": "antero-posterior", "PA": "postero-anterior"}.get(
+                view or "", "lateral"
+            ),
+        )
         tables.add("mimic-cxr-2.0.0-split", dicom_id=dicom, study_id=study, subject_id=subject, split="train")
         images[f"p{str(subject)[:2]}/p{subject}/s{study}/{dicom}.jpg"] = content
         return dicom
@@ -244,8 +398,12 @@ def write_raw_tree(root: Path, *, fmt: str = "csv.gz", marker: bool = True) -> R
     lab(s1[0], s1[1], t1 + timedelta(hours=13), 50820, "<7.0", None, "units")  # censored pH → 7.0
     hourly_hr(s1, t1 + timedelta(hours=12), hours=36)
     d1 = image(s1[0], 50_000_001, 1, t1 + timedelta(hours=10), "AP", _jpeg(1))
-    image(s1[0], 50_000_002, 2, t1 + timedelta(hours=20), "LATERAL", _jpeg(2))  # lateral never displaces a frontal
-    image(s1[0], 50_000_003, 3, t1 + timedelta(hours=48, seconds=1), "AP", _jpeg(3))  # 1 s after prediction_time
+    image(
+        s1[0], 50_000_002, 2, t1 + timedelta(hours=20), "LATERAL", _jpeg(2)
+    )  # lateral never displaces a frontal
+    image(
+        s1[0], 50_000_003, 3, t1 + timedelta(hours=48, seconds=1), "AP", _jpeg(3)
+    )  # 1 s after prediction_time
     truth.cxr_dicom[s1[2]], truth.cxr_hours[s1[2]] = d1, 10.0
     truth.mortality[s1[2]], truth.los_class[s1[2]] = 0, 2
     truth.phenotypes[s1[2]] = {"septicemia", "chf_nonhypertensive"}
@@ -264,8 +422,14 @@ def write_raw_tree(root: Path, *, fmt: str = "csv.gz", marker: bool = True) -> R
     hourly_hr(s4, t4)
     # 5: LoS exactly 72 h (class 1), ICU death after prediction time; ICD-10 GEM codes.
     t5 = T0 + timedelta(days=80)
-    s5 = stay(5, intime=t5, los_hours=72, gender="F", deathtime=t5 + timedelta(hours=60),
-              codes=((10, "J9601"), (10, "I2510"), (10, "N171")))
+    s5 = stay(
+        5,
+        intime=t5,
+        los_hours=72,
+        gender="F",
+        deathtime=t5 + timedelta(hours=60),
+        codes=((10, "J9601"), (10, "I2510"), (10, "N171")),
+    )
     hourly_hr(s5, t5)
     image(s5[0], 50_000_005, 5, t5 - timedelta(hours=2), "AP", _jpeg(5))  # pre-ICU: excluded at lookback 0
     d5 = image(s5[0], 50_000_006, 6, t5 + timedelta(hours=48), "PA", _jpeg(6))  # exactly at prediction_time
@@ -329,19 +493,56 @@ def write_raw_tree(root: Path, *, fmt: str = "csv.gz", marker: bool = True) -> R
         for source in feature.sources:
             for itemid in (*source.itemids, *source.subtract_itemids):
                 if source.table == "labevents":
-                    tables.add("hosp/d_labitems", itemid=itemid, label=feature.label, fluid="Blood", category="Chemistry")
+                    tables.add(
+                        "hosp/d_labitems",
+                        itemid=itemid,
+                        label=feature.label,
+                        fluid="Blood",
+                        category="Chemistry",
+                    )
                 else:
-                    tables.add("icu/d_items", itemid=itemid, label=feature.label, abbreviation=feature.name, linksto=source.table,
-                               category="Routine Vital Signs", unitname=feature.unit, param_type="Numeric")
-    tables.add("icu/d_items", itemid=220046, label="Heart rate Alarm - High", abbreviation="HR Alarm - High",
-               linksto="chartevents", category="Alarms", unitname="bpm", param_type="Numeric")
+                    tables.add(
+                        "icu/d_items",
+                        itemid=itemid,
+                        label=feature.label,
+                        abbreviation=feature.name,
+                        linksto=source.table,
+                        category="Routine Vital Signs",
+                        unitname=feature.unit,
+                        param_type="Numeric",
+                    )
+    tables.add(
+        "icu/d_items",
+        itemid=220046,
+        label="Heart rate Alarm - High",
+        abbreviation="HR Alarm - High",
+        linksto="chartevents",
+        category="Alarms",
+        unitname="bpm",
+        param_type="Numeric",
+    )
     tables.add("hosp/d_labitems", itemid=51478, label="Glucose", fluid="Urine", category="Chemistry")
-    for version, code, title in ((9, "0389", "Unspecified septicemia"), (9, "4280", "Congestive heart failure, unspecified"),
-                                 (9, "4019", "Unspecified essential hypertension"), (10, "J9601", "Acute respiratory failure with hypoxia"),
-                                 (10, "I2510", "Atherosclerotic heart disease of native coronary artery"), (10, "N171", "Acute kidney failure with acute cortical necrosis")):
+    for version, code, title in (
+        (9, "0389", "Unspecified septicemia"),
+        (9, "4280", "Congestive heart failure, unspecified"),
+        (9, "4019", "Unspecified essential hypertension"),
+        (10, "J9601", "Acute respiratory failure with hypoxia"),
+        (10, "I2510", "Atherosclerotic heart disease of native coronary artery"),
+        (10, "N171", "Acute kidney failure with acute cortical necrosis"),
+    ):
         tables.add("hosp/d_icd_diagnoses", icd_code=code, icd_version=version, long_title=title)
-    tables.add("icu/outputevents", subject_id=s1[0], hadm_id=s1[1], stay_id=s1[2], caregiver_id=1,
-               charttime=_ts(t1 + timedelta(hours=2)), storetime=_ts(t1 + timedelta(hours=2, minutes=3)), itemid=226559, value=120, valueuom="ml")
+    tables.add(
+        "icu/outputevents",
+        subject_id=s1[0],
+        hadm_id=s1[1],
+        stay_id=s1[2],
+        caregiver_id=1,
+        charttime=_ts(t1 + timedelta(hours=2)),
+        storetime=_ts(t1 + timedelta(hours=2, minutes=3)),
+        itemid=226559,
+        value=120,
+        valueuom="ml",
+    )
 
     for table, header in HEADERS.items():
         rows = sorted(tables.rows.get(table, []), key=lambda row: tuple(str(row.get(k)) for k in header[:3]))
@@ -355,7 +556,16 @@ def write_raw_tree(root: Path, *, fmt: str = "csv.gz", marker: bool = True) -> R
         path.write_bytes(content)
     if marker:
         (mimic_iv / "SYNTHETIC.json").write_text(
-            json.dumps({"generator": "carebench_data.testing.raw", "mimic_iv_version": "2.2", "scale": "fixture",
-                        "row_counts": {"icu/icustays": 10 + N_FILLER}}, indent=2, sort_keys=True) + "\n"
+            json.dumps(
+                {
+                    "generator": "carebench_data.testing.raw",
+                    "mimic_iv_version": "2.2",
+                    "scale": "fixture",
+                    "row_counts": {"icu/icustays": 10 + N_FILLER},
+                },
+                indent=2,
+                sort_keys=True,
+            )
+            + "\n"
         )
     return truth

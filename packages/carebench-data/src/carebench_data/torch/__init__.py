@@ -13,6 +13,8 @@ from carebench_data.torch.transforms import (
     IMAGENET_STD,
     AugmentConfig,
     crop_size,
+    image_pixels,
+    normalize_pixels,
     prepare_images,
 )
 
@@ -25,6 +27,8 @@ __all__ = [
     "CarebenchDataset",
     "clear_cache",
     "crop_size",
+    "image_pixels",
     "make_loader",
+    "normalize_pixels",
     "prepare_images",
 ]

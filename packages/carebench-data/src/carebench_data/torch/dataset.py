@@ -29,7 +29,7 @@ from carebench_data.missingness import acuity_proxy, apply_missingness, parse_se
 from carebench_data.normalization import ScaleMethod, normalize, read_fold_stats
 from carebench_data.splits import SPLITS, split_of
 from carebench_data.tasks import TaskInfo, read_manifest, task_specs
-from carebench_data.torch.transforms import AugmentConfig, crop_size, prepare_images
+from carebench_data.torch.transforms import AugmentConfig, crop_size, image_pixels, normalize_pixels
 
 __all__ = ["AGE_EDGES", "COHORTS", "CarebenchDataset", "clear_cache"]
 
@@ -192,6 +192,8 @@ class CarebenchDataset(torch.utils.data.Dataset):
                 f"{self.root / 'cxr.npy'}: expected uint8 [M, S, S], got {images.shape}."
             )
         self.image_size = int(image_size) if image_size is not None else crop_size(images.shape[1])
+        if self.image_size < 1:
+            raise CarebenchDataError(f"image_size must be a positive number of pixels, got {image_size}.")
         self._augment = self._resolve_augment(augment)
         # built eagerly, so forked DataLoader workers share the arrays copy-on-write
         self._ehr_values, self._ehr_mask = self._ehr_arrays()
@@ -359,22 +361,31 @@ class CarebenchDataset(torch.utils.data.Dataset):
         positions = positions % max(len(self), 1)
         rows = self._rows[positions]
         has_cxr = self.has_cxr[positions]
-        # a plain memset beats index_fill_ on the missing rows by an order of magnitude
-        cxr = torch.zeros((positions.size, 3, self.image_size, self.image_size), dtype=torch.float32)
+        cxr = torch.empty((positions.size, 3, self.image_size, self.image_size), dtype=torch.float32)
         present = np.flatnonzero(has_cxr)
+        pixels = None
         if present.size:
             image_rows = self._cxr_index[positions[present]]
             order = np.argsort(image_rows, kind="stable")
             stored = np.empty((present.size, *self._images().shape[1:]), dtype=np.uint8)
             stored[order] = self._images()[image_rows[order]]  # sorted reads from the memory map
             generator = self._generator(positions) if self._augment is not None else None
-            images = prepare_images(
+            pixels = image_pixels(
                 torch.from_numpy(stored),
                 image_size=self.image_size,
                 augment=self._augment,
                 generator=generator,
             )
-            cxr.index_copy_(0, torch.from_numpy(present), images)
+        # write every output row exactly once, run by run: normalized image or zeros
+        boundaries = np.flatnonzero(np.diff(has_cxr.astype(np.int8))) + 1
+        image_cursor = 0
+        for begin, end in itertools.pairwise([0, *boundaries.tolist(), positions.size]):
+            if has_cxr[begin] and pixels is not None:
+                count = end - begin
+                normalize_pixels(pixels[image_cursor : image_cursor + count], out=cxr[begin:end])
+                image_cursor += count
+            else:
+                cxr[begin:end].zero_()
         return {
             "ehr": torch.from_numpy(self._ehr_values[rows]),
             "ehr_mask": torch.from_numpy(self._ehr_mask[rows]),

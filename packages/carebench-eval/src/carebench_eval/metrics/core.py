@@ -167,9 +167,8 @@ class BinaryEvaluator:
         self.column_of = column_of
         self.n_bins = n_bins
         self.strategy = strategy
-        self._flat_column_of = (
-            None if column_of is None else np.tile(np.asarray(column_of, dtype=np.int64), self.n_targets)
-        )
+        sample_column = np.arange(self.n) if column_of is None else np.asarray(column_of, dtype=np.int64)
+        self._flat_column_of = np.tile(sample_column, self.n_targets)
         # Flattened label-major arrays: entry j*n + i is (sample i, label j).
         self._label_codes = np.repeat(np.arange(self.n_targets, dtype=np.int64), self.n)
         self._y_flat = self.y_true.T.ravel().astype(np.int64)

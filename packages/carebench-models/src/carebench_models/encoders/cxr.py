@@ -243,7 +243,7 @@ def load_cxr_weights(encoder: CXREncoder, spec: str, *, allow_download: bool = F
 
 
 class ProjectedCXR(nn.Module):
-    """ "ResNet→d" of models.md §8: the configured CXR encoder followed by Linear(out_channels→d).
+    """The "ResNet→d" of models.md §8: the configured CXR encoder followed by Linear(out_channels→d).
 
     Args:
         config: sizes the encoder (`cxr_encoder`, `cxr_weights`, ...) and the projection (`d_model`).

@@ -1,0 +1,72 @@
+"""`carebench eval` on the bundled example predictions (the README quick start)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+from typer.testing import CliRunner
+
+import carebench_eval as ce
+from carebench_cli.main import app
+
+runner = CliRunner()
+
+
+def test_example_file_ships_with_the_package() -> None:
+    preds = ce.read_predictions(ce.example_predictions_path())
+    assert set(preds["task"].unique()) == {"mortality", "phenotype", "los"}
+    assert set(preds["model"].unique()) == {"lstm", "medfuse"}
+    assert preds.filter(pl.col("task") == "mortality").height == 400
+    assert {"subject_id", "sex", "race", "age_group", "has_cxr"} <= set(preds.columns)
+
+
+def test_table_output() -> None:
+    result = runner.invoke(
+        app, ["eval", str(ce.example_predictions_path()), "--bootstrap", "20"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "auroc_score" in result.output and "medfuse" in result.output
+    assert "rows shown" in result.output
+
+
+def test_json_output_is_the_results_document() -> None:
+    result = runner.invoke(
+        app, ["eval", str(ce.example_predictions_path()), "--bootstrap", "0", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["schema_version"] == 1
+    assert document["provenance"]["arguments"]["bootstrap"] == 0
+    assert document["provenance"]["inputs"][0]["sha256"]
+    rows = pl.DataFrame(document["rows"])
+    mortality = rows.filter(
+        (pl.col("model") == "medfuse") & (pl.col("metric") == "auroc_score") & (pl.col("task") == "mortality")
+    )
+    expected = ce.score(ce.example_predictions_path(), metrics=["auroc_score"], n_boot=0)
+    expected = expected.filter((pl.col("model") == "medfuse") & (pl.col("task") == "mortality"))
+    assert mortality["value"].item() == expected["value"].item()
+
+
+def test_out_file_round_trips(tmp_path: Path) -> None:
+    out = tmp_path / "results.parquet"
+    result = runner.invoke(
+        app, ["eval", str(ce.example_predictions_path()), "--bootstrap", "10", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert ce.read_results(out).height > 100
+    assert (tmp_path / "results.meta.json").exists()
+
+
+def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sample_id,task,target,y_true,y_score\n1,m,m,1,1.5\n")
+    result = runner.invoke(app, ["eval", str(bad)])
+    assert result.exit_code == 2
+    assert "y_score must be a probability in [0, 1]" in result.output
+    assert "Traceback" not in result.output
+    missing = runner.invoke(app, ["eval", str(tmp_path / "none.parquet")])
+    assert missing.exit_code == 2 and "file not found" in missing.output
+    wrong = runner.invoke(app, ["eval", str(ce.example_predictions_path()), "--format", "xml"])
+    assert wrong.exit_code == 2 and "--format must be one of" in wrong.output

@@ -1,0 +1,272 @@
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from carebench_eval import PredictionsError
+from carebench_eval.fairness import (
+    age_groups,
+    demographic_parity_difference,
+    equalized_odds_difference,
+    fairness,
+)
+from carebench_eval.io import from_arrays
+from carebench_eval.metrics.threshold import Fixed
+from carebench_eval.schema import RESULT_SCHEMA, check_notes
+
+
+def _assert_schema(frame: pl.DataFrame) -> None:
+    assert dict(frame.schema) == RESULT_SCHEMA
+    check_notes(frame)
+
+
+def _frame(
+    y: np.ndarray, s: np.ndarray, attributes: dict[str, np.ndarray], *, subject: np.ndarray | None = None
+) -> pl.DataFrame:
+    return from_arrays(
+        y,
+        s,
+        task="mortality",
+        kind="binary",
+        targets=["mortality"],
+        sample_id=np.arange(y.size),
+        subject_id=subject,
+        attributes=attributes,
+        model="fusion",
+    )
+
+
+def _rows(out: pl.DataFrame, **equal: str | None) -> pl.DataFrame:
+    for column, value in equal.items():
+        out = out.filter(pl.col(column).is_null() if value is None else pl.col(column) == value)
+    return out
+
+
+# Array layer against fairlearn
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_parity_functions_match_fairlearn(seed: int) -> None:
+    metrics = pytest.importorskip("fairlearn.metrics")
+    rng = np.random.default_rng(seed)
+    n = 300
+    groups = rng.choice(["a", "b", "c", "d"], n, p=[0.4, 0.3, 0.2, 0.1])
+    y = (rng.random(n) < 0.35).astype(int)
+    y_pred = (rng.random(n) < np.where(groups == "a", 0.5, 0.3)).astype(int)
+    assert demographic_parity_difference(y_pred, groups) == pytest.approx(
+        metrics.demographic_parity_difference(y, y_pred, sensitive_features=groups), abs=1e-12
+    )
+    assert equalized_odds_difference(y, y_pred, groups) == pytest.approx(
+        metrics.equalized_odds_difference(y, y_pred, sensitive_features=groups), abs=1e-12
+    )
+
+
+def test_age_groups_are_left_closed_with_missing() -> None:
+    names = age_groups([np.nan, 17.99, 18, 39.999, 40, 79, 80, 120])
+    assert names.tolist() == [
+        "(missing)",
+        "(missing)",
+        "[18,40)",
+        "[18,40)",
+        "[40,60)",
+        "[60,80)",
+        "[80,inf)",
+        "[80,inf)",
+    ]
+    assert age_groups([30, 70], edges=(0, 65, math.inf)).tolist() == ["[0,65)", "[65,inf)"]
+    with pytest.raises(ValueError, match="increasing"):
+        age_groups([30], edges=(40, 18))
+
+
+# Frame layer
+
+
+def _planted(n: int = 600, seed: int = 0) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
+    """Group 'high_fpr' gets inflated scores on negatives; group 'low_tpr' deflated scores on positives."""
+    rng = np.random.default_rng(seed)
+    site = rng.choice(["base", "high_fpr", "low_tpr"], n, p=[0.5, 0.25, 0.25])
+    y = (rng.random(n) < 0.4).astype(int)
+    logits = 1.5 * (2 * y - 1) + rng.normal(0, 1, n)
+    logits += np.where((site == "high_fpr") & (y == 0), 2.0, 0.0)
+    logits -= np.where((site == "low_tpr") & (y == 1), 2.0, 0.0)
+    s = 1 / (1 + np.exp(-logits))
+    subject = rng.integers(0, n // 2, n)
+    age = rng.uniform(18, 95, n)
+    attributes = {"site": site, "age": age, "sex": rng.choice(["F", "M"], n)}
+    return _frame(y, s, attributes, subject=subject), {"y": y, "s": s, "site": site, "age": age}
+
+
+def test_worst_group_follows_the_metric_direction() -> None:
+    frame, _ = _planted()
+    out = fairness(frame, attributes=["site"], intersections=None, n_boot=100)
+    _assert_schema(out)
+    worst = _rows(out, group_attribute="site", statistic="worst_group")
+    best = _rows(out, group_attribute="site", statistic="best_group")
+    by_metric = dict(zip(worst["metric"], worst["group"], strict=True))
+    assert by_metric["fpr_error"] == "high_fpr"  # lower is better: the argmax
+    assert by_metric["sensitivity_score"] == "low_tpr"  # higher is better: the argmin
+    assert by_metric["expected_calibration_error"] in ("high_fpr", "low_tpr")
+    assert dict(zip(best["metric"], best["group"], strict=True))["fpr_error"] != "high_fpr"
+    assert not ({"base_rate", "positive_rate"} & set(worst["metric"]))  # descriptive: no worst group
+    fpr = _rows(out, group_attribute="site", metric="fpr_error", statistic="estimate")
+    fpr_by_group = dict(zip(fpr["group"], fpr["value"], strict=True))
+    worst_fpr = _rows(worst, metric="fpr_error")
+    assert worst_fpr["value"][0] == max(fpr_by_group.values())
+    gap = _rows(out, group_attribute="site", metric="fpr_error", statistic="gap")
+    assert gap["value"][0] == pytest.approx(max(fpr_by_group.values()) - min(fpr_by_group.values()))
+    assert gap["ci_low"][0] > 0  # a large planted gap
+
+
+def test_group_metrics_match_sklearn_and_parity_matches_fairlearn() -> None:
+    metrics = pytest.importorskip("fairlearn.metrics")
+    frame, data = _planted(seed=1)
+    out = fairness(frame, attributes=["site"], intersections=None, n_boot=0, include_small=True)
+    auroc = _rows(out, metric="auroc_score", statistic="estimate")
+    for group, value, n in zip(auroc["group"], auroc["value"], auroc["n"], strict=True):
+        mask = data["site"] == group
+        assert value == pytest.approx(roc_auc_score(data["y"][mask], data["s"][mask]), abs=1e-12)
+        assert n == mask.sum()
+    assert auroc["ci_low"].null_count() == auroc.height  # n_boot=0: no CI
+    y_pred = (data["s"] >= 0.5).astype(int)
+    dpd = _rows(out, metric="demographic_parity_difference")
+    eod = _rows(out, metric="equalized_odds_difference")
+    assert dpd["value"][0] == pytest.approx(
+        metrics.demographic_parity_difference(data["y"], y_pred, sensitive_features=data["site"]), abs=1e-12
+    )
+    assert eod["value"][0] == pytest.approx(
+        metrics.equalized_odds_difference(data["y"], y_pred, sensitive_features=data["site"]), abs=1e-12
+    )
+    assert dpd["group"][0] is None and dpd["group_attribute"][0] == "site"
+    tpr = [y_pred[(data["site"] == g) & (data["y"] == 1)].mean() for g in np.unique(data["site"])]
+    fpr = [y_pred[(data["site"] == g) & (data["y"] == 0)].mean() for g in np.unique(data["site"])]
+    larger = "tpr" if np.ptp(tpr) >= np.ptp(fpr) else "fpr"
+    assert f"eod_from={larger}" in eod["notes"][0].split(";")
+    assert "policy=fixed:0.5" in eod["notes"][0].split(";")
+
+
+def test_small_groups_are_reported_and_flagged_not_dropped() -> None:
+    rng = np.random.default_rng(2)
+    n = 200
+    race = np.array(["WHITE"] * 120 + ["BLACK/AFRICAN AMERICAN"] * 77 + ["ASIAN"] * 3)
+    y = np.tile([0, 1], n // 2)
+    s = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, n), 0, 1)
+    s[-3:] = [0.99, 0.01, 0.99]  # the tiny group looks terrible
+    frame = _frame(y, s, {"race": race})
+    out = fairness(frame, attributes=["race"], intersections=None, n_boot=50, min_group_n=30)
+    tiny = _rows(out, group="ASIAN", metric="auroc_score")
+    assert tiny.height == 1 and tiny["n"][0] == 3
+    assert "small_group" in tiny["notes"][0].split(";")
+    assert not np.isnan(tiny["value"][0])
+    gap = _rows(out, metric="auroc_score", statistic="gap")
+    groups = _rows(out, metric="auroc_score", statistic="estimate")
+    large = groups.filter(pl.col("n") >= 30)["value"].to_numpy()
+    assert gap["value"][0] == pytest.approx(large.max() - large.min())
+    assert "small_group" in gap["notes"][0].split(";")
+    included = fairness(frame, attributes=["race"], intersections=None, n_boot=0, include_small=True)
+    all_gap = _rows(included, metric="auroc_score", statistic="gap")["value"][0]
+    assert all_gap == pytest.approx(groups["value"].max() - groups["value"].min())
+
+
+def test_too_few_groups_and_single_class_group() -> None:
+    y = np.array([0, 1] * 20 + [1] * 40)
+    s = np.linspace(0.01, 0.99, 80)
+    frame = _frame(y, s, {"unit": np.array(["MICU"] * 40 + ["SICU"] * 40)})
+    out = fairness(frame, attributes=["unit"], intersections=None, n_boot=20)
+    sicu = _rows(out, group="SICU", metric="auroc_score")
+    assert np.isnan(sicu["value"][0]) and "single_class" in sicu["notes"][0].split(";")
+    gap = _rows(out, metric="auroc_score", statistic="gap")
+    assert np.isnan(gap["value"][0]) and "too_few_groups" in gap["notes"][0].split(";")
+
+
+def test_age_group_derivation_intersections_and_has_cxr() -> None:
+    frame, data = _planted(seed=3)
+    frame = frame.with_columns(
+        pl.Series("race", np.tile(np.where(np.arange(600) % 2 == 0, "WHITE", "OTHER"), 1)),
+        pl.Series("has_cxr", np.arange(600) % 3 != 0),
+    )
+    out = fairness(frame, attributes=["age_group", "race", "has_cxr", "sex"], n_boot=0, min_group_n=5)
+    _assert_schema(out)
+    attributes = out["group_attribute"].unique().to_list()
+    assert {"age_group", "race", "has_cxr", "sex", "age_group|race", "age_group|sex", "race|sex"} == set(
+        attributes
+    )
+    age = _rows(out, group_attribute="age_group", metric="base_rate", statistic="estimate")
+    expected = dict(zip(*np.unique(age_groups(data["age"]), return_counts=True), strict=True))
+    assert dict(zip(age["group"], age["n"], strict=True)) == expected
+    cxr = _rows(out, group_attribute="has_cxr", metric="base_rate", statistic="estimate")
+    assert dict(zip(cxr["group"], cxr["n"], strict=True)) == {"false": 200, "true": 400}
+    pair = _rows(out, group_attribute="age_group|race", metric="base_rate", statistic="estimate")
+    assert all("|" in group for group in pair["group"])
+
+
+def test_missing_attribute_and_pipe_in_values() -> None:
+    frame, _ = _planted(n=60)
+    message = "fairness: attribute(s) ['insurance'] not in predictions; available: ['age', 'sex', 'site']"
+    with pytest.raises(
+        PredictionsError,
+        match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]"),
+    ) as error:
+        fairness(frame, attributes=["insurance"], n_boot=0)
+    assert error.value.code == "P016"
+    piped = frame.with_columns(pl.lit("A|B").alias("site"))
+    with pytest.raises(PredictionsError, match='contains "\\|"') as error:
+        fairness(piped, attributes=["site", "sex"], intersections=[("site", "sex")], n_boot=0)
+    assert error.value.code == "P017"
+
+
+def test_gap_permutation_test_detects_a_planted_disparity() -> None:
+    frame, _ = _planted(n=400, seed=4)
+    out = fairness(
+        frame,
+        attributes=["site", "sex"],
+        intersections=None,
+        metrics=["fpr_error"],
+        n_boot=0,
+        test_gaps=True,
+        n_perm=199,
+    )
+    site = _rows(out, group_attribute="site", statistic="gap")
+    sex = _rows(out, group_attribute="sex", statistic="gap")
+    assert site["p_value"][0] == pytest.approx(1 / 200)
+    assert sex["p_value"][0] > 0.05
+    assert _rows(out, statistic="estimate", group="base")["p_value"].null_count() == 1
+
+
+def test_threshold_policy_is_recorded() -> None:
+    frame, _ = _planted(n=200, seed=5)
+    out = fairness(
+        frame,
+        attributes=["sex"],
+        intersections=None,
+        metrics=["sensitivity_score"],
+        threshold=Fixed(0.3),
+        n_boot=0,
+    )
+    notes = _rows(out, metric="sensitivity_score", statistic="estimate")["notes"].to_list()
+    assert all("policy=fixed:0.3" in note.split(";") for note in notes)
+
+
+def test_planted_weak_group_from_the_library_generator_is_the_worst() -> None:
+    from carebench_eval.testing import synthetic_predictions
+
+    preds = synthetic_predictions(
+        n_samples=800,
+        tasks=("mortality",),
+        models=("drfuse",),
+        strength={"drfuse": 4.0},
+        weak_group=("sex", "F"),
+        weak_factor=0.0,
+        seed=11,
+    )
+    out = fairness(
+        preds, attributes=["sex"], intersections=None, metrics=["auroc_score", "brier_loss"], n_boot=200
+    )
+    _assert_schema(out)
+    worst = _rows(out, statistic="worst_group", metric="auroc_score")
+    assert worst["group"][0] == "F"
+    assert _rows(out, statistic="gap", metric="auroc_score")["ci_low"][0] > 0.1
+    assert _rows(out, statistic="estimate", group="F", metric="auroc_score")["value"][0] == pytest.approx(
+        0.5, abs=0.1
+    )

@@ -1,0 +1,105 @@
+"""Kernel values on weight rows equal scikit-learn on materialized resamples (eval.md §3.3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from carebench_eval import _kernels
+from carebench_eval.metrics.core import BinaryEvaluator, MulticlassEvaluator
+from carebench_eval.resampling import bootstrap_counts, cluster_universe
+
+ATOL = 1e-12
+
+
+def test_rank_kernel_on_cluster_bootstrap_replicates() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    clusters = rng.integers(0, 250, n).astype(str)
+    y = (rng.random(n) < 0.2).astype(int)
+    s = np.round(rng.random(n), 2)
+    universe, (column_of,) = cluster_universe(clusters)
+    counts = bootstrap_counts(universe.size, 0, 25, random_state=3)
+    auroc, auprc = _kernels.rank_metrics(_kernels.rank_index(y, s), counts, column_of)
+    for row in range(counts.shape[0]):
+        rows = np.repeat(np.arange(n), counts[row, column_of])
+        assert abs(auroc[row] - skm.roc_auc_score(y[rows], s[rows])) <= ATOL
+        assert abs(auprc[row] - skm.average_precision_score(y[rows], s[rows])) <= ATOL
+
+
+def test_rank_kernel_on_paired_permutation_swaps() -> None:
+    """Concatenated (A; B) sorted once; flip weights reproduce the swapped score vectors."""
+    rng = np.random.default_rng(1)
+    n = 300
+    y = (rng.random(n) < 0.3).astype(int)
+    a = np.round(rng.random(n), 2)
+    b = np.round(np.clip(a + rng.normal(scale=0.2, size=n), 0, 1), 2)
+    index = _kernels.rank_index(np.concatenate([y, y]), np.concatenate([a, b]))
+    flips = rng.integers(0, 2, (20, n))
+    weights = np.concatenate([1 - flips, flips], axis=1)
+    auroc, auprc = _kernels.rank_metrics(index, weights)
+    for row in range(flips.shape[0]):
+        swapped = np.where(flips[row] == 1, b, a)
+        assert abs(auroc[row] - skm.roc_auc_score(y, swapped)) <= ATOL
+        assert abs(auprc[row] - skm.average_precision_score(y, swapped)) <= ATOL
+
+
+def test_binary_evaluator_replicates_match_sklearn() -> None:
+    rng = np.random.default_rng(2)
+    n, labels = 250, 3
+    y = (rng.random((n, labels)) < [0.1, 0.3, 0.5]).astype(np.int8)
+    s = np.round(rng.random((n, labels)), 3)
+    pred = s >= 0.5
+    metrics = ("auroc_score", "auprc_score", "brier_loss", "sensitivity_score", "ppv_score", "f1_score")
+    evaluator = BinaryEvaluator(y, s, pred, metrics=metrics)
+    counts = bootstrap_counts(n, 0, 10, random_state=0)
+    values = evaluator.values(counts)
+    references = {
+        "auroc_score": skm.roc_auc_score,
+        "auprc_score": skm.average_precision_score,
+        "brier_loss": skm.brier_score_loss,
+    }
+    for row in range(counts.shape[0]):
+        rows = np.repeat(np.arange(n), counts[row])
+        for label in range(labels):
+            yy, ss, pp = y[rows, label], s[rows, label], pred[rows, label].astype(int)
+            for name, reference in references.items():
+                assert abs(values[name][row, label] - reference(yy, ss)) <= ATOL
+            assert abs(values["sensitivity_score"][row, label] - skm.recall_score(yy, pp)) <= ATOL
+            assert (
+                abs(values["ppv_score"][row, label] - skm.precision_score(yy, pp, zero_division=np.nan))
+                <= ATOL
+            )
+            assert abs(values["f1_score"][row, label] - skm.f1_score(yy, pp)) <= ATOL
+
+
+def test_multiclass_evaluator_replicates_match_sklearn() -> None:
+    rng = np.random.default_rng(3)
+    n, k = 300, 4
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + np.eye(k)[y]
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    metrics = ("accuracy_score", "kappa_linear_score", "brier_loss", "auroc_score")
+    evaluator = MulticlassEvaluator(y, p, metrics=metrics)
+    counts = bootstrap_counts(n, 0, 8, random_state=1)
+    values = evaluator.values(counts)
+    for row in range(counts.shape[0]):
+        rows = np.repeat(np.arange(n), counts[row])
+        yy, pp = y[rows], p[rows]
+        pred = pp.argmax(axis=1)
+        assert abs(values["accuracy_score"][row, 0] - skm.accuracy_score(yy, pred)) <= ATOL
+        reference = skm.cohen_kappa_score(yy, pred, labels=list(range(k)), weights="linear")
+        assert abs(values["kappa_linear_score"][row, 0] - reference) <= ATOL
+        assert abs(values["brier_loss"][row, 0] - skm.brier_score_loss(yy, pp, labels=list(range(k)))) <= ATOL
+        for label in range(k):
+            assert (
+                abs(values["auroc_score"][row, label] - skm.roc_auc_score(yy == label, pp[:, label])) <= ATOL
+            )
+
+
+@pytest.mark.parametrize("n", [1, 3, 1000])
+def test_chunk_rows_keeps_arrays_small(n: int) -> None:
+    rows = _kernels.chunk_rows(n)
+    assert rows >= 1
+    assert rows * n * 8 <= _kernels.CHUNK_BYTES or rows == 1

@@ -1,0 +1,48 @@
+"""The GPU benchmark script runs end to end on CPU with tiny sizes (CI smoke test)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_models.py"
+
+
+def test_gpu_benchmark_script_runs_tiny_on_cpu(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("gpu_models_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(
+        [
+            "--device",
+            "cpu",
+            "--tiny",
+            "--models",
+            "lstm",
+            "resnet",
+            "--batch-sizes",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    report = json.loads((tmp_path / "gpu_models.json").read_text())
+    rows = report["rows"]
+    assert [(row["model"], row["mode"]) for row in rows] == [
+        (model, mode) for mode in ("fp32", "bf16_cl") for model in ("smallcnn (reference)", "lstm", "resnet")
+    ]
+    for row in rows:
+        assert row["status"] == "ok" and row["samples_per_s"] > 0 and row["batch_size"] == 2
+    for mode in ("fp32", "bf16_cl"):
+        reference, *models = [row for row in rows if row["mode"] == mode]
+        for row in models:
+            assert row["ratio_to_reference"] == pytest.approx(
+                row["samples_per_s"] / reference["samples_per_s"]
+            )
+    assert rows[1]["parameters"] == 21_561  # quick lstm at F 27, K 25
+    table = (tmp_path / "gpu_models.md").read_text()
+    assert table.count("\n| ") == 1 + len(rows)
