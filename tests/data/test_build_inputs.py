@@ -12,6 +12,7 @@ import pytest
 
 from carebench_data.build import build_dataset
 from carebench_data.config import BuildConfig, ConfigError, CxrConfig
+from carebench_data.convert import convert_raw
 from carebench_data.cxr import CxrError
 from carebench_data.errors import CarebenchDataError
 from carebench_data.events import BadRowsError
@@ -66,6 +67,20 @@ def test_formats_give_identical_datasets(tmp_path: Path, fmt: str) -> None:
     assert first["files"] == second["files"]
     assert first["content_hash"] == second["content_hash"]
     assert {i["format"] for i in second["source"]["inputs"]} == {fmt}
+
+
+def test_converted_parquet_tree_builds_the_same_dataset(tmp_path: Path) -> None:
+    tree = write_raw_tree(tmp_path / "raw")
+    rows = convert_raw(tree.mimic_iv, tmp_path / "pq", mimic_cxr=tree.mimic_cxr, cxr_out=tmp_path / "cxr")
+    assert rows["icu/icustays"] == 50 and rows["mimic-cxr-2.0.0-metadata"] == 8
+    assert pl.read_parquet_schema(tmp_path / "pq" / "icu" / "chartevents.parquet")[
+        "charttime"
+    ] == pl.Datetime("us")
+    converted = RawTreeTruth(**{**tree.__dict__, "mimic_iv": tmp_path / "pq", "mimic_cxr": tmp_path / "cxr"})
+    first = json.loads((build_dataset(_config(tree, tmp_path / "a")) / "manifest.json").read_text())
+    second = json.loads((build_dataset(_config(converted, tmp_path / "b")) / "manifest.json").read_text())
+    assert first["content_hash"] == second["content_hash"]
+    assert second["source"]["fingerprint"]["detected"] == "2.2"
 
 
 def test_quoted_line_breaks_across_block_boundaries(tmp_path: Path) -> None:

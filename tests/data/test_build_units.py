@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import io
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -11,7 +12,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from carebench_data import events, labels
+from carebench_data import cxr, events, labels, raw, registry
 from carebench_data.cxr import (
     CxrError,
     check_leakage,
@@ -419,3 +420,9 @@ def test_bundled_tables_regenerate_from_the_reference_files() -> None:
     assert compat.equals(
         pl.read_csv(io.BytesIO(labels._resource_bytes(labels.COMPAT_FILE)), schema=compat.schema)
     )
+
+
+@pytest.mark.parametrize("module", [events, labels, cxr, raw, registry], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module: object) -> None:
+    result = doctest.testmod(module)  # type: ignore[arg-type]
+    assert result.attempted > 0 and result.failed == 0

@@ -315,7 +315,17 @@ def test_compare_grid_vs_best_unimodal_with_holm() -> None:
 
 def test_compare_grid_all_pairs_and_named_reference() -> None:
     frame = _binary(80, {"a": 1.0, "b": 0.8, "c": 0.5}, seed=4)
-    pairs = compare_grid(frame, pairs="all", metrics=["auroc_score"], n_perm=100, n_boot=0, correction="bh")
+    calls: list[tuple[int, int]] = []
+    pairs = compare_grid(
+        frame,
+        pairs="all",
+        metrics=["auroc_score"],
+        n_perm=100,
+        n_boot=0,
+        correction="bh",
+        progress=lambda *done: calls.append(done),
+    )
+    assert calls == [(1, 1)]
     assert list(zip(pairs["model"], pairs["baseline"], strict=True)) == [("a", "b"), ("a", "c"), ("b", "c")]
     reference = compare_grid(frame, reference="c", metrics=["auroc_score"], n_perm=100, n_boot=0)
     assert reference["baseline"].to_list() == ["c", "c"]
@@ -369,3 +379,18 @@ def test_macro_over_defined_labels_is_noted() -> None:
     assert out["target"].to_list() == ["(macro)"]
     assert out["notes"][0] == "row_bootstrap;labels_used=2/3"
     assert np.isfinite(out["value"][0])
+
+
+def test_output_does_not_depend_on_row_order() -> None:
+    from carebench_eval.fairness import fairness
+
+    frame = _binary(90, {"a": 1.0, "b": 0.6}, n_subjects=70).with_columns(
+        pl.Series("sex", np.tile(np.where(np.arange(90) % 2 == 0, "F", "M"), 2))
+    )
+    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=1)
+    kwargs = {"n_perm": 200, "n_boot": 100, "delong": True}
+    assert compare((frame, "a"), (frame, "b"), **kwargs).equals(
+        compare((shuffled, "a"), (shuffled, "b"), **kwargs)
+    )
+    one = frame.filter(pl.col("model") == "a")
+    assert fairness(one, n_boot=50, min_group_n=5).equals(fairness(one.reverse(), n_boot=50, min_group_n=5))

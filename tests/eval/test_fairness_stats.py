@@ -94,8 +94,9 @@ def _planted(n: int = 600, seed: int = 0) -> tuple[pl.DataFrame, dict[str, np.nd
     s = 1 / (1 + np.exp(-logits))
     subject = rng.integers(0, n // 2, n)
     age = rng.uniform(18, 95, n)
-    attributes = {"site": site, "age": age, "sex": rng.choice(["F", "M"], n)}
-    return _frame(y, s, attributes, subject=subject), {"y": y, "s": s, "site": site, "age": age}
+    sex = rng.choice(["F", "M"], n)
+    attributes = {"site": site, "age": age, "sex": sex}
+    return _frame(y, s, attributes, subject=subject), {"y": y, "s": s, "site": site, "age": age, "sex": sex}
 
 
 def test_worst_group_follows_the_metric_direction() -> None:
@@ -188,7 +189,7 @@ def test_age_group_derivation_intersections_and_has_cxr() -> None:
     )
     out = fairness(frame, attributes=["age_group", "race", "has_cxr", "sex"], n_boot=0, min_group_n=5)
     _assert_schema(out)
-    attributes = out["group_attribute"].unique().to_list()
+    attributes = out["group_attribute"].drop_nulls().unique().to_list()
     assert {"age_group", "race", "has_cxr", "sex", "age_group|race", "age_group|sex", "race|sex"} == set(
         attributes
     )
@@ -269,4 +270,104 @@ def test_planted_weak_group_from_the_library_generator_is_the_worst() -> None:
     assert _rows(out, statistic="gap", metric="auroc_score")["ci_low"][0] > 0.1
     assert _rows(out, statistic="estimate", group="F", metric="auroc_score")["value"][0] == pytest.approx(
         0.5, abs=0.1
+    )
+
+
+def test_association_with_missing_cxr_share() -> None:
+    rng = np.random.default_rng(6)
+    n = 900
+    unit = rng.choice(["A", "B", "C", "D"], n)
+    missing_share = {"A": 0.1, "B": 0.3, "C": 0.5, "D": 0.7}
+    has_cxr = rng.random(n) >= np.vectorize(missing_share.get)(unit)
+    y = (rng.random(n) < 0.4).astype(int)
+    logits = (2 * y - 1) * np.where(has_cxr, 2.0, 0.3) + rng.normal(0, 1, n)
+    s = 1 / (1 + np.exp(-logits))
+    frame = _frame(y, s, {"unit": unit, "has_cxr": has_cxr})
+    out = fairness(
+        frame, attributes=["unit", "has_cxr"], intersections=None, metrics=["auroc_score"], n_boot=100
+    )
+    association = _rows(out, statistic="association")
+    assert association["group_attribute"].to_list() == ["unit"]  # never for has_cxr itself
+    auroc = (
+        _rows(out, group_attribute="unit", metric="auroc_score", statistic="estimate")
+        .sort("group")["value"]
+        .to_numpy()
+    )
+    shares = [1 - has_cxr[unit == g].mean() for g in "ABCD"]
+    assert association["value"][0] == pytest.approx(np.corrcoef(auroc, shares)[0, 1], abs=1e-12)
+    assert association["value"][0] < -0.8 and association["ci_high"][0] < 0
+    complete = fairness(
+        frame.with_columns(pl.lit(True).alias("has_cxr")),
+        attributes=["unit"],
+        intersections=None,
+        metrics=["auroc_score"],
+        n_boot=0,
+    )
+    row = _rows(complete, statistic="association")
+    assert np.isnan(row["value"][0]) and "no_missing_modality" in row["notes"][0].split(";")
+
+
+def test_validation_threshold_policy_and_threshold_rows() -> None:
+    from carebench_eval.metrics.threshold import FromValidation, choose_threshold
+
+    frame, data = _planted(n=300, seed=7)
+    validation, val_data = _planted(n=300, seed=8)
+    out = fairness(
+        frame,
+        attributes=["sex"],
+        intersections=None,
+        metrics=["sensitivity_score"],
+        threshold=FromValidation(validation, rule="youden"),
+        n_boot=0,
+    )
+    threshold = _rows(out, metric="threshold")
+    expected = choose_threshold(val_data["y"], val_data["s"], rule="youden")
+    assert threshold["value"][0] == pytest.approx(expected)
+    assert threshold["notes"][0] == "policy=validation:youden" and threshold["group_attribute"][0] is None
+    sensitivity = _rows(out, metric="sensitivity_score", statistic="estimate", group="F")
+    positives = (data["sex"] == "F") & (data["y"] == 1)
+    assert sensitivity["value"][0] == pytest.approx((data["s"][positives] >= expected).mean())
+    other_model = validation.with_columns(pl.lit("other").alias("model"))
+    with pytest.raises(
+        PredictionsError, match="threshold: no validation predictions for run model='fusion'"
+    ) as error:
+        fairness(frame, attributes=["sex"], threshold=FromValidation(other_model), n_boot=0)
+    assert error.value.code == "P019"
+
+
+def test_worst_group_is_the_argmax_for_calibration_losses() -> None:
+    rng = np.random.default_rng(12)
+    n = 900
+    ward = rng.choice(["a", "b", "miscalibrated"], n)
+    y = (rng.random(n) < 0.3).astype(int)
+    risk = np.clip(0.3 + 0.4 * (2 * y - 1) * 0.5 + rng.normal(0, 0.1, n), 0.01, 0.99)
+    s = np.where(ward == "miscalibrated", np.clip(risk + 0.35, 0, 1), risk)  # same ranking, worse calibration
+    out = fairness(
+        _frame(y, s, {"ward": ward}),
+        attributes=["ward"],
+        intersections=None,
+        metrics=["expected_calibration_error", "brier_loss", "auroc_score"],
+        n_boot=0,
+    )
+    worst = dict(
+        zip(
+            _rows(out, statistic="worst_group")["metric"],
+            _rows(out, statistic="worst_group")["group"],
+            strict=True,
+        )
+    )
+    best = dict(
+        zip(
+            _rows(out, statistic="best_group")["metric"],
+            _rows(out, statistic="best_group")["group"],
+            strict=True,
+        )
+    )
+    assert worst["expected_calibration_error"] == "miscalibrated"
+    assert worst["brier_loss"] == "miscalibrated"
+    assert best["brier_loss"] != "miscalibrated"
+    ece = _rows(out, metric="expected_calibration_error", statistic="estimate")
+    assert (
+        _rows(out, metric="expected_calibration_error", statistic="worst_group")["value"][0]
+        == ece["value"].max()
     )

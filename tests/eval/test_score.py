@@ -183,3 +183,26 @@ def test_progress_callback() -> None:
     calls: list[tuple[int, int]] = []
     ce.score(frame, n_boot=5, progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (2, 2)
+
+
+def test_mean_ci_is_the_joint_bootstrap_over_the_union_of_clusters() -> None:
+    from carebench_eval.api import RunScorer, split_runs
+    from carebench_eval.resampling import bootstrap_counts, cluster_universe, percentile_interval
+
+    frame = synthetic_predictions(n_samples=90, tasks=("mortality",), models=("a",), seeds=(1, 2), seed=12)
+    # Second seed scored on a subset of stays: the union universe differs from each run's own.
+    frame = frame.filter((pl.col("seed") == 1) | (pl.col("sample_id").cast(pl.Int64) % 3 != 0))
+    table = ce.score(frame, metrics=["auroc_score"], n_boot=80)
+    runs = split_runs(frame)
+    universe, column_ofs = cluster_universe(*(run.cluster for run in runs))
+    counts = bootstrap_counts(universe.size, 0, 80, random_state=0)
+    per_run = [
+        RunScorer(run, ("auroc_score",), None, column_of, universe.size, n_bins=10, averages=()).values(
+            counts
+        )[:, 0]
+        for run, column_of in zip(runs, column_ofs, strict=True)
+    ]
+    low, high, _ = percentile_interval(np.mean(per_run, axis=0), 0.95)
+    mean = table.filter(pl.col("statistic") == "mean").row(0, named=True)
+    assert (mean["ci_low"], mean["ci_high"]) == (low, high)
+    assert mean["n"] == 90 and mean["n_runs"] == 2

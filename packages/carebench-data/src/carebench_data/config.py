@@ -96,8 +96,6 @@ class BuildOptions:
     """Staging directory; default `<out parent>/.carebench-work`."""
     chunk_mib: int = 64
     """Decompressed CSV block size in MiB."""
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    """polars and inflate threads (informational; polars reads POLARS_MAX_THREADS at import)."""
     max_bad_row_fraction: float = 1e-4
     """Per table; beyond it, unparseable rows fail the build."""
     overwrite: bool = False

@@ -22,7 +22,6 @@ import polars as pl
 from PIL import Image
 
 from carebench_data.errors import CarebenchDataError
-from carebench_data.raw import CHEXPERT_FINDINGS
 
 logger = logging.getLogger(__name__)
 

@@ -402,10 +402,27 @@ def flag_range(events: pl.LazyFrame, *, ranges: pl.DataFrame) -> pl.LazyFrame:
     )
 
 
-def flag_duplicates(events: pl.LazyFrame) -> pl.LazyFrame:
-    """Flag all but the first of rows identical in (stay row, itemid, charttime, value)."""
-    return events.with_columns(
-        duplicate=pl.int_range(pl.len()).over(["row", "itemid", "charttime", "x"], order_by="storetime") > 0
+DEDUP_KEYS = ["row", "itemid", "charttime", "x"]
+_CLEAN_COLUMNS = ["hour", "feature", "priority", "sign", "agg_sum", "table", "storetime", "valueuom"]
+
+
+def deduplicate(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Collapse rows identical in (stay row, itemid, charttime, value); `copies` counts them.
+
+    Hash aggregation, no sort: every other kept column is a function of the keys except storetime
+    and valueuom, which take their maximum, so the survivor is deterministic.
+
+    >>> from datetime import datetime
+    >>> t = datetime(2180, 1, 1, 10)
+    >>> events = pl.LazyFrame({"row": [0, 0, 0, 1, 1], "itemid": [1] * 5, "charttime": [t] * 5,
+    ...     "x": [80.0, 80.0, 81.0, 80.0, 80.0], "hour": [0] * 5, "feature": [0] * 5, "priority": [0] * 5,
+    ...     "sign": [1.0] * 5, "agg_sum": [False] * 5, "table": ["chartevents"] * 5,
+    ...     "storetime": [t] * 5, "valueuom": ["bpm"] * 5})
+    >>> deduplicate(events).collect().sort("row", "x").get_column("copies").to_list()
+    [2, 1, 2]
+    """
+    return events.group_by(DEDUP_KEYS).agg(
+        pl.len().alias("copies"), *[pl.col(c).max() for c in _CLEAN_COLUMNS]
     )
 
 
@@ -516,10 +533,10 @@ def clean_events(staged: pl.LazyFrame, *, registry: Registry, availability: str)
     out_of_range = parsed.filter(~pl.col("in_range")).group_by("feature").len()
     for feature, n in out_of_range.iter_rows():
         counts[names[feature]]["out_of_range"] = int(n)
-    valid = parsed.filter(pl.col("in_range")).lazy().pipe(flag_duplicates).collect()
-    for feature, n in valid.filter(pl.col("duplicate")).group_by("feature").len().iter_rows():
+    valid = parsed.lazy().filter(pl.col("in_range")).pipe(deduplicate).collect()
+    duplicates = valid.group_by("feature").agg((pl.col("copies") - 1).sum())
+    for feature, n in duplicates.iter_rows():
         counts[names[feature]]["duplicates"] = int(n)
-    valid = valid.filter(~pl.col("duplicate"))
     warnings += _unit_warnings(valid, registry=registry)
     last = valid.filter(~pl.col("agg_sum")).lazy().pipe(keep_last_per_hour).collect()
     summed = (

@@ -408,7 +408,9 @@ def _inflate(path: Path, fmt: str, *, chunk_bytes: int) -> Iterator[tuple[bytes,
         offset = -1  # decompressed offset of the first pending byte; -1 until the header is cut
         while True:
             data = handle.read(read_size)
-            text = data if decompressor is None else _decompress(decompressor, data, path=path, at=offset + size)
+            text = (
+                data if decompressor is None else _decompress(decompressor, data, path=path, at=offset + size)
+            )
             while decompressor is not None and decompressor.eof and decompressor.unused_data:
                 rest = decompressor.unused_data  # a multi-member gzip file: start the next member
                 decompressor = inflate_backend.decompressobj(wbits=31)

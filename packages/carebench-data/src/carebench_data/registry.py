@@ -318,7 +318,7 @@ def _check(features: list[Feature], *, path: Path) -> None:
     names = [feature.name for feature in features]
     problems = [f"duplicate name {n!r}" for n in sorted({n for n in names if names.count(n) > 1})]
     seen: dict[tuple[str, int], str] = {}
-    for index, feature in enumerate(features):
+    for feature in features:
         if feature.kind not in {"continuous", "ordinal"}:
             problems.append(f"{feature.name}: kind must be continuous or ordinal")
         if feature.agg not in {"last", "sum"}:

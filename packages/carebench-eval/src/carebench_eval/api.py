@@ -423,7 +423,7 @@ def score(
         random_state: seed of the bootstrap stream.
         n_jobs: threads over replicate chunks (results never depend on it).
         averages: aggregate targets of multilabel/multiclass tasks: ``macro``, ``weighted``, ``micro``.
-        progress: ``progress(done, total)`` callback over bootstrap chunks.
+        progress: ``progress(done, total)`` callback over (model, setting, task) groups of runs.
 
     Returns:
         The tidy result frame of §8.1.
@@ -573,6 +573,7 @@ def score(
                     run_scorers,
                     thresholds_of,
                     point_values,
+                    replicate_values,
                     aggregate=aggregate,
                     n_bins=n_bins,
                     averages=averages,
@@ -598,6 +599,7 @@ def _aggregate_rows(
     run_scorers: Sequence[RunScorer],
     thresholds_of: Sequence[np.ndarray | None],
     point_values: Sequence[np.ndarray],
+    run_replicates: Sequence[np.ndarray | None],
     *,
     aggregate: Sequence[str],
     n_bins: int,
@@ -622,7 +624,11 @@ def _aggregate_rows(
     point = np.vstack(point_values)
     mean_point = point.mean(axis=0)
     replicates = None
-    if n_boot:
+    shared_universe = all(np.array_equal(np.unique(run.cluster), universe) for run in group)
+    if n_boot and shared_universe and all(values is not None for values in run_replicates):
+        # Every run resampled the same cluster universe, so the joint replicates are already computed.
+        replicates = np.mean(np.stack([values for values in run_replicates if values is not None]), axis=0)
+    elif n_boot:
         joint = [
             RunScorer(
                 run, group_metrics, thresholds, column_of, universe.size, n_bins=n_bins, averages=averages

@@ -8,7 +8,9 @@ Layers:
 
 The module also holds the weighted-evaluation machinery that fairness and robustness share: predictions
 split into per-run arrays (:class:`TaskRun`), metrics evaluated for whole batches of weight rows
-(:class:`Scored`), and the bootstrap and permutation streams (eval.md §4.1, §5.1).
+(:class:`Scored`, :class:`CellGrid`), and the paired and single-model resampling loops over the streams of
+:mod:`carebench_eval.resampling` (eval.md §4.1, §5.1). `fairness` and `robustness` import this module, so
+the few places here that need their group and curve helpers import them inside the function.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from carebench_eval.metrics.core import (
     average_targets,
 )
 from carebench_eval.metrics.threshold import Fixed, FromValidation, TopK, choose_threshold, top_k_threshold
+from carebench_eval.multiplicity import CORRECTIONS, adjust_pvalues
 from carebench_eval.registry import defaults, metric_spec, primary_metric, task_kind
 from carebench_eval.resampling import (
     bootstrap_counts,
@@ -42,7 +45,7 @@ from carebench_eval.resampling import (
     permutation_flips,
     permutation_pvalue,
 )
-from carebench_eval.schema import make_rows
+from carebench_eval.schema import make_rows, sort_results
 
 __all__ = ["DeLongResult", "compare", "compare_grid", "delong_test"]
 
@@ -212,11 +215,6 @@ class TaskRun:
         )
 
 
-def resolve_kind(task: str, n_targets: int, kinds: Mapping[str, str] | None) -> str:
-    """Task kind (eval.md §1.2): ``kinds=`` > bundled defaults > inference (never multiclass)."""
-    return task_kind(task, n_targets=n_targets, kinds=kinds)
-
-
 def split_runs(
     frame: pl.DataFrame,
     *,
@@ -246,7 +244,7 @@ def split_runs(
         values = dict(zip([*keys, "task"], key_values, strict=True))
         task = str(values.pop("task"))
         names = sorted(part["target"].unique().to_list())
-        kind = resolve_kind(task, len(names), kinds)
+        kind = task_kind(task, n_targets=len(names), kinds=kinds)
         if kind == "multiclass":
             task_classes = classes.get(task) if isinstance(classes, Mapping) else classes
             names = list(class_order(task, names, task_classes))
@@ -1262,6 +1260,16 @@ DEFAULT_UNIMODAL = ("lstm", "transformer", "resnet50")
 """Registry names of the three unimodal baselines (EHR LSTM, EHR Transformer, CXR ResNet-50)."""
 
 
+def append_notes(frame: pl.DataFrame, extra: Sequence[str]) -> pl.DataFrame:
+    """`frame` with note tokens `extra` appended to every row's ``notes``."""
+    if not extra:
+        return frame
+    merged = [
+        join_notes([*(notes.split(";") if notes else []), *extra]) for notes in frame["notes"].to_list()
+    ]
+    return frame.with_columns(pl.Series("notes", merged, dtype=pl.String))
+
+
 def point_value(
     run: TaskRun, metric: str, target: str, threshold: Any, validation: Sequence[TaskRun]
 ) -> float:
@@ -1326,6 +1334,7 @@ def compare_grid(
     select_on: Any = None,
     correction: str = "holm",
     kinds: Mapping[str, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
     **compare_kwargs: Any,
 ) -> pl.DataFrame:
     """Many paired comparisons with multiplicity correction (eval.md §5.4-5.5).
@@ -1347,13 +1356,12 @@ def compare_grid(
         select_on: validation predictions used to pick the best unimodal model.
         correction: ``"holm"``, ``"bh"`` or ``"none"``.
         kinds: task kind overrides.
+        progress: called with (tasks done, tasks) after each task.
         **compare_kwargs: passed to :func:`compare` (``n_perm``, ``n_boot``, ``threshold``, ...).
 
     Returns:
         The tidy frame of eval.md §8.1 with ``p_adjusted`` filled.
     """
-    from carebench_eval.multiplicity import CORRECTIONS, adjust_pvalues
-
     if pairs not in PAIRS:
         raise ValueError(f"unknown pairs {pairs!r}; allowed: 'vs_reference', 'all'")
     if correction not in CORRECTIONS:
@@ -1369,7 +1377,8 @@ def compare_grid(
     threshold = compare_kwargs.get("threshold") or Fixed(0.5)
     classes = compare_kwargs.get("classes")
     parts: list[pl.DataFrame] = []
-    for task in sorted(frame["task"].unique().to_list()):
+    tasks = sorted(frame["task"].unique().to_list())
+    for done, task in enumerate(tasks, start=1):
         task_frame = frame.filter(pl.col("task") == task)
         task_models = sorted(set(chosen) & set(task_frame["model"].drop_nulls().unique().to_list()))
         notes: list[str] = []
@@ -1401,21 +1410,13 @@ def compare_grid(
             result = compare(
                 (task_frame, model_a), (task_frame, model_b), metrics=metrics, kinds=kinds, **compare_kwargs
             )
-            if notes:
-                result = result.with_columns(
-                    pl.Series(
-                        "notes",
-                        [
-                            join_notes([*(existing or "").split(";"), *notes])
-                            for existing in result["notes"].to_list()
-                        ],
-                        dtype=pl.String,
-                    )
-                )
-            parts.append(result)
+            parts.append(append_notes(result, notes))
+        if progress is not None:
+            progress(done, len(tasks))
     if not parts:
         raise ValueError("compare_grid: no pair of models to compare")
-    combined = make_rows(pl.concat(parts).to_dicts())
     return adjust_pvalues(
-        combined, family=("task", "metric", "statistic", "target", "setting"), method=correction
+        sort_results(pl.concat(parts)),
+        family=("task", "metric", "statistic", "target", "setting"),
+        method=correction,
     )

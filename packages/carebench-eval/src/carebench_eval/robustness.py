@@ -28,6 +28,7 @@ from carebench_eval.compare import (
     Scored,
     TaskRun,
     align_pair,
+    append_notes,
     best_model,
     compare,
     compare_cell,
@@ -43,12 +44,13 @@ from carebench_eval.compare import (
     validation_runs,
 )
 from carebench_eval.errors import PredictionsError, join_notes
+from carebench_eval.fairness import group_labels
 from carebench_eval.io import load_predictions
 from carebench_eval.metrics.threshold import Fixed
 from carebench_eval.multiplicity import CORRECTIONS, adjust_pvalues
 from carebench_eval.registry import metric_spec
 from carebench_eval.resampling import cluster_universe, percentile_interval
-from carebench_eval.schema import make_rows
+from carebench_eval.schema import make_rows, sort_results
 
 __all__ = [
     "ParsedSetting",
@@ -629,15 +631,6 @@ _POINT_KEY = (
 # Frame layer: fusion gain and modality contribution
 
 
-def _with_notes(frame: pl.DataFrame, extra: Sequence[str]) -> pl.DataFrame:
-    if not extra:
-        return frame
-    merged = [
-        join_notes([*(notes.split(";") if notes else []), *extra]) for notes in frame["notes"].to_list()
-    ]
-    return frame.with_columns(pl.Series("notes", merged, dtype=pl.String))
-
-
 def fusion_gain(
     preds: Any,
     *,
@@ -652,6 +645,7 @@ def fusion_gain(
     n_boot: int = 1000,
     random_state: int = 0,
     kinds: Mapping[str, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
     **compare_kwargs: Any,
 ) -> pl.DataFrame:
     """Gain of each fused model over the best unimodal model (eval.md §7.3).
@@ -676,13 +670,12 @@ def fusion_gain(
         n_boot: bootstrap replicates.
         random_state: seed of the resampling streams.
         kinds: task kind overrides.
+        progress: called with (tasks done, tasks) after each task.
         **compare_kwargs: passed to :func:`carebench_eval.compare` (``threshold``, ``cluster``, ...).
 
     Returns:
         The tidy frame of eval.md §8.1.
     """
-    from carebench_eval.fairness import group_labels
-
     if correction not in CORRECTIONS:
         raise ValueError(f"unknown correction {correction!r}; allowed: {', '.join(map(repr, CORRECTIONS))}")
     frame = load_predictions(preds, kinds=kinds)
@@ -700,7 +693,8 @@ def fusion_gain(
     selection_runs = split_runs(selection_frame, kinds=kinds, classes=classes)
     notes = ["best_unimodal"] + (["selected_on_test"] if select_on is None else [])
     parts: list[pl.DataFrame] = []
-    for task in sorted(frame["task"].unique().to_list()):
+    tasks = sorted(frame["task"].unique().to_list())
+    for done, task in enumerate(tasks, start=1):
         reference = best_model(
             [run for run in selection_runs if run.task == task],
             unimodal,
@@ -753,12 +747,13 @@ def fusion_gain(
                         pl.lit(by, dtype=pl.String).alias("group_attribute"),
                         pl.lit(group, dtype=pl.String).alias("group"),
                     )
-                parts.append(_with_notes(result, notes))
+                parts.append(append_notes(result, notes))
+        if progress is not None:
+            progress(done, len(tasks))
     if not parts:
         raise ValueError(f"fusion_gain: none of the fused models {fused_models} has predictions to compare")
-    combined = make_rows(pl.concat(parts).to_dicts())
     return adjust_pvalues(
-        combined,
+        sort_results(pl.concat(parts)),
         family=("task", "metric", "statistic", "target", "setting", "group_attribute", "group"),
         method=correction,
     )

@@ -184,7 +184,7 @@ def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.
         - 1.2 * s_t
         - 1.5 * latent("z_pulmonary", r)
         - 1.5 * state("overload", r)
-        - 0.5 * effusion[stays["admission"][r]]
+        - 0.3 * effusion[stays["admission"][r]]
         + 0.7 * base("spo2", r)
         + rng.normal(0, 1.2, r.size)
     )

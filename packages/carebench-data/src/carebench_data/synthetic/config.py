@@ -76,6 +76,7 @@ class SignalConfig:
         mortality_resp_failure: weight of the respiratory-failure state.
         mortality_age_per_year: weight per year of age over 65.
         mortality_effusion: weight of bilateral effusion (e_L + e_R > 1), the small CXR term.
+        mortality_surgical: weight of a surgical ICU (CVICU, SICU, TSICU): post-operative stays die less.
         cxr_presence_mortality: extra mortality logit for stays imaged in the window (0: off).
         icu_death_fraction: share of hospital deaths that happen in the ICU.
         pleurisy_weight: weight of max(e_L, e_R, pneumothorax, atelectasis) in the CXR-dominant label.
@@ -93,31 +94,34 @@ class SignalConfig:
         cxr_ventilated: CXR availability weight of mechanical ventilation.
         cxr_pulmonary: CXR availability weight of P.
         cxr_cardiac: CXR availability weight of C.
+        cxr_surgical: CXR availability weight of a surgical ICU (routine post-operative films).
     """
 
-    mortality_intercept: float = -3.1
-    mortality_severity: float = 1.5
-    mortality_shock: float = 0.8
+    mortality_intercept: float = -2.6
+    mortality_severity: float = 1.1
+    mortality_shock: float = 1.5
     mortality_resp_failure: float = 0.6
-    mortality_age_per_year: float = 0.03
+    mortality_age_per_year: float = 0.04
     mortality_effusion: float = 0.3
+    mortality_surgical: float = -1.9
     cxr_presence_mortality: float = 0.0
     icu_death_fraction: float = 0.68
     pleurisy_weight: float = 12.0
-    pleurisy_ehr_weight: float = 0.2
+    pleurisy_ehr_weight: float = 0.1
     finding_noise_sd: float = 1.4
     chf_interaction: float = 3.0
-    chf_cardiomegaly: float = 2.5
-    chf_overload: float = 2.5
+    chf_cardiomegaly: float = 3.5
+    chf_overload: float = 2.0
     chf_xor: bool = False
     pneumonia_interaction: float = 2.5
     pneumonia_consolidation: float = 2.5
     pneumonia_febrile: float = 2.5
     cxr_paired_fraction: float = 0.215
-    cxr_severity: float = 0.8
-    cxr_ventilated: float = 1.2
-    cxr_pulmonary: float = 1.0
-    cxr_cardiac: float = 0.4
+    cxr_severity: float = 2.0
+    cxr_ventilated: float = 0.4
+    cxr_pulmonary: float = 0.6
+    cxr_cardiac: float = 0.8
+    cxr_surgical: float = 3.2
 
 
 @dataclass(frozen=True, kw_only=True)

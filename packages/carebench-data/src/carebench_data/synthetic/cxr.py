@@ -184,6 +184,8 @@ def render_params(plan: CxrPlan, config: SyntheticConfig) -> list[RenderParams]:
                 effusion_left=levels[0],
                 effusion_right=levels[1],
                 blobs=blobs,
+                lobar=float(0.45 * q) if q > 0.2 else 0.0,
+                lobar_side=2 if q > 0.75 else int(rng.integers(0, 2)),
                 edema=float(0.3 * im["edema"][i]) if im["edema"][i] > 0.3 else 0.0,
                 pneumothorax_side=int(rng.integers(0, 2)) if im["pneumothorax"][i] > 0.5 else -1,
                 atelectasis=float(0.45 * im["atelectasis"][i]) if im["atelectasis"][i] > 0.35 else 0.0,

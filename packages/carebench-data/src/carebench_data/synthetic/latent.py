@@ -129,14 +129,14 @@ def _findings(config: SyntheticConfig, rng: np.random.Generator, z: np.ndarray, 
     n = z.shape[0]
     s, c, p, _, i, _ = z.T
     common = rng.normal(0, sd, size=n)
-    eff_left = sigmoid(-1.4 + 0.9 * c + 0.7 * p + 0.3 * s + common + rng.normal(0, 0.7, size=n))
-    eff_right = sigmoid(-1.4 + 0.9 * c + 0.7 * p + 0.3 * s + common + rng.normal(0, 0.7, size=n))
+    eff_left = sigmoid(-1.4 + 0.6 * c + 0.4 * p + 0.2 * s + common + rng.normal(0, 0.7, size=n))
+    eff_right = sigmoid(-1.4 + 0.6 * c + 0.4 * p + 0.2 * s + common + rng.normal(0, 0.7, size=n))
     cardiomegaly = sigmoid(-1.2 + 1.4 * c + 0.02 * (age - 65) + rng.normal(0, sd, size=n))
     edema = sigmoid(-2.0 + 1.0 * c + 0.8 * states["overload"] + rng.normal(0, sd, size=n))
     consolidation = sigmoid(-1.2 + 0.7 * i + 0.6 * p + rng.normal(0, sd, size=n))
     ptx_present = rng.random(n) < 0.04 * (1 + states["central_line"])
     pneumothorax = np.where(ptx_present, rng.uniform(0.6, 1.0, size=n), rng.uniform(0.0, 0.2, size=n))
-    atelectasis = sigmoid(-2.2 + 0.6 * states["ventilated"] + rng.normal(0, sd, size=n))
+    atelectasis = sigmoid(-2.2 + 0.3 * states["ventilated"] + rng.normal(0, sd, size=n))
     return {
         "eff_left": eff_left,
         "eff_right": eff_right,
@@ -302,7 +302,14 @@ def sample_population(config: SyntheticConfig) -> Population:
     # CXR availability (MNAR): per admission here, drawn per stay below.
     era = np.isin(adm["anchor_group"], list(vocab.CXR_ERA_GROUPS))
     s, c, p = z[:, 0], z[:, 1], z[:, 2]
-    cxr_linear = sig.cxr_severity * s + sig.cxr_ventilated * states["ventilated"] + sig.cxr_pulmonary * p + sig.cxr_cardiac * c
+    surgical = np.isin(careunit, list(vocab.SURGICAL_UNITS))
+    cxr_linear = (
+        sig.cxr_severity * s
+        + sig.cxr_ventilated * states["ventilated"]
+        + sig.cxr_pulmonary * p
+        + sig.cxr_cardiac * c
+        + sig.cxr_surgical * surgical
+    )
     cxr_factor = subgroup_factor(config, "cxr_availability", attributes, n_adm) * era
     in_cohort_weight = (los1 >= 48).astype(np.float64)
     target = sig.cxr_paired_fraction
@@ -324,6 +331,7 @@ def sample_population(config: SyntheticConfig) -> Population:
         + sig.mortality_resp_failure * states["resp_fail"]
         + sig.mortality_age_per_year * (age_float - 65)
         + sig.mortality_effusion * effusion_bilateral
+        + sig.mortality_surgical * surgical
         + sig.cxr_presence_mortality * cxr_first
     )
     hosp_death = rng.random(n_adm) < sigmoid(mortality_logit)

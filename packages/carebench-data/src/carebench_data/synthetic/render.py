@@ -32,6 +32,7 @@ class RenderParams:
         heart: heart-width template index (CTR = HEART_CTR[heart]).
         effusion_left, effusion_right: effusion level index per side, -1 for none.
         blobs: consolidation blob centres and amplitudes, [k, 3] rows of (y, x, amplitude).
+        lobar: amplitude of the lobar consolidation haze (0: none); lobar_side: 0 left, 1 right, 2 both.
         edema: perihilar haze amplitude (0: none).
         pneumothorax_side: 0 left, 1 right, -1 none.
         atelectasis: amplitude of the basal plate opacity (0: none).
@@ -47,6 +48,8 @@ class RenderParams:
     effusion_left: int
     effusion_right: int
     blobs: np.ndarray
+    lobar: float
+    lobar_side: int
     edema: float
     pneumothorax_side: int
     atelectasis: float
@@ -107,6 +110,9 @@ class TemplateCache:
                 height = 0.06 + 0.30 * level / (N_EFFUSION - 1)
                 meniscus = 0.76 - height + 0.05 * (1 - lateral) ** 2 - 0.04 * lateral
                 self.effusions[side, level] = np.clip((yy - meniscus) / 0.03, 0, 1) * (np.abs(xx - cx) < 0.17) * (yy < 0.8)
+        self.lobes = np.stack(
+            [_ellipse(yy, xx, 0.37, cx, 0.13, 0.12, 0.5) for cx in (0.5 - 0.17, 0.5 + 0.17)]
+        ).astype(np.float32)
         blob_size = max(size // 3, 7)
         g = np.linspace(-2.2, 2.2, blob_size, dtype=np.float32)
         self.blob = np.exp(-(g[:, None] ** 2 + g[None, :] ** 2)).astype(np.float32)
@@ -152,6 +158,10 @@ class TemplateCache:
             lung_any = np.maximum(lungs[0], lungs[1])
             if p.edema > 0:
                 img += p.edema * self.edema * lung_any
+            if p.lobar > 0:
+                sides = (0, 1) if p.lobar_side == 2 else (p.lobar_side,)
+                for side in sides:
+                    img += p.lobar * self.lobes[side] * lungs[side]
             half = self.blob.shape[0] // 2
             for y, x, amplitude in p.blobs:
                 cy, cx = int(y * size), int(x * size)

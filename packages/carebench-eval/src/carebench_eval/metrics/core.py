@@ -130,6 +130,12 @@ def _ece_from_sums(count: np.ndarray, sum_label: np.ndarray, sum_score: np.ndarr
     return _ratio(np.abs(sum_label - sum_score).sum(axis=-1), total)
 
 
+def _required(value: np.ndarray | None, what: str) -> np.ndarray:
+    if value is None:
+        raise ValueError(f"this metric needs {what}")
+    return value
+
+
 class BinaryEvaluator:
     """Binary and multilabel metrics of one task, for many weight rows.
 
@@ -208,32 +214,35 @@ class BinaryEvaluator:
         if self._ranks:
             auroc = np.empty((b, self.n_targets))
             auprc = np.empty((b, self.n_targets))
+            rank_columns = _kernels.compact_weights(columns, self.n)
             for j, index in enumerate(self._ranks):
-                auroc[:, j], auprc[:, j] = _kernels.rank_metrics(index, columns, self.column_of)
+                auroc[:, j], auprc[:, j] = _kernels.rank_metrics(index, rank_columns, self.column_of)
             if "auroc_score" in wanted:
                 out["auroc_score"] = auroc
             if "auprc_score" in wanted:
                 out["auprc_score"] = auprc
-        total = self._per_label_sum(columns, None) if wanted & {"brier_loss", "base_rate"} else None
         if "brier_loss" in wanted:
-            squared_error = (self._score_flat - self._y_flat) ** 2
-            out["brier_loss"] = _ratio(self._per_label_sum(columns, squared_error), total)
+            squared_error = (_required(self._score_flat, "y_score") - self._y_flat) ** 2
+            out["brier_loss"] = _ratio(
+                self._per_label_sum(columns, squared_error), self._per_label_sum(columns, None)
+            )
         if "expected_calibration_error" in wanted:
+            bins = _required(self._bin_codes, "y_score")
             shape = (b, self.n_targets, self.n_bins)
             n_codes = self.n_targets * self.n_bins
-            count = _kernels.weighted_bincount(self._bin_codes, n_codes, columns, self._flat_column_of)
+            count = _kernels.weighted_bincount(bins, n_codes, columns, self._flat_column_of)
             sum_label = _kernels.weighted_bincount(
-                self._bin_codes, n_codes, columns, self._flat_column_of, values=self._y_flat.astype(float)
+                bins, n_codes, columns, self._flat_column_of, values=self._y_flat.astype(float)
             )
             sum_score = _kernels.weighted_bincount(
-                self._bin_codes, n_codes, columns, self._flat_column_of, values=self._score_flat
+                bins, n_codes, columns, self._flat_column_of, values=_required(self._score_flat, "y_score")
             )
             out["expected_calibration_error"] = _ece_from_sums(
                 count.reshape(shape), sum_label.reshape(shape), sum_score.reshape(shape)
             )
         if "base_rate" in wanted:
             positives = self._per_label_sum(columns, self._y_flat.astype(float))
-            out["base_rate"] = _ratio(positives, total)
+            out["base_rate"] = _ratio(positives, self._per_label_sum(columns, None))
         threshold_metrics = wanted & {
             "sensitivity_score",
             "specificity_score",
@@ -313,29 +322,28 @@ class MulticlassEvaluator:
         if y_score is None and set(self.metrics) & SCORE_METRICS:
             raise ValueError(f"metric(s) {sorted(set(self.metrics) & SCORE_METRICS)} need scores (y_score)")
         self.y_true = np.asarray(y_true, dtype=np.int64)
-        if n_classes is None:
-            if y_score is None:
-                raise ValueError("n_classes is required without y_score")
-            n_classes = y_score.shape[1]
-        self.n_classes = n_classes
+        scores = np.zeros((self.y_true.size, 0)) if y_score is None else np.asarray(y_score, dtype=np.float64)
+        if n_classes is None and y_score is None:
+            raise ValueError("n_classes is required without y_score")
+        self.n_classes: int = scores.shape[1] if n_classes is None else int(n_classes)
         self.column_of = column_of
         self.n_bins = n_bins
         if y_pred is None:
             if y_score is None:
                 raise ValueError("either y_score or y_pred is required")
-            y_pred = np.argmax(y_score, axis=1)
+            y_pred = np.argmax(scores, axis=1)
         self.y_pred = np.asarray(y_pred, dtype=np.int64)
-        self._confusion_codes = self.y_true * n_classes + self.y_pred
+        self._confusion_codes = self.y_true * self.n_classes + self.y_pred
         wanted = set(self.metrics)
         self._ranks: list[_kernels.RankIndex] = []
         if {"auroc_score", "auprc_score"} & wanted:
-            self._ranks = [_kernels.rank_index(self.y_true == k, y_score[:, k]) for k in range(n_classes)]
+            self._ranks = [_kernels.rank_index(self.y_true == k, scores[:, k]) for k in range(self.n_classes)]
         if "brier_loss" in wanted:
-            onehot = np.zeros_like(y_score, dtype=np.float64)
+            onehot = np.zeros_like(scores)
             onehot[np.arange(self.y_true.size), self.y_true] = 1.0
-            self._squared_error = ((np.asarray(y_score, dtype=np.float64) - onehot) ** 2).sum(axis=1)
+            self._squared_error = ((scores - onehot) ** 2).sum(axis=1)
         if "expected_calibration_error" in wanted:
-            confidence = np.asarray(y_score, dtype=np.float64).max(axis=1)
+            confidence = scores.max(axis=1)
             self._confidence = confidence
             self._correct = (self.y_pred == self.y_true).astype(np.float64)
             self._bin_codes = bin_codes(confidence, n_bins=n_bins, strategy=strategy)
@@ -362,8 +370,9 @@ class MulticlassEvaluator:
         if self._ranks:
             auroc = np.empty((b, self.n_classes))
             auprc = np.empty((b, self.n_classes))
+            rank_columns = _kernels.compact_weights(columns, self.y_true.size)
             for k, index in enumerate(self._ranks):
-                auroc[:, k], auprc[:, k] = _kernels.rank_metrics(index, columns, self.column_of)
+                auroc[:, k], auprc[:, k] = _kernels.rank_metrics(index, rank_columns, self.column_of)
             out["auroc_score"], out["auprc_score"] = auroc, auprc
         matrix = self.confusion(columns).astype(np.float64)
         total = matrix.sum(axis=(1, 2))

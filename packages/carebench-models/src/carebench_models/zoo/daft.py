@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from carebench_models.base import Batch, FusionModel, ModelOutput
 from carebench_models.config import TransformerEHRConfig
@@ -78,34 +79,45 @@ class DAFTBlock(nn.Module):
         scale_activation: `linear`, `sigmoid` or `tanh`.
 
     Raises:
-        CarebenchModelError: location 2 on a block without a downsample path.
+        CarebenchModelError: location 2 on a block without a downsample path, or a block whose
+            first normalisation is not a BatchNorm2d.
     """
 
     def __init__(
-        self, block: nn.Module, *, tabular_dim: int, location: int, factor: int, scale_activation: str
+        self,
+        block: BasicBlock | Bottleneck,
+        *,
+        tabular_dim: int,
+        location: int,
+        factor: int,
+        scale_activation: str,
     ) -> None:
         super().__init__()
         self.location = location
         self.scale_activation = scale_activation
-        self.conv1: nn.Conv2d = block.conv1
+        self.conv1 = block.conv1
         in_channels, width = self.conv1.in_channels, self.conv1.out_channels
-        bn1: nn.BatchNorm2d = block.bn1
+        bn1 = block.bn1
+        if not isinstance(bn1, nn.BatchNorm2d):
+            raise CarebenchModelError(f"daft needs BatchNorm2d in the last block, got {type(bn1).__name__}")
+        self.bn1 = bn1
         if location == 3:
             self.bn1 = nn.BatchNorm2d(width, eps=bn1.eps, momentum=bn1.momentum, affine=False)
-            self.bn1.load_state_dict({k: v for k, v in bn1.state_dict().items() if k not in ("weight", "bias")})
+            self.bn1.load_state_dict(
+                {k: v for k, v in bn1.state_dict().items() if k not in ("weight", "bias")}
+            )
+        if isinstance(block, Bottleneck):
+            self.tail = nn.Sequential(block.conv2, block.bn2, nn.ReLU(), block.conv3, block.bn3)
+            self.out_channels = block.conv3.out_channels
         else:
-            self.bn1 = bn1
-        tail: list[nn.Module] = [block.conv2, block.bn2]
-        if hasattr(block, "conv3"):
-            tail += [nn.ReLU(), block.conv3, block.bn3]
-        self.tail = nn.Sequential(*tail)
-        self.downsample: nn.Module | None = block.downsample
+            self.tail = nn.Sequential(block.conv2, block.bn2)
+            self.out_channels = block.conv2.out_channels
+        self.downsample = block.downsample
         if location == 2 and self.downsample is None:
             raise CarebenchModelError(
                 "daft location 2 needs a last block with a downsample path (without one it equals location 1)"
             )
         self.in_channels = in_channels
-        self.out_channels: int = tail[-1].num_features
         self.film_channels = in_channels if location in (0, 1, 2) else width
         hidden = (in_channels + tabular_dim) // factor
         self.aux_hidden = nn.Linear(self.film_channels + tabular_dim, hidden, bias=False)
@@ -149,12 +161,20 @@ def _map_side(encoder: nn.Module, side: int) -> int:
     for name, module in encoder.named_modules():
         if "downsample" in name.split(".") or not isinstance(module, nn.Conv2d | nn.MaxPool2d):
             continue
+        if isinstance(module.padding, str):
+            raise CarebenchModelError(
+                f"daft cannot size the CNN map of {name!r} with padding={module.padding!r}"
+            )
         kernel, stride, padding, dilation = (
-            value if isinstance(value, int) else value[0]
-            for value in (module.kernel_size, module.stride, module.padding, module.dilation)
+            _first(value) for value in (module.kernel_size, module.stride, module.padding, module.dilation)
         )
         side = (side + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
     return side
+
+
+def _first(value: int | tuple[int, ...]) -> int:
+    """The height entry of a conv/pool geometry argument (square kernels and strides)."""
+    return value if isinstance(value, int) else value[0]
 
 
 class DAFTModel(FusionModel):
@@ -176,11 +196,16 @@ class DAFTModel(FusionModel):
         self.ehr_encoder = TransformerEHR.from_config(config)
         encoder = build_cxr_encoder(config)
         # The last block leaves the encoder so that it can run without a CXR; the rest is the prefix.
-        blocks = list(encoder.layer4)
+        blocks = list(encoder.layer4.children())
+        last_block = blocks[-1]
+        if not isinstance(last_block, BasicBlock | Bottleneck):
+            raise CarebenchModelError(
+                f"daft needs a torchvision BasicBlock or Bottleneck as the CNN's last block, got {type(last_block).__name__}"
+            )
         encoder.layer4 = nn.Sequential(*blocks[:-1])
         self.cxr_encoder = encoder
         self.daft_block = DAFTBlock(
-            blocks[-1],
+            last_block,
             tabular_dim=self.ehr_encoder.out_dim,
             location=config.location,
             factor=config.bottleneck_factor,

@@ -115,7 +115,9 @@ class MedFuseModel(FusionModel):
         if not path.is_file():
             raise CarebenchModelError(f"medfuse pretrained_encoders file not found: {path}")
         state = load_file(str(path))
-        unknown = sorted(key for key in state if key.split(".", 1)[0] not in _ENCODER_MODULES + _SKIPPED_MODULES)
+        unknown = sorted(
+            key for key in state if key.split(".", 1)[0] not in _ENCODER_MODULES + _SKIPPED_MODULES
+        )
         if unknown:
             raise CarebenchModelError(f"{path} is not a medfuse state dict: unexpected keys {unknown[:5]}")
         loaded = []
@@ -130,7 +132,9 @@ class MedFuseModel(FusionModel):
             if not given:
                 continue
             missing = sorted(set(expected) - set(given))
-            shapes = [key for key, value in given.items() if key in expected and value.shape != expected[key].shape]
+            shapes = [
+                key for key, value in given.items() if key in expected and value.shape != expected[key].shape
+            ]
             if missing or shapes:
                 raise CarebenchModelError(
                     f"{path}: {module_name} weights do not fit this configuration "

@@ -196,8 +196,12 @@ class MMTMModel(FusionModel):
         return ModelOutput(self.fuse(batch).logits)
 
     def configure_optimizers(self, train_cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-        """`joint`: one AdamW over everything. `medfuse`: AdamW over (EHR stream + MMTMs + EHR head),
-        (CNN + MMTMs + CXR head) and all parameters, in the order `training_step` uses them."""
+        """The optimisers in the order `training_step` uses them.
+
+        `joint`: one AdamW over all parameters. `medfuse`: AdamW over (EHR stream + MMTMs + EHR head),
+        over (CNN + MMTMs + CXR head) and over all parameters; every one with the run's lr, betas, eps
+        and weight decay.
+        """
         if self.schedule == "joint":
             return super().configure_optimizers(train_cfg)
         ehr_modules = (self.ehr_proj, self.ehr_lstm1, self.ehr_lstm2, self.ehr_out, self.mmtm, self.ehr_head)
@@ -225,7 +229,9 @@ class MMTMModel(FusionModel):
             return None
         return self.task.loss(self.cxr_head(features.cxr_rows), y.index_select(0, features.idx))
 
-    def training_step(self, batch: Batch, optimizers: list[torch.optim.Optimizer], state: TrainState) -> StepLog:
+    def training_step(
+        self, batch: Batch, optimizers: list[torch.optim.Optimizer], state: TrainState
+    ) -> StepLog:
         """`joint`: the default step. `medfuse`: three sequential steps, each with a fresh forward pass.
 
         1. EHR-only head loss on all rows, optimiser 0 (EHR stream, MMTMs, EHR head);

@@ -147,7 +147,9 @@ class RowBatchNorm(nn.BatchNorm1d):
     def forward(self, x: Tensor) -> Tensor:
         """[B, d] → [B, d]."""
         if self.training and x.shape[0] == 1:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         return super().forward(x)
 
 
