@@ -70,3 +70,30 @@ def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "file not found" in missing.output
     wrong = runner.invoke(app, ["eval", str(ce.example_predictions_path()), "--format", "xml"])
     assert wrong.exit_code == 2 and "--format must be one of" in wrong.output
+
+
+def test_by_and_compare_add_fairness_and_comparison_rows() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(ce.example_predictions_path()),
+            "--bootstrap",
+            "0",
+            "--by",
+            "sex",
+            "--compare",
+            "medfuse",
+            "lstm",
+            "--format",
+            "csv",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = pl.read_csv(result.stdout.encode(), schema_overrides={"seed": pl.Int64})
+    assert set(rows.filter(pl.col("group_attribute") == "sex")["group"].drop_nulls()) == {"F", "M"}
+    compared = rows.filter(pl.col("baseline") == "lstm")
+    assert compared.height > 0 and set(compared["model"]) == {"medfuse"}
+    assert compared["p_value"].drop_nulls().len() == compared.height
+    unknown = runner.invoke(app, ["eval", str(ce.example_predictions_path()), "--compare", "medfuse", "nope"])
+    assert unknown.exit_code == 2 and "model(s) ['nope'] not in predictions" in unknown.output

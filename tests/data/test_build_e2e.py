@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from carebench_data.build import build_dataset
-from carebench_data.config import BuildConfig, CxrConfig
+from carebench_data.config import BuildConfig, CxrConfig, FeaturesConfig
 from carebench_data.manifest import sha256_file
 from carebench_data.splits import fold_parts, split_of
 from carebench_data.testing.raw import RawTreeTruth, write_raw_tree
@@ -111,6 +111,7 @@ def test_ehr_values_windows_conversions_and_counts(built: tuple[RawTreeTruth, Pa
     assert stay[8, f["weight"]] == pytest.approx(90.718, abs=1e-3)
     assert stay[8, f["spo2"]] == pytest.approx(95.0)
     assert stay[10, f["sbp"]] == 130  # same minute: the higher-priority arterial item wins
+    assert stay[47, f["heart_rate"]] == 111  # charted 47:50, stored after prediction_time (counted only)
     assert stay[3, f["glucose"]] == 250  # lab with a null hadm_id joined on subject + window
     assert stay[13, f["ph"]] == pytest.approx(7.0)  # censored "<7.0"
     counts = _manifest(out)["counts"]["features"]
@@ -119,6 +120,7 @@ def test_ehr_values_windows_conversions_and_counts(built: tuple[RawTreeTruth, Pa
     assert counts["heart_rate"]["duplicates"] == 1
     assert counts["temperature"]["converted"] == 1 and counts["temperature"]["unit_fixed"] == 1
     assert counts["ph"]["censored"] == 1
+    assert counts["heart_rate"]["stored_after_prediction"] == 1
     assert counts["heart_rate"]["observed_cells"] == int((~np.isnan(ehr[:, :, f["heart_rate"]])).sum())
     events = _manifest(out)["counts"]["events"]
     assert events["labevents"]["itemid_kept"] == 2  # the urine glucose item is not in the registry
@@ -216,3 +218,14 @@ def test_ehr_only_build_and_extended_registry(built: tuple[RawTreeTruth, Path], 
     assert ehr.shape[2] == 47 and names[:17] == _manifest(built[1])["features"]
     urine = names.index("urine_output")
     assert ehr[0, 2, urine] == 120  # outputevents are read only for the extended set
+
+
+def test_storetime_availability_drops_late_stored_events(built: tuple[RawTreeTruth, Path], tmp_path: Path) -> None:
+    truth, out = built
+    late = build_dataset(_config(truth, tmp_path / "late", features=FeaturesConfig(availability="storetime")))
+    names = _manifest(late)["features"]
+    hr = names.index("heart_rate")
+    ehr, reference = np.load(late / "ehr.npy"), np.load(out / "ehr.npy")
+    assert ehr[0, 47, hr] == 80 + 35 % 7 and reference[0, 47, hr] == 111  # the 47:30 value of the hourly series
+    changed = np.argwhere(~((ehr == reference) | (np.isnan(ehr) & np.isnan(reference))))
+    assert changed.tolist() == [[0, 47, hr]]

@@ -103,3 +103,20 @@ def test_chunk_rows_keeps_arrays_small(n: int) -> None:
     rows = _kernels.chunk_rows(n)
     assert rows >= 1
     assert rows * n * 8 <= _kernels.CHUNK_BYTES or rows == 1
+
+
+def test_compact_weights_never_changes_results() -> None:
+    rng = np.random.default_rng(4)
+    n = 500
+    y = (rng.random(n) < 0.3).astype(int)
+    s = np.round(rng.random(n), 2)
+    index = _kernels.rank_index(y, s)
+    small = rng.integers(0, 5, (6, n))
+    assert _kernels.compact_weights(small, n).dtype == np.int32
+    wide = _kernels.rank_metrics(index, small)
+    narrow = _kernels.rank_metrics(index, _kernels.compact_weights(small, n))
+    np.testing.assert_array_equal(wide[0], narrow[0])
+    np.testing.assert_array_equal(wide[1], narrow[1])
+    huge = small * 100_000
+    assert _kernels.compact_weights(huge, n).dtype == np.int64
+    assert _kernels.compact_weights(small.astype(float), n).dtype == np.float64

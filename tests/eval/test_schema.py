@@ -162,3 +162,20 @@ def test_write_rejects_other_frames(tmp_path: Path) -> None:
         write_results(pl.DataFrame({"a": [1]}), tmp_path / "x.parquet")
     with pytest.raises(ValueError, match="unknown result format"):
         write_results(ce.empty_results(), tmp_path / "x.xlsx")
+
+
+def test_score_provenance_is_written_with_the_results(tmp_path: Path) -> None:
+    path = tmp_path / "preds.csv"
+    synthetic_predictions(n_samples=40, tasks=("mortality", "los"), models=("a",), seed=2).write_csv(path)
+    table = ce.score(path, metrics=["auroc_score", "kappa_linear_score"], n_boot=10, random_state=3)
+    write_results(table, tmp_path / "scores.parquet", provenance={"note": "from test"})
+    document = json.loads((tmp_path / "scores.meta.json").read_text())
+    assert document["function"] == "score" and document["note"] == "from test"
+    assert document["arguments"]["n_boot"] == 10 and document["arguments"]["random_state"] == 3
+    assert document["arguments"]["threshold"] == "policy=fixed:0.5"
+    assert document["inputs"][0]["path"] == str(path) and len(document["inputs"][0]["sha256"]) == 64
+    assert document["tasks"]["los"] == {
+        "kind": "multiclass",
+        "targets": ["2-3d", "3-4d", "4-5d", "5-6d", "6-7d", "7-14d", "14+d"],
+    }
+    assert "time" not in json.dumps(document)

@@ -103,7 +103,7 @@ def test_single_class_target_is_nan_with_warning_and_note() -> None:
     )
     with pytest.warns(
         ce.UndefinedMetricWarning,
-        match=r"auroc_score is undefined for 1 cell\(s\), e.g. task 'phenotype', target 'copd'",
+        match=r"auroc_score is undefined for 1 \(run, task, target, group\) cell\(s\), e.g. task 'phenotype', target 'copd': only one class present in y_true \(n=60\); value is NaN",
     ):
         table = ce.score(frame, metrics=["auroc_score"], n_boot=20)
     copd = estimate(table, target="copd").row(0, named=True)

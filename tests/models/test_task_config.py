@@ -69,6 +69,15 @@ def test_inconsistent_task_specs_raise(kind: str, outputs: int, labels: tuple[st
         TaskSpec("t", kind, outputs, labels)  # type: ignore[arg-type]
 
 
+def test_targets_of_the_wrong_layout_raise_clearly() -> None:
+    with pytest.raises(CarebenchModelError, match="int64 class indices"):
+        task_spec("multiclass").loss(torch.zeros(4, 7), torch.zeros(4, 1))
+    with pytest.raises(CarebenchModelError, match=r"expects y float32 \[B=4, K=3\]"):
+        task_spec("multilabel").per_sample_loss(torch.zeros(4, 3), torch.zeros(4))
+    with pytest.raises(CarebenchModelError, match=r"expects logits \[B, 1\]"):
+        task_spec("binary").loss(torch.zeros(4, 2), torch.zeros(4, 1))
+
+
 def test_task_spec_from_any_task_info_object() -> None:
     @dataclass(frozen=True)
     class Info:

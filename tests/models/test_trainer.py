@@ -152,6 +152,30 @@ def test_batched_getitems_path_and_single_row_tail() -> None:
     assert [len(b) for b in _chunks(range(33), 16)] == [16, 17]
 
 
+def test_duck_typed_datasets_with_getitems_are_used_as_datasets() -> None:
+    task = task_spec("binary")
+    inner = tiny_dataset(task, 20, paired_fraction=0.5)
+
+    class Wrapper:
+        """Not a torch Dataset: only len, __getitem__, __getitems__, collate and has_cxr."""
+
+        def __len__(self) -> int:
+            return len(inner)
+
+        def __getitem__(self, index: int):  # type: ignore[no-untyped-def]
+            return inner[index]
+
+        def __getitems__(self, indices):  # type: ignore[no-untyped-def]
+            return inner.__getitems__(indices)
+
+        collate = staticmethod(BatchDictDataset.collate)
+        has_cxr = inner.has_cxr
+
+    trainer = Trainer(tiny_model("lstm", task), TrainConfig(max_epochs=1, **CPU))
+    trainer.fit(Wrapper(), Wrapper())
+    np.testing.assert_array_equal(trainer.predict(Wrapper()).stay_id, inner.stay_ids)
+
+
 def test_ready_made_batches_are_accepted() -> None:
     task = task_spec("binary")
     arrays = tiny_arrays(task, 32)

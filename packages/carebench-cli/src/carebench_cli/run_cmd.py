@@ -24,8 +24,15 @@ from carebench_cli.run_store import METRICS_FILE, RunStatus, RunStore
 logger = logging.getLogger(__name__)
 
 
+def _names(values: list[str] | None) -> list[str] | None:
+    """Repeatable and comma-separated names: `-m lstm -m drfuse` or `-m lstm,drfuse`."""
+    if not values:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
 def _flags(**values: Any) -> dict[str, Any]:
-    """Command-line values; empty lists (option not given) count as not given."""
+    """Command-line values; None and empty lists (option not given) count as not given."""
     return {key: (None if value in ([], ()) else value) for key, value in values.items()}
 
 
@@ -164,10 +171,15 @@ def run_command(
     ] = None,
     models: Annotated[
         list[str] | None,
-        typer.Option("--models", "-m", help="Model name (repeatable); default: all registered."),
+        typer.Option(
+            "--models", "-m", help="Model name(s), repeatable or comma-separated; default: all registered."
+        ),
     ] = None,
     tasks: Annotated[
-        list[str] | None, typer.Option("--tasks", "-t", help="Task name (repeatable); default: all three.")
+        list[str] | None,
+        typer.Option(
+            "--tasks", "-t", help="Task name(s), repeatable or comma-separated; default: all three."
+        ),
     ] = None,
     profile: Annotated[str | None, typer.Option("--profile", help="quick (CPU-sized) or paper.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
@@ -181,7 +193,9 @@ def run_command(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report when done.")] = True,
 ) -> None:
     """Train and evaluate the benchmark grid (resumable), then write the report."""
-    flags = _flags(dataset=dataset, models=models, tasks=tasks, profile=profile, device=device, out=out)
+    flags = _flags(
+        dataset=dataset, models=_names(models), tasks=_names(tasks), profile=profile, device=device, out=out
+    )
     run_config = load_run_config(config, flags)
     console = Console(stderr=True)
     run_grid(run_config, shard_spec=shard_spec, write_report=report, console=console)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import json
 import logging
 import os
 import platform
 import resource
+import secrets
 import shutil
 import sys
 import time
@@ -48,6 +51,7 @@ from carebench_data.manifest import (
     write_parquet,
 )
 from carebench_data.normalization import compute_fold_stats
+from carebench_data.phenotype_tables import COMPAT_FILE, GEM_CCS_FILE
 from carebench_data.raw import (
     CHEXPERT_FINDINGS,
     CXR_TABLES,
@@ -235,8 +239,11 @@ def build_dataset(config: BuildConfig, *, progress: ProgressCallback | None = No
     with atomic_directory(config.out, overwrite=config.build.overwrite) as partial:
         work_root.mkdir(parents=True, exist_ok=True)
         staging = work_root / partial.name
+        staging.mkdir()
         try:
-            manifest = _build_into(partial, staging=staging, config=config, tracker=tracker)
+            manifest = _build_into(
+                partial, staging=staging, work_root=work_root, config=config, tracker=tracker
+            )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             with contextlib.suppress(OSError):
@@ -248,7 +255,9 @@ def build_dataset(config: BuildConfig, *, progress: ProgressCallback | None = No
     return config.out
 
 
-def _build_into(out: Path, *, staging: Path, config: BuildConfig, tracker: _Tracker) -> dict[str, Any]:
+def _build_into(
+    out: Path, *, staging: Path, work_root: Path, config: BuildConfig, tracker: _Tracker
+) -> dict[str, Any]:
     warnings: list[str] = []
 
     # S0: resolve inputs, fingerprint, registry validation.
@@ -311,45 +320,35 @@ def _build_into(out: Path, *, staging: Path, config: BuildConfig, tracker: _Trac
     }
     tracker.finish()
 
-    # S2: stage events, one streaming pass per table.
+    # S2: stage events, one streaming pass per table (or reuse the staging cache).
     tracker.start("S2", "staging events")
     event_tables = [mimic[table] for table in registry.tables()]
-    total_bytes = max(sum(t.bytes for t in event_tables), 1)
-    done_before = 0
-    event_counts: dict[str, Any] = {}
-    for resolved in event_tables:
-        base = done_before
-
-        def on_bytes(position: int, base: int = base) -> None:
-            tracker.report((base + position) / total_bytes)
-
-        counts = events_mod.stage_table(
-            resolved,
-            registry=registry,
-            windows=candidates,
-            staging_dir=staging,
-            chunk_bytes=config.build.chunk_mib << 20,
-            max_bad_row_fraction=config.build.max_bad_row_fraction,
-            on_bytes=on_bytes,
-        )
-        event_counts[resolved.table] = counts.as_dict()
-        rows_read[resolved.table] = counts.scanned
-        done_before += resolved.bytes
+    staged_dir, event_counts, cache_state = _stage_events(
+        event_tables,
+        registry=registry,
+        windows=candidates,
+        config=config,
+        work_root=work_root,
+        scratch=staging,
+        tracker=tracker,
+    )
+    for table, counts in event_counts.items():
+        rows_read[table] = counts["scanned"]
     tracker.finish()
 
     # S3-S4: clean, bin, has_ehr.
     tracker.start("S3", "cleaning and binning events")
     cleaned = events_mod.clean_events(
-        events_mod.read_staged(staging, tables=registry.tables()),
+        events_mod.read_staged(staged_dir, tables=registry.tables()),
         registry=registry,
         availability=config.features.availability,
     )
     warnings += cleaned.warnings
     ehr_all = events_mod.scatter_hourly(cleaned.hourly, n_stays=candidates.height, registry=registry)
-    has_values = ~np.isnan(ehr_all).all(axis=(1, 2))
+    has_values: np.ndarray = np.asarray(~np.isnan(ehr_all).all(axis=(1, 2)), dtype=bool)
     before = candidates.height
     stays = (
-        candidates.filter(pl.Series(has_values))
+        candidates.filter(pl.Series("has_values", has_values))
         .drop("row")
         .with_row_index("row")
         .with_columns(pl.col("row").cast(pl.Int32))
@@ -408,8 +407,8 @@ def _build_into(out: Path, *, staging: Path, config: BuildConfig, tracker: _Trac
         **config.output_config(),
         "registry_sha256": registry.sha256,
         "mapping_sha256": {
-            "gem_ccs": _resource_sha(labels_mod.GEM_CCS_FILE),
-            "carebench_compat": _resource_sha(labels_mod.COMPAT_FILE),
+            "gem_ccs": _resource_sha(GEM_CCS_FILE),
+            "carebench_compat": _resource_sha(COMPAT_FILE),
         },
     }
     inputs = [
@@ -460,8 +459,120 @@ def _build_into(out: Path, *, staging: Path, config: BuildConfig, tracker: _Trac
         "warnings": warnings,
     }
     tracker.finish()
-    manifest["build"] = _build_info(tracker)
+    manifest["build"] = {**_build_info(tracker), "staging_cache": cache_state}
     return manifest
+
+
+def _fraction(values: pl.Series) -> float:
+    """Mean of a 0/1 or boolean column as a float (0.0 for an empty column)."""
+    mean = values.cast(pl.Float64).mean()
+    return float(mean) if isinstance(mean, int | float) else 0.0
+
+
+def _stage_events(
+    event_tables: list[ResolvedTable],
+    *,
+    registry: Registry,
+    windows: pl.DataFrame,
+    config: BuildConfig,
+    work_root: Path,
+    scratch: Path,
+    tracker: _Tracker,
+) -> tuple[Path, dict[str, Any], str]:
+    """S2 with the staging cache of spec/data.md §9: returns (staged folder, counts, off | hit | miss).
+
+    The cache key hashes the input identity (relpath, bytes, mtime), the registry itemids, the cohort
+    windows and the carebench version; the cache lives in the work directory, never in the dataset,
+    and keeps only its latest entry.
+    """
+    if not config.build.cache:
+        target = scratch / "events"
+        return (
+            target,
+            _run_staging(
+                event_tables,
+                registry=registry,
+                windows=windows,
+                config=config,
+                target=target,
+                tracker=tracker,
+            ),
+            "off",
+        )
+    key = _staging_key(event_tables, registry=registry, windows=windows, config=config)
+    cache = work_root / "staging-cache"
+    entry = cache / key
+    if (entry / "DONE").is_file():
+        logger.info("S2: staging cache hit (%s)", key[:12])
+        return entry, json.loads((entry / "counts.json").read_text()), "hit"
+    partial = cache / f".{key}.partial-{secrets.token_hex(4)}"
+    try:
+        counts = _run_staging(
+            event_tables, registry=registry, windows=windows, config=config, target=partial, tracker=tracker
+        )
+        write_json(partial / "counts.json", counts)
+        (partial / "DONE").touch()
+        for old in cache.iterdir():
+            if old.name != key and not old.name.startswith("."):
+                shutil.rmtree(old, ignore_errors=True)
+        if entry.exists():
+            shutil.rmtree(partial)
+        else:
+            os.replace(partial, entry)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return entry, counts, "miss"
+
+
+def _run_staging(
+    event_tables: list[ResolvedTable],
+    *,
+    registry: Registry,
+    windows: pl.DataFrame,
+    config: BuildConfig,
+    target: Path,
+    tracker: _Tracker,
+) -> dict[str, Any]:
+    total_bytes = max(sum(t.bytes for t in event_tables), 1)
+    done_before = 0
+    event_counts: dict[str, Any] = {}
+    for resolved in event_tables:
+        base = done_before
+
+        def on_bytes(position: int, base: int = base) -> None:
+            tracker.report((base + position) / total_bytes)
+
+        counts = events_mod.stage_table(
+            resolved,
+            registry=registry,
+            windows=windows,
+            staging_dir=target,
+            chunk_bytes=config.build.chunk_mib << 20,
+            max_bad_row_fraction=config.build.max_bad_row_fraction,
+            on_bytes=on_bytes,
+        )
+        event_counts[resolved.table] = counts.as_dict()
+        done_before += resolved.bytes
+    return event_counts
+
+
+def _staging_key(
+    event_tables: list[ResolvedTable], *, registry: Registry, windows: pl.DataFrame, config: BuildConfig
+) -> str:
+    digest = hashlib.sha256()
+    identity = {
+        "carebench": carebench_data.__version__,
+        "inputs": [[t.relpath, t.bytes, t.path.stat().st_mtime_ns] for t in event_tables],
+        "itemids": {
+            table: sorted(registry.item_map(table)["itemid"].to_list()) for table in registry.tables()
+        },
+        "max_bad_row_fraction": config.build.max_bad_row_fraction,
+    }
+    digest.update(json.dumps(identity, sort_keys=True).encode())
+    buffer = io.BytesIO()
+    windows.select("stay_id", "subject_id", "row", "intime", "prediction_time").write_csv(buffer)
+    digest.update(buffer.getvalue())
+    return digest.hexdigest()
 
 
 def _resource_sha(name: str) -> str:
@@ -624,7 +735,7 @@ def _cxr(
         "selected": selected.height,
         **{k: v for k, v in selection.counts.items()},
         "has_cxr": int(out.get_column("has_cxr").sum()),
-        "has_cxr_fraction": float(out.get_column("has_cxr").mean() or 0.0),
+        "has_cxr_fraction": _fraction(out.get_column("has_cxr")),
         "has_cxr_by_anchor_year_group": {
             str(group): {"stays": int(n), "has_cxr": int(k)}
             for group, n, k in out.group_by("anchor_year_group")
@@ -654,7 +765,7 @@ def _chexpert_prevalence(resolved: ResolvedTable, selected: pl.DataFrame) -> dic
     )
     if not joined.height:
         return dict.fromkeys(present)
-    return {name: float((joined.get_column(name) == 1.0).mean() or 0.0) for name in present}
+    return {name: _fraction(joined.get_column(name) == 1.0) for name in present}
 
 
 def _split_counts(
@@ -678,14 +789,12 @@ def _split_counts(
                 raise SplitCoverageError(
                     f"fold {fold} has an empty {split} split ({frame.height} stays in all); the cohort is too small"
                 )
-            phenotype = {
-                p.column: float(part.get_column(p.column).mean() or 0.0) for p in labels_mod.phenotypes()
-            }
+            phenotype = {p.column: _fraction(part.get_column(p.column)) for p in labels_mod.phenotypes()}
             counts[f"fold{fold}"][split] = {
                 "stays": part.height,
                 "subjects": part.get_column("subject_id").n_unique(),
-                "has_cxr_fraction": float(part.get_column("has_cxr").mean() or 0.0),
-                "mortality_prevalence": float(part.get_column("mortality").mean() or 0.0),
+                "has_cxr_fraction": _fraction(part.get_column("has_cxr")),
+                "mortality_prevalence": _fraction(part.get_column("mortality")),
                 "los_class": {
                     name: int((part.get_column("los_class") == i).sum())
                     for i, name in enumerate(labels_mod.LOS_CLASS_NAMES)

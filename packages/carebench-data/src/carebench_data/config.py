@@ -100,6 +100,8 @@ class BuildOptions:
     """Per table; beyond it, unparseable rows fail the build."""
     overwrite: bool = False
     """Replace an existing dataset directory."""
+    cache: bool = True
+    """Reuse staged events (S2) from the work directory when inputs, itemids and cohort are unchanged."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,7 +201,7 @@ def _from_dict(cls: type, data: dict[str, Any], *, prefix: str) -> Any:
         ):
             values[name] = _from_dict(default, value, prefix=f"{prefix}{name}.")  # type: ignore[arg-type]
         elif name in {"mimic_iv", "mimic_cxr", "out"}:
-            values[name] = None if value is None else Path(value)
+            values[name] = None if value is None else Path(str(value))
         elif name == "views":
             values[name] = tuple(str(view).upper() for view in value)
         else:

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
@@ -29,6 +29,10 @@ except ImportError:
     inflate_backend = zlib  # type: ignore[no-redef]
 
 logger = logging.getLogger(__name__)
+_INFLATE_ERRORS: tuple[type[BaseException], ...] = (
+    zlib.error,
+    cast(type[BaseException], inflate_backend.error),
+)
 INFLATE_BACKEND = inflate_backend.__name__
 """Name of the module that inflates gzip CSV (`zlib` or `isal.isal_zlib`); written to manifest.build."""
 
@@ -456,7 +460,7 @@ def _decompress(decompressor: Any, data: bytes, *, path: Path, at: int) -> bytes
     """Inflate one compressed piece (flush at end of file); a zlib error names the file and offset."""
     try:
         return decompressor.decompress(data) if data else decompressor.flush()
-    except (zlib.error, inflate_backend.error) as error:
+    except _INFLATE_ERRORS as error:
         raise CorruptInputError(
             f"{path}: corrupt gzip stream near decompressed byte {max(at, 0)} ({error}); re-download or re-copy the file"
         ) from None

@@ -49,7 +49,7 @@ from carebench_eval.resampling import (
     cluster_universe,
     percentile_interval,
 )
-from carebench_eval.schema import make_rows
+from carebench_eval.schema import make_rows, remember
 
 __all__ = ["TaskRun", "score", "split_runs"]
 
@@ -453,11 +453,12 @@ def score(
     if unknown:
         raise ValueError(f"averages must be among {', '.join(AVERAGES)}; got {unknown}")
     if isinstance(preds, pl.DataFrame):
-        frame_notes = list(frame_info(preds).get("notes", []))
+        info = frame_info(preds)
         frame = validate(preds, kinds=kinds, classes=classes)
     else:
         frame = read_predictions(preds, kinds=kinds, classes=classes)
-        frame_notes = list(frame_info(frame).get("notes", []))
+        info = frame_info(frame)
+    frame_notes = list(info.get("notes", []))
     wanted = set(metrics or ())
     ordinal = {"kappa_linear_score", "kappa_quadratic_score"}
     ordinal_tasks = list(frame["task"].unique()) if (metrics is None or wanted & ordinal) else []
@@ -474,7 +475,7 @@ def score(
         groups.setdefault(_group_key(run, aggregate), []).append(run)
     total_steps = len(groups)
     rows: list[dict[str, Any]] = []
-    undefined: dict[tuple[str, str], list[str]] = {}
+    undefined: dict[tuple[str, str], list[tuple[str, int]]] = {}
 
     for step, group in enumerate(groups.values(), start=1):
         group_metrics = _resolve_metrics(metrics, group[0].kind)
@@ -533,7 +534,7 @@ def score(
                     notes.extend(ci_notes)
                 if math.isnan(value):
                     undefined.setdefault((cell.metric, notes[len(base_notes)]), []).append(
-                        f", e.g. task {run.task!r}, target {cell.target!r}"
+                        (f", e.g. task {run.task!r}, target {cell.target!r}", run.n)
                     )
                 rows.append(
                     {
@@ -590,8 +591,28 @@ def score(
     if progress is not None:
         progress(total_steps, total_steps)
     for (metric, note), examples in undefined.items():
-        warn_undefined(metric, note, cells=len(examples), example=examples[0], stacklevel=2)
-    return make_rows(rows)
+        example, n = examples[0]
+        warn_undefined(metric, note, cells=len(examples), example=example, n=n, stacklevel=2)
+    provenance = {
+        "function": "score",
+        "arguments": {
+            "metrics": None if metrics is None else list(metrics),
+            "kinds": dict(kinds or {}),
+            "classes": {task: list(names) for task, names in (classes or {}).items()},
+            "threshold": policy.note,
+            "n_bins": n_bins,
+            "n_boot": n_boot,
+            "ci": ci,
+            "level": level,
+            "cluster": cluster if clustered else None,
+            "aggregate": list(aggregate),
+            "random_state": random_state,
+            "averages": list(averages),
+        },
+        "inputs": info.get("inputs", []),
+        "tasks": {run.task: {"kind": run.kind, "targets": list(run.targets)} for run in runs},
+    }
+    return remember(make_rows(rows), provenance)
 
 
 def _aggregate_rows(

@@ -78,7 +78,7 @@ def warn_undefined(
     """
     reason = REASONS[note].format(n="?" if n is None else n)
     warnings.warn(
-        f"{metric} is undefined for {cells} cell(s){example}: {reason}; value is NaN",
+        f"{metric} is undefined for {cells} (run, task, target, group) cell(s){example}: {reason}; value is NaN",
         undefined_metric_warning(),
         stacklevel=stacklevel,
     )

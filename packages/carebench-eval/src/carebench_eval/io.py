@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import re
-import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import polars as pl
 
 from carebench_eval.errors import PredictionsError
 from carebench_eval.registry import task_kind
+from carebench_eval.schema import recall, remember
 
 __all__ = [
     "ATTRIBUTE_DTYPES",
@@ -52,20 +52,10 @@ _FALSE_STRINGS = {"false", "0", "0.0", "f", "no"}
 _LEADING_NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)")
 _ROW = "__row"
 
-_FRAME_INFO: dict[int, dict[str, Any]] = {}
-
-
-def _remember(frame: pl.DataFrame, info: Mapping[str, Any]) -> pl.DataFrame:
-    """Attach provenance (input files and SHA-256, notes) to `frame` for as long as it lives."""
-    key = id(frame)
-    _FRAME_INFO[key] = dict(info)
-    weakref.finalize(frame, _FRAME_INFO.pop, key, None)
-    return frame
-
 
 def frame_info(frame: pl.DataFrame) -> dict[str, Any]:
     """Provenance recorded by `read_predictions` / `from_arrays` for `frame` (``inputs``, ``notes``)."""
-    return dict(_FRAME_INFO.get(id(frame), {}))
+    return recall(frame)
 
 
 # Reading
@@ -130,15 +120,15 @@ def read_predictions(
         FileNotFoundError: a path or pattern matches no file.
     """
     if isinstance(source, pl.LazyFrame):
-        return _remember(validate(source.collect(), kinds=kinds, classes=classes), {"inputs": []})
+        return remember(validate(source.collect(), kinds=kinds, classes=classes), {"inputs": []})
     if isinstance(source, pl.DataFrame):
-        return _remember(validate(source, kinds=kinds, classes=classes), frame_info(source) or {"inputs": []})
+        return remember(validate(source, kinds=kinds, classes=classes), frame_info(source) or {"inputs": []})
     paths = _expand(source)
     frames = [_read_file(path) for path in paths]
     frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
     inputs = [{"path": str(path), "sha256": _sha256(path)} for path in paths]
     logger.info("read %d prediction row(s) from %d file(s)", frame.height, len(paths))
-    return _remember(validate(frame, kinds=kinds, classes=classes), {"inputs": inputs})
+    return remember(validate(frame, kinds=kinds, classes=classes), {"inputs": inputs})
 
 
 def load_predictions(
@@ -681,4 +671,4 @@ def from_arrays(
     for name, values in (attributes or {}).items():
         columns[name] = pl.Series(np.repeat(np.asarray(values), n_targets))
     frame = validate(pl.DataFrame(columns), kinds={task: kind})
-    return _remember(frame, {"inputs": [], "notes": notes})
+    return remember(frame, {"inputs": [], "notes": notes})

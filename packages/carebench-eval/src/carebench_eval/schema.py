@@ -11,6 +11,7 @@ import math
 import os
 import re
 import tempfile
+import weakref
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +29,8 @@ __all__ = [
     "empty_results",
     "make_rows",
     "read_results",
+    "recall",
+    "remember",
     "write_results",
 ]
 
@@ -129,6 +132,26 @@ _NOTE_PATTERN = re.compile(
     )
     + ")$"
 )
+
+
+_ATTACHED: dict[int, dict[str, Any]] = {}
+
+
+def remember(frame: pl.DataFrame, info: Mapping[str, Any]) -> pl.DataFrame:
+    """Attach provenance `info` to `frame` for as long as the frame lives (polars frames have no attrs).
+
+    `read_predictions` attaches the input files and their SHA-256, `score` the resolved call;
+    `write_results` writes what is attached to the frame it writes.
+    """
+    key = id(frame)
+    _ATTACHED[key] = dict(info)
+    weakref.finalize(frame, _ATTACHED.pop, key, None)
+    return frame
+
+
+def recall(frame: pl.DataFrame) -> dict[str, Any]:
+    """The provenance attached to `frame` by `remember` (empty when none)."""
+    return dict(_ATTACHED.get(id(frame), {}))
 
 
 def empty_results() -> pl.DataFrame:
@@ -275,14 +298,14 @@ def write_results(
     Args:
         frame: a result table (`RESULT_SCHEMA`).
         path: output file.
-        provenance: the resolved call and inputs to record.
+        provenance: the resolved call and inputs to record; merged over what `score` attached to `frame`.
 
     Returns:
         The written path.
     """
     check_schema(frame)
     target = Path(path)
-    document = _provenance(provenance)
+    document = _provenance({**recall(frame), **dict(provenance or {})})
     suffix = target.suffix.lower()
     if suffix == ".json":
         rows = frame.to_dicts()
@@ -303,9 +326,8 @@ def write_results(
 def results_json(frame: pl.DataFrame, *, provenance: Mapping[str, Any] | None = None) -> str:
     """The JSON document of `write_results` as text (for printing to stdout)."""
     check_schema(frame)
-    return _dumps(
-        {"schema_version": SCHEMA_VERSION, "provenance": _provenance(provenance), "rows": frame.to_dicts()}
-    )
+    document = _provenance({**recall(frame), **dict(provenance or {})})
+    return _dumps({"schema_version": SCHEMA_VERSION, "provenance": document, "rows": frame.to_dicts()})
 
 
 def read_results(path: str | os.PathLike[str]) -> pl.DataFrame:

@@ -75,13 +75,33 @@ class TaskSpec:
         Returns:
             Scalar: BCE-with-logits averaged over B×K, or cross-entropy averaged over B.
         """
+        self.check_targets(logits, y)
         logits = logits.float()
         if self.kind == "multiclass":
             return F.cross_entropy(logits, y.long())
         return F.binary_cross_entropy_with_logits(logits, y.float().reshape(logits.shape))
 
+    def check_targets(self, logits: Tensor, y: Tensor) -> None:
+        """Raise `CarebenchModelError` unless `y` has this task's layout for `logits` [B, K] (shapes only, no sync)."""
+        rows = logits.shape[0]
+        if logits.ndim != 2 or logits.shape[1] != self.num_outputs:
+            raise CarebenchModelError(
+                f"task {self.name!r} expects logits [B, {self.num_outputs}], got {tuple(logits.shape)}"
+            )
+        if self.kind == "multiclass":
+            if y.ndim != 1 or y.shape[0] != rows or y.is_floating_point():
+                raise CarebenchModelError(
+                    f"multiclass task {self.name!r} expects y as int64 class indices [B={rows}], "
+                    f"got {y.dtype} {tuple(y.shape)}"
+                )
+        elif y.numel() != rows * self.num_outputs:
+            raise CarebenchModelError(
+                f"{self.kind} task {self.name!r} expects y float32 [B={rows}, K={self.num_outputs}], got {tuple(y.shape)}"
+            )
+
     def per_sample_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         """Loss of each row, float32 [B]; multilabel rows average over their K labels."""
+        self.check_targets(logits, y)
         logits = logits.float()
         if self.kind == "multiclass":
             return F.cross_entropy(logits, y.long(), reduction="none")

@@ -6,6 +6,7 @@ Each section calls carebench_eval on the finished runs' predictions, keeps the t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -50,10 +51,14 @@ def _float(value: object) -> float:
 def _table(
     key: str, caption: str, rows: list[dict[str, str]], columns: Sequence[str], note: str = ""
 ) -> Table:
-    frame = (
-        pl.DataFrame(rows, schema=dict.fromkeys(columns, pl.String))
-        if rows
-        else pl.DataFrame(schema=dict.fromkeys(columns, pl.String))
+    """A display table; every row must have every column (a missing cell is a bug, not a blank)."""
+    for row in rows:
+        missing = [column for column in columns if column not in row]
+        if missing:
+            raise KeyError(f"table {key!r}: row {row} lacks column(s) {missing}")
+    frame = pl.DataFrame(
+        {column: [row[column] for row in rows] for column in columns},
+        schema=dict.fromkeys(columns, pl.String),
     )
     return Table(key=key, caption=caption, frame=frame, note=note)
 
@@ -103,15 +108,13 @@ def overview_section(context: ReportContext) -> Section:
             "task": row["task"],
             "runs": str(row["runs"]),
             "mean epochs": fmt_value(row["epochs"], digits=1),
-            f"validation {metric_label(context.primary(row['task']))}": fmt_value(row["val"]),
+            "primary metric": metric_label(context.primary(row["task"])),
+            "validation score": fmt_value(row["val"]),
             "train + predict time": f"{row['seconds']:.0f} s",
         }
         for row in summary.iter_rows(named=True)
     ]
-    columns = ["model", "group", "task", "runs", "mean epochs", "validation primary", "train + predict time"]
-    for row in rows:
-        row["validation primary"] = next(value for key, value in row.items() if key.startswith("validation "))
-    rows = [{column: row[column] for column in columns} for row in rows]
+    columns = list(rows[0]) if rows else []
     section.tables.append(_table("runs", "Finished runs per model and task", rows, columns))
     return section
 
@@ -180,7 +183,8 @@ def fusion_section(context: ReportContext) -> Section:
                     {
                         "task": task,
                         "model": model,
-                        metric_label(metric): _ci_text(_row(scores.get(model, pl.DataFrame()))),
+                        "metric": metric_label(metric),
+                        "score [95% CI]": _ci_text(_row(scores.get(model, pl.DataFrame()))),
                         "best unimodal": str(row["baseline"]) if row else "-",
                         "Δ [95% CI]": _ci_text(row, signed=True),
                         "p": fmt_p(row["p_value"]) if row else "-",  # type: ignore[arg-type]
@@ -202,7 +206,7 @@ def fusion_section(context: ReportContext) -> Section:
                 )
                 context.results[f"fusion_gain_by_cxr_{cohort}_{task}"] = by
                 for model in fused:
-                    cells = {"task": task, "model": model}
+                    cells = {"task": task, "model": model, "metric": metric_label(metric)}
                     for group, label in (("true", "CXR present"), ("false", "CXR absent")):
                         row = _row(
                             headline(
@@ -230,7 +234,7 @@ def fusion_section(context: ReportContext) -> Section:
             _table(
                 f"fusion_gain_{cohort}",
                 f"Table 1 ({cohort} cohort). Fused model vs best unimodal baseline, primary metric",
-                [dict(zip(columns, [row.get(c, "-") for c in columns], strict=True)) for row in rows],
+                rows,
                 columns,
             )
         )
@@ -446,7 +450,8 @@ def _modality_contribution(
             {
                 "task": task,
                 "model": model,
-                f"D_CXR ({metric_label(metric)})": _ci_text(drop, signed=True),
+                "metric": metric_label(metric),
+                "D_CXR [95% CI]": _ci_text(drop, signed=True),
                 "p": fmt_p(drop["p_value"]) if drop else "-",  # type: ignore[arg-type]
                 "CXR utilization": _ci_text(use),
             }
@@ -600,7 +605,8 @@ def robustness_section(context: ReportContext) -> Section:
                                 "task": task,
                                 "model": model,
                                 "mechanism": mechanism.upper(),
-                                f"area ({metric_label(metric)})": _ci_text(stats["area"]),
+                                "metric": metric_label(metric),
+                                "area": _ci_text(stats["area"]),
                                 "relative area": _ci_text(stats["relative_area"]),
                                 "retention": _ci_text(stats["retention"]),
                                 "break-even rate": fmt_value(
@@ -636,9 +642,10 @@ def robustness_section(context: ReportContext) -> Section:
                     list(summary_rows[0]),
                     note="Rates tested: "
                     + ", ".join(
-                        sorted(
+                        fmt_rate(rate)
+                        for rate in sorted(
                             {
-                                fmt_rate(float(parse_setting(s)["rate"]))
+                                float(parse_setting(s)["rate"])
                                 for s in context.test(cohort, natural=False)["setting"].unique().to_list()
                             }
                         )
@@ -730,7 +737,6 @@ def fairness_section(context: ReportContext) -> Section:
     )
     for cohort in context.cohorts:
         gap_rows: list[dict[str, str]] = []
-        group_rows: list[dict[str, str]] = []
         delta_rows: list[dict[str, str]] = []
         for task in context.tasks(cohort):
             test, val = context.test(cohort, task=task), context.val(cohort, task=task)
@@ -760,67 +766,41 @@ def fairness_section(context: ReportContext) -> Section:
             )
             for model in context.models(cohort, task):
                 for attribute in attributes:
-                    gap = _row(
-                        headline(
-                            where(
-                                fair,
-                                model=model,
-                                metric="sensitivity_score",
-                                statistic="gap",
-                                group_attribute=attribute,
-                                target=target,
-                            )
-                        )
-                    )
-                    worst = _row(
-                        where(
-                            fair,
-                            model=model,
-                            metric="sensitivity_score",
-                            statistic="worst_group",
-                            group_attribute=attribute,
-                            target=target,
-                        )
-                    )
-                    eod = _row(
-                        headline(
-                            where(
-                                fair,
-                                model=model,
-                                metric="equalized_odds_difference",
-                                group_attribute=attribute,
-                                target=target,
-                            )
-                        )
-                    )
-                    dpd = _row(
-                        headline(
-                            where(
-                                fair,
-                                model=model,
-                                metric="demographic_parity_difference",
-                                group_attribute=attribute,
-                                target=target,
-                            )
-                        )
-                    )
+                    pick = functools.partial(_pick, fair, model=model, attribute=attribute, target=target)
+                    worst = pick(metric="sensitivity_score", statistic="worst_group")
+                    eod = pick(metric="equalized_odds_difference", statistic="estimate")
                     gap_rows.append(
                         {
                             "task": task,
                             "model": model,
                             "attribute": attribute,
-                            "TPR gap": _ci_text(gap),
+                            "TPR gap": _ci_text(pick(metric="sensitivity_score", statistic="gap")),
                             "worst group (TPR)": f"{worst['group']} ({fmt_value(_float(worst['value']))})"
                             if worst
                             else "-",
+                            "FPR gap": _ci_text(pick(metric="fpr_error", statistic="gap")),
                             "EOD": _ci_text(eod),
                             "EOD from": _note_value(eod, "eod_from"),
-                            "DPD": _ci_text(dpd),
+                            "DPD": _ci_text(
+                                pick(metric="demographic_parity_difference", statistic="estimate")
+                            ),
                         }
                     )
-            for model in [m for m in (best_fused, best_unimodal) if m is not None]:
-                group_rows.extend(
-                    _group_rows(fair, model=model, task=task, target=target, attributes=attributes)
+            group_rows = [
+                row
+                for model in (best_fused, best_unimodal)
+                if model is not None
+                for row in _group_rows(fair, model=model, task=task, target=target, attributes=attributes)
+            ]
+            if group_rows:
+                section.tables.append(
+                    _table(
+                        f"fairness_groups_{cohort}_{task}",
+                        f"Table 5 ({cohort} cohort, {task}). Per-group metrics of the best fusion and best "
+                        "unimodal models",
+                        group_rows,
+                        list(group_rows[0]),
+                    )
                 )
             section.figures.extend(
                 _fairness_figures(
@@ -831,15 +811,6 @@ def fairness_section(context: ReportContext) -> Section:
                 delta_rows.extend(
                     _delta_gaps(context, cohort, task, best_fused, best_unimodal, attributes, threshold)
                 )
-        if group_rows:
-            section.tables.append(
-                _table(
-                    f"fairness_groups_{cohort}",
-                    f"Table 5 ({cohort} cohort). Per-group metrics of the best fusion and best unimodal models",
-                    group_rows,
-                    list(group_rows[0]),
-                )
-            )
         if gap_rows:
             section.tables.append(
                 _table(
@@ -859,6 +830,14 @@ def fairness_section(context: ReportContext) -> Section:
                 )
             )
     return section
+
+
+def _pick(
+    fair: pl.DataFrame, *, model: str, attribute: str, metric: str, statistic: str, target: str | None
+) -> dict[str, object] | None:
+    """The one fairness row of (model, attribute, metric, statistic) for the task's summary target."""
+    rows = where(fair, model=model, metric=metric, statistic=statistic, target=target)
+    return _row(rows.filter(pl.col("group_attribute") == attribute))
 
 
 def _note_value(row: dict[str, object] | None, token: str) -> str:

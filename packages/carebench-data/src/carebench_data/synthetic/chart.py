@@ -305,7 +305,12 @@ def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.
 
     ev = buf.arrays()
     numeric = ev["text"] < 0
-    error = numeric & (rng.random(ev["rows"].size) < rate / 2)
+    already_dirty = (
+        ((ev["itemid"] == 220045) & np.isin(ev["valuenum"], (0.0, 999.0)))
+        | (np.isin(ev["itemid"], (220277, 223835)) & (ev["valuenum"] <= 1))
+        | ((ev["itemid"] == 223761) & (ev["valuenum"] < 45))
+    )
+    error = numeric & ~already_dirty & (rng.random(ev["rows"].size) < rate / 2)
     ev["text"] = np.where(error, TEXT_CODE["ERROR"], ev["text"]).astype(np.int16)
     ev["valuenum"] = np.where(error, np.nan, ev["valuenum"])
     mark(ev["rows"][error], "unmatched_text")

@@ -97,7 +97,7 @@ class SignalConfig:
         cxr_surgical: CXR availability weight of a surgical ICU (routine post-operative films).
     """
 
-    mortality_intercept: float = -2.6
+    mortality_intercept: float = -2.5
     mortality_severity: float = 1.1
     mortality_shock: float = 1.5
     mortality_resp_failure: float = 0.6
@@ -105,7 +105,7 @@ class SignalConfig:
     mortality_effusion: float = 0.3
     mortality_surgical: float = -1.9
     cxr_presence_mortality: float = 0.0
-    icu_death_fraction: float = 0.68
+    icu_death_fraction: float = 0.72
     pleurisy_weight: float = 12.0
     pleurisy_ehr_weight: float = 0.1
     finding_noise_sd: float = 1.4

@@ -84,11 +84,12 @@ def subgroup_factor(config: SyntheticConfig, kind: str, attributes: Arrays, size
 
 def _demographics(config: SyntheticConfig, rng: np.random.Generator, n: int, *, icu: bool) -> Arrays:
     version = config.mimic_version
-    age = np.clip(rng.normal(66.6, 16.9, size=4 * n), 18, 91)
+    age = np.clip(rng.normal(68.5, 16.9, size=4 * n), 18, 91)
     age = age[(age > 18) & (age < 91)][:n] if icu else np.clip(rng.normal(55, 19, size=n), 18, 91)
     if age.size < n:
         age = np.concatenate([age, rng.uniform(40, 80, size=n - age.size)])
-    sex = np.where(rng.random(n) < 0.443, "F", "M").astype(object)
+    # Exactly 44.3 % women (a permutation, not independent draws), so small trees match the marginal.
+    sex = np.where(rng.permutation(n) < round(0.443 * n), "F", "M").astype(object)
     group = choice_index(rng, np.asarray(vocab.RACE_GROUP_P), n)
     race_group = np.asarray(vocab.RACE_GROUPS, dtype=object)[group]
     race = np.empty(n, dtype=object)

@@ -306,6 +306,7 @@ def write_raw_tree(root: Path, *, fmt: str = "csv.gz", marker: bool = True) -> R
         value: Any,
         valuenum: float | None,
         uom: str = "",
+        stored_after: timedelta = timedelta(minutes=5),
     ) -> None:
         subject, hadm, stay_id = stay_ids
         tables.add(
@@ -315,7 +316,7 @@ def write_raw_tree(root: Path, *, fmt: str = "csv.gz", marker: bool = True) -> R
             stay_id=stay_id,
             caregiver_id=1,
             charttime=_ts(t),
-            storetime=_ts(t + timedelta(minutes=5)),
+            storetime=_ts(t + stored_after),
             itemid=itemid,
             value=value,
             valuenum=valuenum,
@@ -393,6 +394,8 @@ def write_raw_tree(root: Path, *, fmt: str = "csv.gz", marker: bool = True) -> R
     chart(s1, t1 + timedelta(hours=11), 220046, "120", 120, "bpm")  # alarm distractor: not in registry
     chart(s1, t1 + timedelta(hours=11), 220045, 88, 88, "bpm")
     chart(s1, t1 + timedelta(hours=11), 220045, 88, 88, "bpm")  # exact duplicate
+    # charted in the last hour but stored 3 h later: counted; removed with availability = storetime
+    chart(s1, t1 + timedelta(hours=47, minutes=50), 220045, 111, 111, "bpm", stored_after=timedelta(hours=3))
     lab(s1[0], None, t1 + timedelta(hours=3, minutes=30), 50931, "250", 250, "mg/dL")  # null hadm_id (G7)
     lab(s1[0], s1[1], t1 + timedelta(hours=12), 51478, "100", 100, "mg/dL")  # urine glucose: not in registry
     lab(s1[0], s1[1], t1 + timedelta(hours=13), 50820, "<7.0", None, "units")  # censored pH → 7.0

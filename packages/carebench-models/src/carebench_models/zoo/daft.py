@@ -64,7 +64,7 @@ class DAFTConfig(TransformerEHRConfig):
 
 
 class DAFTBlock(nn.Module):
-    """The CNN's last residual block with the DAFT transform inside (DAFT §2, eq. 2-4).
+    """The CNN's last residual block with the DAFT transform inside (the DAFT block of Pölsterl et al.).
 
     Adopts the convolutions, batch norms and downsample path of a torchvision `BasicBlock` or
     `Bottleneck` (so pretrained weights carry over; at location 3 the first BN loses its affine

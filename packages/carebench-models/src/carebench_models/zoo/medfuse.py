@@ -52,7 +52,7 @@ class MedFuseConfig(CommonConfig):
 
 
 class MedFuseModel(FusionModel):
-    """EHR LSTM + CXR CNN fused by an LSTM over the modality sequence `[e, c]` (MedFuse §3).
+    """EHR LSTM + CXR CNN fused by an LSTM over the modality sequence `[e, c]` (MedFuse's LSTM fusion module).
 
     Inputs: `ehr` [B, T, F] normalised values, `ehr_mask` [B, T, F] observed indicators, `cxr`
     [B, 3, H, W], `has_cxr` [B].

@@ -64,7 +64,7 @@ class MMTMConfig(CommonConfig):
 
 
 class MMTMUnit(nn.Module):
-    """One MMTM between CNN stage i and the EHR hidden sequence (MMTM §3, eq. 1-4).
+    """One MMTM between CNN stage i and the EHR hidden sequence (the paper's squeeze and excitation steps).
 
     `z = ReLU(W_z [s_v; s_e])` with `s_v = GAP(F_i)` [·, C_i] and `s_e = mean_t h` [B, d];
     `g_v = gate_scale · σ(W_v z)`, `g_e = gate_scale · σ(W_e z)`; `F_i ← F_i ⊙ g_v`, `h ← h ⊙ g_e`.

@@ -64,7 +64,7 @@ class UTDEConfig(TransformerEHRConfig):
 
 
 class TimeEmbedding(nn.Module):
-    """mTAND's learned time embedding (arXiv:2101.10318 eq. 4): `φ(t) = [w₀t + b₀, sin(W t + b)]`.
+    """mTAND's learned time embedding (arXiv:2101.10318): `φ(t) = [w₀t + b₀, sin(W t + b)]`.
 
     Args:
         dim: output width (1 linear unit + dim − 1 periodic units).
@@ -82,7 +82,7 @@ class TimeEmbedding(nn.Module):
 
 
 class MTANDEmbedding(nn.Module):
-    """Multi-time attention interpolation of the hourly series at T reference times (mTAND eq. 5-7).
+    """Multi-time attention interpolation of the hourly series at T reference times (mTAND's multi-time attention module).
 
     Reference times `r_j = j/T` and observation times `t_i = i/T`; `q = W_q φ(r)`, `k = W_k φ(t)`, split
     into `heads` heads; `score[h,j,i] = q_h(r_j)·k_h(t_i)/√(time_dim/heads)`. For each feature f, a
@@ -185,7 +185,7 @@ class StreamLayer(nn.Module):
 
 
 class InterleavedLayer(nn.Module):
-    """One interleaved cross-modal layer over the EHR and CXR streams (UTDE §3.3, MulT).
+    """One interleaved cross-modal layer over the EHR and CXR streams (UTDE's interleaved attention, MulT-style).
 
     Both cross-attentions read the other stream's post-self-attention state, not its updated one.
     """
@@ -208,7 +208,7 @@ class UTDEModel(FusionModel):
     Inputs: `ehr` [B, T, F] normalised values, `ehr_mask` [B, T, F] observed indicators, `cxr`
     [B, 3, H, W], `has_cxr` [B].
 
-    EHR (UTDE §3.1-3.2): `e_imp = Linear(2F→d)([ehr; ehr_mask])` and `e_mt = mTAND(ehr, ehr_mask)`, both
+    EHR (UTDE's gated embedding): `e_imp = Linear(2F→d)([ehr; ehr_mask])` and `e_mt = mTAND(ehr, ehr_mask)`, both
     [B, T, d]; gate `g = σ(W₂ ReLU(W₁ Dropout[e_imp; e_mt]))` (one gate per step and channel, Xavier-normal
     W₁: 2d→d, W₂: d→d); `e = g ⊙ e_imp + (1 − g) ⊙ e_mt` → Transformer encoder layers → `s_e` [B, T, d].
 

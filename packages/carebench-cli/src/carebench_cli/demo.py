@@ -1,0 +1,68 @@
+"""The synthetic demo dataset behind `carebench run` without `--dataset`: generated and built once, cached.
+
+Layout under the cache directory (`$CAREBENCH_CACHE`, default `./.carebench`)::
+
+    demo/raw/        synthetic MIMIC-IV 2.2 + MIMIC-CXR-JPG 2.0.0 raw tree (seed 0, `demo` scale)
+    demo/dataset/    the benchmark dataset built from it by `carebench_data.build_dataset`
+
+Both steps write atomically, so an interrupted first run leaves no half-built cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from carebench_cli.config import cache_dir
+
+DEMO_SEED = 0
+MIMIC_IV_VERSION = "2.2"
+
+
+def demo_paths(cache: Path | None = None) -> tuple[Path, Path]:
+    """(raw tree, dataset directory) of the cached demo."""
+    root = (cache or cache_dir()) / "demo"
+    return root / "raw", root / "dataset"
+
+
+def ensure_demo_dataset(*, console: Console, cache: Path | None = None) -> Path:
+    """The cached demo dataset directory; generates and builds it on first use (about a minute on 2 cores).
+
+    Returns:
+        The dataset directory (DESIGN §1).
+    """
+    from carebench_data.build import build_dataset
+    from carebench_data.config import BuildConfig
+    from carebench_data.synthetic import SyntheticConfig, generate_synthetic
+
+    raw, dataset = demo_paths(cache)
+    if (dataset / "manifest.json").is_file():
+        return dataset
+    console.print(
+        f"first run: generating the synthetic demo dataset under {raw.parent} (cached for next time)"
+    )
+    with Progress(
+        TextColumn("[bold]{task.description:<18}"),
+        BarColumn(bar_width=32),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        if not (raw / "mimiciv" / MIMIC_IV_VERSION).is_dir():
+            generating = progress.add_task("synthetic raw tree", total=None)
+            generate_synthetic(
+                raw,
+                SyntheticConfig.demo(seed=DEMO_SEED),
+                progress=lambda done, total: progress.update(generating, completed=done, total=total),
+            )
+        building = progress.add_task("build dataset", total=None)
+        build_dataset(
+            BuildConfig(
+                mimic_iv=raw / "mimiciv" / MIMIC_IV_VERSION,
+                mimic_cxr=raw / "mimic-cxr-jpg" / "2.0.0",
+                out=dataset,
+            ),
+            progress=lambda done, total: progress.update(building, completed=done, total=total),
+        )
+    return dataset
