@@ -129,3 +129,22 @@ def test_parse_shard():
     for bad in ("4/4", "1/0", "a/b", "1-4", "-1/4"):
         with pytest.raises(CliError, match="--shard"):
             parse_shard(bad)
+
+
+def test_config_overrides_beat_bundled_defaults_and_enter_the_id():
+    def defaults(model, task, cohort):
+        return ({"alpha": 0.7, "beta": 1.0} if task == "los" else {}), {"lr": 4e-4}
+
+    config = check_names(
+        resolve_config(
+            file_values={"models": ["lstm"], "hparams": {"lstm": {"beta": 2.0}}, "train": {"max_epochs": 3}}
+        ),
+        known_models=MODELS,
+        known_tasks=TASKS,
+    )
+    specs = {spec.task: spec for spec in expand_grid(config, dataset_hash="h", defaults=defaults)}
+    assert dict(specs["los"].hparams) == {"alpha": 0.7, "beta": 2.0}
+    assert dict(specs["mortality"].hparams) == {"beta": 2.0}
+    assert dict(specs["los"].train) == {"lr": 4e-4, "max_epochs": 3}
+    without = {spec.task: spec for spec in expand_grid(config, dataset_hash="h")}
+    assert without["los"].run_id != specs["los"].run_id

@@ -44,7 +44,7 @@ def test_build_verify_and_errors(tmp_path: Path) -> None:
     assert again.exit_code == 2
     assert "already exists" in again.output and "Traceback" not in again.output
 
-    strict = runner.invoke(app, [*arguments[:-1], str(tmp_path / "strict")])
+    strict = runner.invoke(app, [*arguments[:-1], str(tmp_path / "strict"), "--no-cache"])
     assert strict.exit_code == 2 and "max_failure_fraction" in strict.output
     assert not (tmp_path / "strict").exists()
 

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from carebench_data import cxr, events, labels, raw, registry
+from carebench_data import cohort, cxr, events, labels, raw, registry
 from carebench_data.cxr import (
     CxrError,
     check_leakage,
@@ -422,7 +422,7 @@ def test_bundled_tables_regenerate_from_the_reference_files() -> None:
     )
 
 
-@pytest.mark.parametrize("module", [events, labels, cxr, raw, registry], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [cohort, events, labels, cxr, raw, registry], ids=lambda m: m.__name__)
 def test_docstring_examples_run(module: object) -> None:
     result = doctest.testmod(module)  # type: ignore[arg-type]
     assert result.attempted > 0 and result.failed == 0

@@ -64,6 +64,9 @@ def build_command(
         str | None, typer.Option("--mimic-iv-version", help="auto, 2.2, 3.1 or 1.0 (default: auto).")
     ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Image decoding threads.")] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Do not reuse staged events from a previous build.")
+    ] = False,
 ) -> None:
     """Build the benchmark dataset directory from raw MIMIC-IV (+ MIMIC-CXR-JPG) files."""
     from carebench_data.build import PROGRESS_TOTAL, build_dataset
@@ -78,6 +81,7 @@ def build_command(
         "cxr.workers": workers,
         "build.overwrite": True if overwrite else None,
         "cxr.enabled": False if no_cxr else None,
+        "build.cache": False if no_cache else None,
     }
     build_config = BuildConfig.from_toml(config, **overrides)
     progress = Progress(

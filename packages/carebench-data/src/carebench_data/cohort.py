@@ -84,7 +84,15 @@ def stay_spine(icustays: pl.LazyFrame, *, admissions: pl.LazyFrame, patients: pl
 
 
 def keep_valid_times(spine: pl.LazyFrame) -> pl.LazyFrame:
-    """Keep stays with non-null intime and outtime and outtime > intime."""
+    """Keep stays with non-null intime and outtime and outtime > intime.
+
+    >>> from datetime import datetime as dt
+    >>> t = dt(2180, 1, 1)
+    >>> spine = pl.LazyFrame({"intime": [t, t, None, t, t],
+    ...     "outtime": [dt(2180, 1, 4), t, dt(2180, 1, 4), None, dt(2179, 12, 31)]})
+    >>> keep_valid_times(spine).collect().height
+    1
+    """
     return spine.filter(
         pl.col("intime").is_not_null()
         & pl.col("outtime").is_not_null()
@@ -98,12 +106,21 @@ def keep_linked(spine: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def keep_adults(spine: pl.LazyFrame, *, min_age: int) -> pl.LazyFrame:
-    """Keep stays with age at hospital admission ≥ `min_age`."""
+    """Keep stays with age at hospital admission ≥ `min_age`.
+
+    >>> keep_adults(pl.LazyFrame({"age": [17, 18, 45, 91, None]}), min_age=18).collect()["age"].to_list()
+    [18, 45, 91]
+    """
     return spine.filter(pl.col("age") >= min_age)
 
 
 def keep_min_los(spine: pl.LazyFrame, *, min_hours: float) -> pl.LazyFrame:
-    """Keep stays with ICU length of stay ≥ `min_hours` (48 h: the whole window lies in the ICU)."""
+    """Keep stays with ICU length of stay ≥ `min_hours` (48 h: the whole window lies in the ICU).
+
+    >>> spine = pl.LazyFrame({"los_hours": [47.99, 48.0, 12.0, 300.0, 48.01]})
+    >>> keep_min_los(spine, min_hours=48).collect()["los_hours"].to_list()
+    [48.0, 300.0, 48.01]
+    """
     return spine.filter(pl.col("los_hours") >= min_hours)
 
 
@@ -118,12 +135,28 @@ def keep_one_stay_per_admission(spine: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def keep_first_stay_per_subject(spine: pl.LazyFrame) -> pl.LazyFrame:
-    """Keep each subject's earliest remaining stay (ties by stay_id)."""
+    """Keep each subject's earliest remaining stay (ties by stay_id).
+
+    >>> from datetime import datetime as dt
+    >>> spine = pl.LazyFrame({"subject_id": [1, 1, 2, 2, 3], "stay_id": [11, 12, 21, 22, 31],
+    ...     "intime": [dt(2180, 5, 1), dt(2180, 1, 1), dt(2180, 1, 1), dt(2180, 1, 1), dt(2180, 1, 1)]})
+    >>> keep_first_stay_per_subject(spine).collect().sort("stay_id")["stay_id"].to_list()
+    [12, 21, 31]
+    """
     return spine.filter(pl.struct("intime", "stay_id").rank("ordinal").over("subject_id") == 1)
 
 
 def keep_alive_at_prediction(spine: pl.LazyFrame) -> pl.LazyFrame:
-    """Drop stays whose patient died before prediction_time (dod-only deaths at day resolution)."""
+    """Drop stays whose patient died before prediction_time (dod-only deaths at day resolution).
+
+    >>> from datetime import date, datetime as dt
+    >>> pt = dt(2180, 1, 3, 10)
+    >>> spine = pl.LazyFrame({"prediction_time": [pt] * 5,
+    ...     "t_death": [dt(2180, 1, 3, 9, 59), pt, None, None, None],
+    ...     "dod": [date(2180, 1, 3), date(2180, 1, 3), date(2180, 1, 2), date(2180, 1, 3), None]})
+    >>> keep_alive_at_prediction(spine).collect().height
+    3
+    """
     died_before = pl.when(pl.col("t_death").is_not_null()).then(pl.col("t_death") < pl.col("prediction_time"))
     died_before = died_before.otherwise(pl.col("dod") < pl.col("prediction_time").dt.date())
     return spine.filter(~died_before.fill_null(False))

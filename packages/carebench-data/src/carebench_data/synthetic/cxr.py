@@ -174,7 +174,7 @@ def render_params(plan: CxrPlan, config: SyntheticConfig) -> list[RenderParams]:
         q = im["consolidation"][i]
         n_blobs = 0 if q < 0.3 else int(1 + rng.integers(0, 3))
         blobs = np.column_stack(
-            [rng.uniform(0.28, 0.45, n_blobs), rng.choice([0.33, 0.67], n_blobs) + rng.uniform(-0.04, 0.04, n_blobs), np.full(n_blobs, 0.55 * q)]
+            [rng.uniform(0.24, 0.38, n_blobs), rng.choice([0.33, 0.67], n_blobs) + rng.uniform(-0.04, 0.04, n_blobs), np.full(n_blobs, 0.55 * q)]
         )
         sd = 0.03 * im["noise_factor"][i]
         params.append(
@@ -184,7 +184,7 @@ def render_params(plan: CxrPlan, config: SyntheticConfig) -> list[RenderParams]:
                 effusion_left=levels[0],
                 effusion_right=levels[1],
                 blobs=blobs,
-                lobar=float(0.45 * q) if q > 0.2 else 0.0,
+                lobar=float(0.6 * q) if q > 0.15 else 0.0,
                 lobar_side=2 if q > 0.75 else int(rng.integers(0, 2)),
                 edema=float(0.3 * im["edema"][i]) if im["edema"][i] > 0.3 else 0.0,
                 pneumothorax_side=int(rng.integers(0, 2)) if im["pneumothorax"][i] > 0.5 else -1,

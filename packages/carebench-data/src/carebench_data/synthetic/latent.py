@@ -191,7 +191,12 @@ def _phenotype_linear(config: SyntheticConfig, z: np.ndarray, st: Arrays, fi: Ar
     else:
         chf = sig.chf_interaction * k * f["overload"] + sig.chf_cardiomegaly * k + sig.chf_overload * f["overload"]
     q = fi["consolidation"]
-    pneumonia = sig.pneumonia_interaction * q * f["febrile"] + sig.pneumonia_consolidation * q + sig.pneumonia_febrile * f["febrile"]
+    pneumonia = (
+        sig.pneumonia_interaction * q * f["fever"]
+        + sig.pneumonia_consolidation * q
+        + sig.pneumonia_fever * f["fever"]
+        + 0.5 * f["wbc_high"]
+    )
     terms = {
         "acute_renal_failure": 3.0 * f["aki"] + 0.3 * r,
         "acute_cerebrovascular_disease": 3.5 * f["neuro"] + 0.2 * s,

@@ -111,7 +111,7 @@ class TemplateCache:
                 meniscus = 0.76 - height + 0.05 * (1 - lateral) ** 2 - 0.04 * lateral
                 self.effusions[side, level] = np.clip((yy - meniscus) / 0.03, 0, 1) * (np.abs(xx - cx) < 0.17) * (yy < 0.8)
         self.lobes = np.stack(
-            [_ellipse(yy, xx, 0.37, cx, 0.13, 0.12, 0.5) for cx in (0.5 - 0.17, 0.5 + 0.17)]
+            [_ellipse(yy, xx, 0.30, cx, 0.10, 0.12, 0.5) for cx in (0.5 - 0.19, 0.5 + 0.19)]
         ).astype(np.float32)
         blob_size = max(size // 3, 7)
         g = np.linspace(-2.2, 2.2, blob_size, dtype=np.float32)

@@ -32,7 +32,7 @@ SCALE_ACTIVATIONS: tuple[str, ...] = ("linear", "sigmoid", "tanh")
 
 @dataclass(frozen=True, kw_only=True)
 class DAFTConfig(TransformerEHRConfig):
-    """Configuration of `daft` (`paper`: d 256, ResNet-50, bottleneck 329; `quick`: d 32, SmallCNN, bottleneck 13).
+    """Configuration of `daft` (`paper`: d 256, ResNet-50, bottleneck 329; `quick`: d 32, SmallCNN, 13).
 
     Both profiles use location 3, factor 7 and a linear scale, the reference code's classification setting.
     """
@@ -59,7 +59,8 @@ class DAFTConfig(TransformerEHRConfig):
             raise CarebenchModelError(f"daft bottleneck_factor must be >= 1, got {self.bottleneck_factor}")
         if self.scale_activation not in SCALE_ACTIVATIONS:
             raise CarebenchModelError(
-                f"daft scale_activation must be one of {', '.join(SCALE_ACTIVATIONS)}, got {self.scale_activation!r}"
+                f"daft scale_activation must be one of {', '.join(SCALE_ACTIVATIONS)}, "
+                f"got {self.scale_activation!r}"
             )
 
 
@@ -135,7 +136,7 @@ class DAFTBlock(nn.Module):
         return scale[:, :, None, None] * feature_map + shift[:, :, None, None]
 
     def forward(self, feature_map: Tensor, tabular: Tensor) -> Tensor:
-        """Block output [n, C_out, h', w'] of `feature_map` [n, C_in, h, w] conditioned on `tabular` [n, P]."""
+        """Block output [n, C_out, h', w'] of `feature_map` [n, C_in, h, w] given `tabular` [n, P]."""
         if self.location == 0:
             feature_map = self.transform(feature_map, tabular)
         residual = self.transform(feature_map, tabular) if self.location == 1 else feature_map
@@ -200,7 +201,8 @@ class DAFTModel(FusionModel):
         last_block = blocks[-1]
         if not isinstance(last_block, BasicBlock | Bottleneck):
             raise CarebenchModelError(
-                f"daft needs a torchvision BasicBlock or Bottleneck as the CNN's last block, got {type(last_block).__name__}"
+                "daft needs a torchvision BasicBlock or Bottleneck as the CNN's last block, "
+                f"got {type(last_block).__name__}"
             )
         encoder.layer4 = nn.Sequential(*blocks[:-1])
         self.cxr_encoder = encoder
@@ -214,13 +216,20 @@ class DAFTModel(FusionModel):
         self.missing_input = nn.Parameter(torch.empty(self.daft_block.in_channels))
         nn.init.trunc_normal_(self.missing_input, std=0.02)
         self.head = nn.Linear(self.daft_block.out_channels, task.num_outputs)
+        self._map_sides: dict[int, int] = {}
+
+    def map_side(self, side: int) -> int:
+        """Side of the DAFT block's input map for images of `side` pixels (cached per side)."""
+        if side not in self._map_sides:
+            self._map_sides[side] = _map_side(self.cxr_encoder, side)
+        return self._map_sides[side]
 
     def forward(self, batch: Batch) -> ModelOutput:
         """Logits [B, K]."""
         idx = paired_index(batch)
         ehr = self.ehr_encoder(ehr_input(batch))
         cxr = batch["cxr"]
-        height, width = (_map_side(self.cxr_encoder, side) for side in cxr.shape[-2:])
+        height, width = (self.map_side(side) for side in cxr.shape[-2:])
         block_input = self.missing_input[None, :, None, None].expand(cxr.shape[0], -1, height, width)
         if idx.numel() > 0:
             paired_maps = self.cxr_encoder.forward_stages(cxr.index_select(0, idx))[-1]

@@ -29,7 +29,7 @@ _SKIPPED_MODULES = ("fusion_lstm", "head")
 
 @dataclass(frozen=True, kw_only=True)
 class MedFuseConfig(CommonConfig):
-    """Configuration of `medfuse` (`paper`: d 256, ResNet-50; `quick`: d 32, SmallCNN; dropout 0.3 in both)."""
+    """Configuration of `medfuse` (`paper`: d 256, ResNet-50; `quick`: d 32, SmallCNN; dropout 0.3)."""
 
     dropout: float = 0.3
     """Dropout on the EHR embedding (0.3 ran upstream; MedFuse's README says 0.2)."""

@@ -53,7 +53,8 @@ class UTDEConfig(TransformerEHRConfig):
         super().__post_init__()
         if self.time_dim < 2 or self.mtand_heads < 1 or self.time_dim % self.mtand_heads:
             raise CarebenchModelError(
-                f"utde time_dim ({self.time_dim}) must be >= 2 and divisible by mtand_heads ({self.mtand_heads})"
+                f"utde time_dim ({self.time_dim}) must be >= 2 and divisible by "
+                f"mtand_heads ({self.mtand_heads})"
             )
         if self.fusion_heads < 1 or self.d_model % self.fusion_heads:
             raise CarebenchModelError(
@@ -82,7 +83,7 @@ class TimeEmbedding(nn.Module):
 
 
 class MTANDEmbedding(nn.Module):
-    """Multi-time attention interpolation of the hourly series at T reference times (mTAND's multi-time attention module).
+    """mTAND's multi-time attention: interpolation of the hourly series at T reference times.
 
     Reference times `r_j = j/T` and observation times `t_i = i/T`; `q = W_q φ(r)`, `k = W_k φ(t)`, split
     into `heads` heads; `score[h,j,i] = q_h(r_j)·k_h(t_i)/√(time_dim/heads)`. For each feature f, a
@@ -185,7 +186,7 @@ class StreamLayer(nn.Module):
 
 
 class InterleavedLayer(nn.Module):
-    """One interleaved cross-modal layer over the EHR and CXR streams (UTDE's interleaved attention, MulT-style).
+    """One interleaved cross-modal layer over the EHR and CXR streams (UTDE, MulT-style).
 
     Both cross-attentions read the other stream's post-self-attention state, not its updated one.
     """
@@ -208,9 +209,10 @@ class UTDEModel(FusionModel):
     Inputs: `ehr` [B, T, F] normalised values, `ehr_mask` [B, T, F] observed indicators, `cxr`
     [B, 3, H, W], `has_cxr` [B].
 
-    EHR (UTDE's gated embedding): `e_imp = Linear(2F→d)([ehr; ehr_mask])` and `e_mt = mTAND(ehr, ehr_mask)`, both
-    [B, T, d]; gate `g = σ(W₂ ReLU(W₁ Dropout[e_imp; e_mt]))` (one gate per step and channel, Xavier-normal
-    W₁: 2d→d, W₂: d→d); `e = g ⊙ e_imp + (1 − g) ⊙ e_mt` → Transformer encoder layers → `s_e` [B, T, d].
+    EHR (UTDE's gated embedding): `e_imp = Linear(2F→d)([ehr; ehr_mask])` and
+    `e_mt = mTAND(ehr, ehr_mask)`, both [B, T, d]; gate `g = σ(W₂ ReLU(W₁ Dropout[e_imp; e_mt]))` (one
+    gate per step and channel, Xavier-normal W₁: 2d→d, W₂: d→d); `e = g ⊙ e_imp + (1 − g) ⊙ e_mt` →
+    Transformer encoder layers → `s_e` [B, T, d].
 
     CXR: ResNet→d on the paired rows → `c` [B, d] (learned `cxr_missing` elsewhere) → Linear(d→d) +
     BatchNorm1d + ReLU + Dropout → time attention. With a single image the attention has one key, so
