@@ -23,7 +23,9 @@ def _one_line(output):
 def test_unknown_model_is_one_line_listing_valid_models(dataset, tmp_path):
     from carebench_models import available_models
 
-    result = _invoke("run", "--dataset", str(dataset), "--models", "lstm,drfus", "--out", str(tmp_path / "runs"))
+    result = _invoke(
+        "run", "--dataset", str(dataset), "--models", "lstm,drfus", "--out", str(tmp_path / "runs")
+    )
     assert result.exit_code == 2
     line = _one_line(result.output)
     assert line.startswith("error: unknown model 'drfus'; valid models: ")
@@ -32,19 +34,25 @@ def test_unknown_model_is_one_line_listing_valid_models(dataset, tmp_path):
 
 
 def test_unknown_task_and_config_key(dataset, tmp_path):
-    result = _invoke("run", "--dataset", str(dataset), "--tasks", "mortality,mort", "--out", str(tmp_path / "runs"))
+    result = _invoke(
+        "run", "--dataset", str(dataset), "--tasks", "mortality,mort", "--out", str(tmp_path / "runs")
+    )
     assert result.exit_code == 2
     assert _one_line(result.output) == "error: unknown task 'mort'; valid tasks: los, mortality, phenotype"
     config = tmp_path / "run.toml"
     config.write_text('modles = ["lstm"]\n')
     result = _invoke("run", "--config", str(config))
     assert result.exit_code == 2
-    assert _one_line(result.output).startswith("error: unknown config key(s) ['modles']; valid keys: cohorts, dataset")
+    assert _one_line(result.output).startswith(
+        "error: unknown config key(s) ['modles']; valid keys: cohorts, dataset"
+    )
 
 
 def test_bad_override_fails_before_any_training(dataset, tmp_path):
     config = tmp_path / "run.toml"
-    config.write_text(f'dataset = "{dataset}"\nmodels = ["lstm"]\ntasks = ["mortality"]\n[hparams.lstm]\nhiden = 3\n')
+    config.write_text(
+        f'dataset = "{dataset}"\nmodels = ["lstm"]\ntasks = ["mortality"]\n[hparams.lstm]\nhiden = 3\n'
+    )
     result = _invoke("run", "--config", str(config), "--out", str(tmp_path / "runs"))
     assert result.exit_code != 0
     assert "hiden" in _one_line(result.output)

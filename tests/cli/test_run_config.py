@@ -43,7 +43,14 @@ def test_flag_beats_file_beats_default(tmp_path):
     assert config.seeds == (42, 123)  # file only
     assert config.device == "auto"  # default
     assert config.out == tmp_path / "my_runs"  # relative to the file
-    assert config.report == ReportConfig(n_boot=200)
+    assert config.report == ReportConfig(n_boot=200, n_perm=2000)  # file value, then the quick profile
+
+
+def test_report_statistics_follow_the_profile():
+    assert resolve_config().report == ReportConfig(n_boot=200, n_perm=2000)
+    assert resolve_config(flags={"profile": "paper"}).report == ReportConfig(n_boot=1000, n_perm=10_000)
+    paper = resolve_config(flags={"profile": "paper"}, file_values={"report": {"n_perm": 500}})
+    assert (paper.report.n_boot, paper.report.n_perm) == (1000, 500)
 
 
 def test_config_is_frozen():

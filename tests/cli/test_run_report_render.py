@@ -5,7 +5,15 @@ import polars as pl
 import pytest
 
 from carebench_cli.report import plots
-from carebench_cli.report.document import Figure, Report, Section, Table, markdown_table, render_html, render_markdown
+from carebench_cli.report.document import (
+    Figure,
+    Report,
+    Section,
+    Table,
+    markdown_table,
+    render_html,
+    render_markdown,
+)
 from carebench_cli.report.formatting import fmt_ci, fmt_p, fmt_sd, fmt_value
 from carebench_cli.report.tidy import headline, ordered, summary_target, value_of, where
 
@@ -25,13 +33,70 @@ def test_formatting():
 
 
 def _results():
-    base = {"baseline": None, "setting": "cohort_base", "group_attribute": None, "group": None, "ci_low": None, "ci_high": None}
+    base = {
+        "baseline": None,
+        "setting": "cohort_base",
+        "group_attribute": None,
+        "group": None,
+        "ci_low": None,
+        "ci_high": None,
+    }
     rows = [
-        {**base, "model": "a", "seed": 1, "task": "t", "metric": "m", "statistic": "estimate", "target": "(macro)", "value": 0.6, "n_runs": 1},
-        {**base, "model": "a", "seed": 2, "task": "t", "metric": "m", "statistic": "estimate", "target": "(macro)", "value": 0.8, "n_runs": 1},
-        {**base, "model": "a", "seed": None, "task": "t", "metric": "m", "statistic": "mean", "target": "(macro)", "value": 0.7, "n_runs": 2},
-        {**base, "model": "b", "seed": 1, "task": "t", "metric": "m", "statistic": "estimate", "target": "(macro)", "value": 0.9, "n_runs": 1},
-        {**base, "model": "b", "seed": 1, "task": "t", "metric": "m", "statistic": "estimate", "target": "x", "value": 0.1, "n_runs": 1},
+        {
+            **base,
+            "model": "a",
+            "seed": 1,
+            "task": "t",
+            "metric": "m",
+            "statistic": "estimate",
+            "target": "(macro)",
+            "value": 0.6,
+            "n_runs": 1,
+        },
+        {
+            **base,
+            "model": "a",
+            "seed": 2,
+            "task": "t",
+            "metric": "m",
+            "statistic": "estimate",
+            "target": "(macro)",
+            "value": 0.8,
+            "n_runs": 1,
+        },
+        {
+            **base,
+            "model": "a",
+            "seed": None,
+            "task": "t",
+            "metric": "m",
+            "statistic": "mean",
+            "target": "(macro)",
+            "value": 0.7,
+            "n_runs": 2,
+        },
+        {
+            **base,
+            "model": "b",
+            "seed": 1,
+            "task": "t",
+            "metric": "m",
+            "statistic": "estimate",
+            "target": "(macro)",
+            "value": 0.9,
+            "n_runs": 1,
+        },
+        {
+            **base,
+            "model": "b",
+            "seed": 1,
+            "task": "t",
+            "metric": "m",
+            "statistic": "estimate",
+            "target": "x",
+            "value": 0.1,
+            "n_runs": 1,
+        },
     ]
     return pl.DataFrame(rows)
 
@@ -52,9 +117,17 @@ def test_headline_prefers_seed_means_and_keeps_single_runs():
 
 
 def test_markdown_and_html_render_tables_and_embed_figures():
-    table = Table(key="t1", caption="Caption <1>", frame=pl.DataFrame({"model": ["a|b", "<x>"], "AUROC": ["0.8", "0.7"]}))
+    table = Table(
+        key="t1",
+        caption="Caption <1>",
+        frame=pl.DataFrame({"model": ["a|b", "<x>"], "AUROC": ["0.8", "0.7"]}),
+    )
     figure = Figure(key="fig", caption="A figure", png=PNG + b"rest")
-    report = Report(title="T", summary=["s"], sections=[Section("Q1", paragraphs=["p & q"], tables=[table], figures=[figure])])
+    report = Report(
+        title="T",
+        summary=["s"],
+        sections=[Section("Q1", paragraphs=["p & q"], tables=[table], figures=[figure])],
+    )
     markdown = render_markdown(report)
     assert "| a\\|b | 0.8 |" in markdown
     assert "![A figure](fig.png)" in markdown
@@ -68,17 +141,29 @@ def test_markdown_and_html_render_tables_and_embed_figures():
 
 def test_plots_are_png_and_tolerate_nan():
     forest = plots.forest_plot(
-        [plots.Interval("chf", 0.05, 0.01, 0.09, marked=True, highlighted=True), plots.Interval("x", math.nan, math.nan, math.nan)],
+        [
+            plots.Interval("chf", 0.05, 0.01, 0.09, marked=True, highlighted=True),
+            plots.Interval("x", math.nan, math.nan, math.nan),
+        ],
         title="t",
         xlabel="Δ",
     )
     heat = plots.heatmap(
-        np.array([[np.nan, 0.1], [-0.1, np.nan]]), row_labels=["a", "b"], column_labels=["a", "b"], title="t",
-        colorbar_label="Δ", annotations=[["", "+0.1*"], ["-0.1*", ""]],
+        np.array([[np.nan, 0.1], [-0.1, np.nan]]),
+        row_labels=["a", "b"],
+        column_labels=["a", "b"],
+        title="t",
+        colorbar_label="Δ",
+        annotations=[["", "+0.1*"], ["-0.1*", ""]],
     )
     curves = plots.degradation_curves(
-        {"MCAR": [plots.Curve("m", [0.0, 0.5, 1.0], [0.8, 0.7, 0.6], [0.7, 0.6, 0.5], [0.9, 0.8, 0.7])], "MNAR": []},
-        title="t", ylabel="AUPRC", reference=("best EHR-only", 0.65),
+        {
+            "MCAR": [plots.Curve("m", [0.0, 0.5, 1.0], [0.8, 0.7, 0.6], [0.7, 0.6, 0.5], [0.9, 0.8, 0.7])],
+            "MNAR": [],
+        },
+        title="t",
+        ylabel="AUPRC",
+        reference=("best EHR-only", 0.65),
     )
     dots = plots.group_dot_plot({"TPR": [plots.GroupPoint("m", "sex=F", 0.7, 0.6, 0.8)]}, title="t")
     bars = plots.bar_chart([plots.Interval("m", 0.02, -0.01, 0.05)], title="t", ylabel="Δ")

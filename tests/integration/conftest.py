@@ -11,11 +11,17 @@ from carebench_data.testing import write_tiny_dataset
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 240-stay benchmark dataset directory with planted mortality signal, half the stays with a CXR."""
     return write_tiny_dataset(
-        tmp_path_factory.mktemp("integration") / "dataset", n_stays=240, paired_fraction=0.5, image_size=64, seed=3
+        tmp_path_factory.mktemp("integration") / "dataset",
+        n_stays=240,
+        paired_fraction=0.5,
+        image_size=64,
+        seed=3,
     )
 
 
-def write_run_config(path: Path, dataset: Path, out: Path, *, models, tasks, seeds=(42,), epochs=1, n_boot=60, n_perm=99):
+def write_run_config(
+    path: Path, dataset: Path, out: Path, *, models, tasks, seeds=(42,), epochs=1, n_boot=60, n_perm=99
+):
     """A reduced grid: the given models and tasks, one fold, `epochs` epochs, small bootstrap."""
     lines = [
         f'dataset = "{dataset}"',

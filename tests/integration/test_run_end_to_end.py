@@ -20,7 +20,9 @@ MODELS = ("lstm", "latefusion")
 @pytest.fixture(scope="module")
 def finished_store(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    config = write_run_config(root / "run.toml", tiny_dataset, root / "runs", models=MODELS, tasks=("mortality", "los"))
+    config = write_run_config(
+        root / "run.toml", tiny_dataset, root / "runs", models=MODELS, tasks=("mortality", "los")
+    )
     result = CliRunner().invoke(app, ["run", "--config", str(config)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return root / "runs", result.output
@@ -43,7 +45,9 @@ def test_every_run_is_done_with_valid_predictions(finished_store):
     for column in ("subject_id", "sex", "age_group", "race", "insurance", "admission_type", "has_cxr"):
         assert column in preds.columns
     natural = preds.filter(pl.col("setting") == "cohort_base", pl.col("task") == "mortality")
-    withheld = preds.filter(pl.col("setting") == "cohort_base+test_cxr_mcar_1.0", pl.col("task") == "mortality")
+    withheld = preds.filter(
+        pl.col("setting") == "cohort_base+test_cxr_mcar_1.0", pl.col("task") == "mortality"
+    )
     assert natural["has_cxr"].any() and not withheld["has_cxr"].any()
     val = ce.read_predictions(sorted(str(p) for p in runs.glob("*/val_predictions.parquet")))
     assert set(val["setting"].unique()) == {"cohort_base"}
@@ -80,7 +84,9 @@ def test_report_numbers_match_carebench_eval(finished_store):
         ).row(0, named=True)
         cell = fmt_ci(row["value"], row["ci_low"], row["ci_high"])
         leaderboard = markdown.split("Table 2 (base cohort, mortality)")[1].split("**Table")[0]
-        assert re.search(rf"\| {model}( •)? \| [^|]+ \| [^|]+ \| {re.escape(cell)} \|", leaderboard), leaderboard
+        assert re.search(rf"\| {model}( •)? \| [^|]+ \| [^|]+ \| {re.escape(cell)} \|", leaderboard), (
+            leaderboard
+        )
     # The saved tidy table is the same computation.
     saved = ce.read_results(report_dir / "results" / "score_base.csv")
     assert saved.equals(direct)
@@ -94,7 +100,9 @@ def test_report_numbers_match_carebench_eval(finished_store):
     }
     table1 = markdown.split("Table 1 (base cohort)")[1].split("**Table")[0]
     delta = f"{values['latefusion'] - values['lstm']:+.3f}"
-    assert re.search(rf"\| mortality \| latefusion \| AUPRC \| [^|]+ \| lstm \| {re.escape(delta)} \[", table1), table1
+    assert re.search(
+        rf"\| mortality \| latefusion \| AUPRC \| [^|]+ \| lstm \| {re.escape(delta)} \[", table1
+    ), table1
 
 
 def test_rerun_skips_everything_and_report_can_be_rebuilt(finished_store, tmp_path):
@@ -106,6 +114,8 @@ def test_rerun_skips_everything_and_report_can_be_rebuilt(finished_store, tmp_pa
     assert "4 finished, 0 to run" in " ".join(result.output.split())
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/DONE")} == before
     out = tmp_path / "report2"
-    result = CliRunner().invoke(app, ["report", str(runs), "--out", str(out), "--n-boot", "60", "--n-perm", "99"])
+    result = CliRunner().invoke(
+        app, ["report", str(runs), "--out", str(out), "--n-boot", "60", "--n-perm", "99"]
+    )
     assert result.exit_code == 0, result.output
     assert (out / "report.md").read_text() == (runs / "report" / "report.md").read_text()

@@ -35,7 +35,13 @@ def _wait_for_partial(store: RunStore, process: subprocess.Popen, timeout: float
 def test_killed_grid_resumes(tiny_dataset, tmp_path):
     runs = tmp_path / "runs"
     config = write_run_config(
-        tmp_path / "run.toml", tiny_dataset, runs, models=("lstm",), tasks=("mortality",), seeds=(1, 2, 3), epochs=3
+        tmp_path / "run.toml",
+        tiny_dataset,
+        runs,
+        models=("lstm",),
+        tasks=("mortality",),
+        seeds=(1, 2, 3),
+        epochs=3,
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     process = subprocess.Popen(
@@ -67,8 +73,10 @@ def test_killed_grid_resumes(tiny_dataset, tmp_path):
     partial_config = (store.run_dir(partial) / "config.json").stat().st_mtime_ns
     result = CliRunner().invoke(app, ["run", "--config", str(config), "--no-report"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "3 runs in the grid; 1 finished, 2 to run (1 unfinished to redo)" in " ".join(result.output.split())
-    assert (store.run_dir(finished) / DONE_FILE).stat().st_mtime_ns == finished_marker  # skipped, not redone
-    assert (store.run_dir(partial) / "config.json").stat().st_mtime_ns != partial_config  # redone from scratch
+    output = " ".join(result.output.split())
+    assert "3 runs in the grid; 1 finished, 2 to run (1 unfinished to redo)" in output
+    # The finished run is skipped (its DONE untouched); the partial one is redone from scratch.
+    assert (store.run_dir(finished) / DONE_FILE).stat().st_mtime_ns == finished_marker
+    assert (store.run_dir(partial) / "config.json").stat().st_mtime_ns != partial_config
     assert all(store.status(run_id, verify_hashes=True) is RunStatus.DONE for run_id in store.run_ids())
     assert len(store.run_ids()) == 3

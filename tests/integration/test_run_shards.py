@@ -14,17 +14,24 @@ from .conftest import write_run_config
 
 def test_two_shards_cover_the_grid(tiny_dataset, tmp_path):
     runs = tmp_path / "runs"
-    config = write_run_config(tmp_path / "run.toml", tiny_dataset, runs, models=("lstm",), tasks=("mortality", "los"))
+    config = write_run_config(
+        tmp_path / "run.toml", tiny_dataset, runs, models=("lstm",), tasks=("mortality", "los")
+    )
     resolved = check_names(
         resolve_config(file_values=read_toml(config)), known_models=["lstm"], known_tasks=["mortality", "los"]
     )
-    grid = expand_grid(resolved, dataset_hash=read_manifest(tiny_dataset)["content_hash"], defaults=bundled_defaults)
+    grid = expand_grid(
+        resolved, dataset_hash=read_manifest(tiny_dataset)["content_hash"], defaults=bundled_defaults
+    )
     store = RunStore(runs)
     seen: set[str] = set()
     for index in range(2):
-        result = CliRunner().invoke(app, ["run", "--config", str(config), "--shard", f"{index}/2"], catch_exceptions=False)
+        result = CliRunner().invoke(
+            app, ["run", "--config", str(config), "--shard", f"{index}/2"], catch_exceptions=False
+        )
         assert result.exit_code == 0, result.output
-        assert "carebench report" in " ".join(result.output.split())  # sharded runs leave the report to the user
+        # A shard never writes the report: it tells the user to run `carebench report` at the end.
+        assert "carebench report" in " ".join(result.output.split())
         expected = {spec.run_id for spec in shard(grid, index, 2)}
         now = {run_id for run_id in store.run_ids() if store.status(run_id) is RunStatus.DONE}
         assert now - seen == expected

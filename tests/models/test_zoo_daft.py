@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -12,7 +14,7 @@ from carebench_models.testing import count_cxr_encoder_calls, task_spec, tiny_ba
 from carebench_models.zoo.daft import DAFTBlock, DAFTModel, _map_side
 
 
-def trained_model(**overrides: object) -> DAFTModel:
+def trained_model(**overrides: Any) -> DAFTModel:
     task = task_spec("binary")
     model = tiny_model("daft", task, **overrides)
     train_steps(model, [tiny_batch(task, 8, paired_fraction=0.5, seed=1)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from carebench_models.testing import task_spec, tiny_batch, tiny_model, train_st
 from carebench_models.zoo.medfuse import MedFuseConfig, MedFuseModel
 
 
-def trained_model(kind: str = "multilabel", **overrides: object) -> MedFuseModel:
+def trained_model(kind: str = "multilabel", **overrides: Any) -> MedFuseModel:
     task = task_spec(kind)
     model = tiny_model("medfuse", task, **overrides)
     train_steps(model, [tiny_batch(task, 8, paired_fraction=0.5, seed=1)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from carebench_models.training.config import TrainConfig
 from carebench_models.zoo.mmtm import MMTMConfig, MMTMModel, MMTMUnit
 
 
-def quick_model(**overrides: object) -> MMTMModel:
+def quick_model(**overrides: Any) -> MMTMModel:
     model = tiny_model("mmtm", task_spec("multilabel"), **overrides)
     assert isinstance(model, MMTMModel)
     return model

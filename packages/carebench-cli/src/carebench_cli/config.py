@@ -76,6 +76,18 @@ class ReportConfig:
     random_state: int = 0
     """Seed of the bootstrap and permutation streams."""
 
+    @classmethod
+    def for_profile(cls, profile: str, **overrides: int) -> ReportConfig:
+        """Profile defaults (`paper`: 1000 / 10000, `quick`: 200 / 2000 replicates), then overrides."""
+        return cls(**{**REPORT_PROFILES[profile], **overrides})
+
+
+REPORT_PROFILES: dict[str, dict[str, int]] = {
+    "paper": {"n_boot": 1000, "n_perm": 10_000},
+    "quick": {"n_boot": 200, "n_perm": 2000},
+}
+"""Bootstrap and permutation counts per profile: the quick profile is a smoke run, sized to finish fast."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
@@ -107,8 +119,8 @@ class RunConfig:
     """Trainer overrides (fields of `carebench_models.TrainConfig`)."""
     hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     """Per-model config overrides: model name -> {field: value}."""
-    report: ReportConfig = field(default_factory=ReportConfig)
-    """Statistics settings of the report written after the grid."""
+    report: ReportConfig = field(default_factory=lambda: ReportConfig.for_profile("quick"))
+    """Statistics settings of the report written after the grid (defaults follow the profile)."""
 
 
 _SCALAR_KEYS = ("dataset", "out", "profile", "device")
@@ -179,7 +191,7 @@ def _table(key: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def _parse_report(value: Any) -> ReportConfig:
+def _parse_report(value: Any, *, profile: str) -> ReportConfig:
     table = _table("report", value)
     unknown = sorted(set(table) - set(REPORT_KEYS))
     if unknown:
@@ -187,7 +199,7 @@ def _parse_report(value: Any) -> ReportConfig:
     for name, item in table.items():
         if isinstance(item, bool) or not isinstance(item, int) or item < 0:
             raise _usage(f"[report] {name} must be a non-negative integer, got {item!r}")
-    return ReportConfig(**table)
+    return ReportConfig.for_profile(profile, **table)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -282,12 +294,9 @@ def resolve_config(
         values["hparams"] = MappingProxyType(
             {name: MappingProxyType(_table(f"hparams.{name}", table)) for name, table in hparams.items()}
         )
-    if "report" in merged:
-        values["report"] = (
-            merged["report"]
-            if isinstance(merged["report"], ReportConfig)
-            else _parse_report(merged["report"])
-        )
+    profile = values.get("profile", "quick")
+    report = merged.get("report", {})
+    values["report"] = report if isinstance(report, ReportConfig) else _parse_report(report, profile=profile)
     for key in ("cohorts", "folds", "seeds", "train_cxr_drop", "test_settings"):
         if key in values and not values[key]:
             raise _usage(f"config key {key!r} must not be empty")

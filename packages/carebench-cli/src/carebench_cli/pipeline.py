@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from carebench_cli.grid import RunSpec
+from carebench_cli.report.context import PRIMARY_METRICS
 from carebench_cli.run_store import (
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -33,13 +34,6 @@ ProgressCallback = Callable[[int, int], None]
 TEST_MISSINGNESS_SEED = 0
 """Seed of the test-time CXR removal. Fixed (not the training seed) so that every model and seed is
 scored on the same perturbed test set, which paired comparisons need."""
-
-PRIMARY_METRICS: Mapping[str, str] = {
-    "binary": "auprc_score",
-    "multilabel": "auprc_score",
-    "multiclass": "accuracy_score",
-}
-"""Primary metric per task kind (eval.md §5.5), shown live and stored in `metrics.json`."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +187,6 @@ def _long_frame(prediction: Any, task: Any, dataset: Any, *, spec: RunSpec, sett
 def quick_metric(frame: pl.DataFrame, *, kind: str) -> float:
     """The task's primary metric as a point estimate (no CI), for the live table and `metrics.json`."""
     import carebench_eval as ce
-
     from carebench_cli.report.tidy import summary_target, value_of, where
 
     name = PRIMARY_METRICS[kind]
@@ -310,6 +303,7 @@ def execute_run(
         },
     )
     writer.finish()
+    logger.info("run %s finished in %.1f s (validation %s %.4f)", spec.run_id, seconds, primary, val_metric)
     return RunResult(
         epochs=len(fit.epochs),
         val_metric=val_metric,

@@ -6,7 +6,6 @@ calls into rich bars. Nothing else in carebench prints progress.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -25,7 +24,6 @@ from rich.table import Table
 
 from carebench_cli.grid import RunSpec
 
-ProgressCallback = Callable[[int, int], None]
 _TABLE_ROWS = 12
 
 

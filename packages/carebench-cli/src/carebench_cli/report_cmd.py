@@ -10,6 +10,7 @@ from rich.console import Console
 
 from carebench_cli.config import ReportConfig, read_toml, resolve_config
 from carebench_cli.errors import USAGE_EXIT, CliError, handle_errors
+from carebench_cli.run_store import RunStore
 
 
 def write_report(
@@ -46,7 +47,12 @@ def report_command(
         raise CliError(f"{runs_dir}: no such run store directory", exit_code=USAGE_EXIT)
     file_values = read_toml(config).get("report", {}) if config is not None else {}
     overrides = {key: value for key, value in (("n_boot", n_boot), ("n_perm", n_perm)) if value is not None}
-    report_config = resolve_config(file_values={"report": {**file_values, **overrides}}).report
+    profile = (
+        "paper" if any(run.spec.profile == "paper" for run in RunStore(runs_dir).finished()[0]) else "quick"
+    )
+    report_config = resolve_config(
+        file_values={"profile": profile, "report": {**file_values, **overrides}}
+    ).report
     console = Console(stderr=True)
     report_dir = write_report(runs_dir, report_config=report_config, console=console, out_dir=out)
     console.print(f"report: {report_dir / 'index.html'}")

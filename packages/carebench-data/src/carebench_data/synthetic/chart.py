@@ -169,7 +169,7 @@ def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.
     # Heart rate, hourly.
     r, t = series(1.0)
     s_t = severity_at(population, r, t)
-    hr = 86 + 8 * s_t + 6 * latent("z_infection", r) + 8 * state("fever", r) + 8 * base("hr", r) + rng.normal(0, 5, r.size)
+    hr = 86 + 8 * s_t + 6 * latent("z_infection", r) + 4 * state("fever", r) + 8 * base("hr", r) + rng.normal(0, 5, r.size)
     hr_rows = (r, t, np.clip(hr, 30, 220))
     # Respiratory rate, hourly.
     r, t = series(1.0)
@@ -202,7 +202,7 @@ def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.
         buf.add(r, t, items[2], mbp)
     # Temperature q4h: °F for most stays, °C otherwise.
     r, t = series(4.0)
-    celsius = 36.9 + 0.5 * latent("z_infection", r) + 1.1 * state("fever", r) + 0.25 * base("temp", r) + rng.normal(0, 0.3, r.size)
+    celsius = 36.9 + 0.3 * latent("z_infection", r) + 0.6 * state("fever", r) + 0.25 * base("temp", r) + rng.normal(0, 0.3, r.size)
     celsius = np.clip(celsius, 33, 42)
     fahrenheit_stay = stays["temp_fahrenheit"][r]
     temp_f = (r[fahrenheit_stay], t[fahrenheit_stay], celsius[fahrenheit_stay] * 1.8 + 32, celsius[fahrenheit_stay])

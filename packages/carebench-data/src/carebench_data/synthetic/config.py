@@ -114,8 +114,8 @@ class SignalConfig:
     chf_overload: float = 3.0
     chf_xor: bool = False
     pneumonia_interaction: float = 3.5
-    pneumonia_consolidation: float = 3.5
-    pneumonia_fever: float = 3.0
+    pneumonia_consolidation: float = 5.0
+    pneumonia_fever: float = 1.5
     cxr_paired_fraction: float = 0.215
     cxr_severity: float = 1.8
     cxr_ventilated: float = 0.4

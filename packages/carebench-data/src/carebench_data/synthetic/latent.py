@@ -134,7 +134,7 @@ def _findings(config: SyntheticConfig, rng: np.random.Generator, z: np.ndarray, 
     eff_right = sigmoid(-1.4 + 0.6 * c + 0.4 * p + 0.2 * s + common + rng.normal(0, 0.7, size=n))
     cardiomegaly = sigmoid(-1.2 + 1.4 * c + 0.02 * (age - 65) + rng.normal(0, sd, size=n))
     edema = sigmoid(-2.0 + 1.0 * c + 0.8 * states["overload"] + rng.normal(0, sd, size=n))
-    consolidation = sigmoid(-1.2 + 0.7 * i + 0.6 * p + rng.normal(0, sd, size=n))
+    consolidation = sigmoid(-1.2 + 0.3 * i + 0.3 * p + rng.normal(0, sd, size=n))
     ptx_present = rng.random(n) < 0.04 * (1 + states["central_line"])
     pneumothorax = np.where(ptx_present, rng.uniform(0.6, 1.0, size=n), rng.uniform(0.0, 0.2, size=n))
     atelectasis = sigmoid(-2.2 + 0.3 * states["ventilated"] + rng.normal(0, sd, size=n))
