@@ -101,7 +101,8 @@ def test_bootstrap_speed_against_sklearn_loop(benchmark) -> None:  # type: ignor
         <= 1e-12
     )
     # The loop's replicates are carebench's first replicates: same resamples, same values.
-    from carebench_eval.api import RunScorer, split_runs
+    from carebench_eval.api import RunScorer
+    from carebench_eval.runs import split_runs
 
     (run,) = split_runs(frame)
     universe, (column_of,) = cluster_universe(run.cluster)

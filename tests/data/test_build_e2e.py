@@ -220,12 +220,16 @@ def test_ehr_only_build_and_extended_registry(built: tuple[RawTreeTruth, Path], 
     assert ehr[0, 2, urine] == 120  # outputevents are read only for the extended set
 
 
-def test_storetime_availability_drops_late_stored_events(built: tuple[RawTreeTruth, Path], tmp_path: Path) -> None:
+def test_storetime_availability_drops_late_stored_events(
+    built: tuple[RawTreeTruth, Path], tmp_path: Path
+) -> None:
     truth, out = built
     late = build_dataset(_config(truth, tmp_path / "late", features=FeaturesConfig(availability="storetime")))
     names = _manifest(late)["features"]
     hr = names.index("heart_rate")
     ehr, reference = np.load(late / "ehr.npy"), np.load(out / "ehr.npy")
-    assert ehr[0, 47, hr] == 80 + 35 % 7 and reference[0, 47, hr] == 111  # the 47:30 value of the hourly series
+    assert (
+        ehr[0, 47, hr] == 80 + 35 % 7 and reference[0, 47, hr] == 111
+    )  # the 47:30 value of the hourly series
     changed = np.argwhere(~((ehr == reference) | (np.isnan(ehr) & np.isnan(reference))))
     assert changed.tolist() == [[0, 47, hr]]

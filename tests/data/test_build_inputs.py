@@ -16,7 +16,7 @@ from carebench_data.convert import convert_raw
 from carebench_data.cxr import CxrError
 from carebench_data.errors import CarebenchDataError
 from carebench_data.events import BadRowsError
-from carebench_data.manifest import DatasetExistsError
+from carebench_data.manifest import DatasetExistsError, sha256_file
 from carebench_data.raw import (
     MIMIC_IV_TABLES,
     CorruptInputError,
@@ -28,6 +28,7 @@ from carebench_data.raw import (
 )
 from carebench_data.registry import RegistryError
 from carebench_data.testing.raw import RawTreeTruth, write_raw_tree
+from carebench_data.verify import verify_raw
 
 
 def _config(truth: RawTreeTruth, out: Path, **cxr) -> BuildConfig:
@@ -337,3 +338,29 @@ def test_staging_cache_hit_miss_and_off(tree: RawTreeTruth, tmp_path: Path) -> N
         **{"cxr.enabled": False, "build.cache": False},
     )
     assert json.loads((build_dataset(off) / "manifest.json").read_text())["build"]["staging_cache"] == "off"
+
+
+def test_verify_raw_counts_checksums_and_image_probe(tree: RawTreeTruth) -> None:
+    files = sorted(p for p in tree.mimic_iv.rglob("*.csv.gz"))
+    (tree.mimic_iv / "SHA256SUMS.txt").write_text(
+        "".join(f"{sha256_file(p)}  {p.relative_to(tree.mimic_iv).as_posix()}\n" for p in files)
+    )
+    report = verify_raw(tree.mimic_iv, "2.2", mimic_cxr=tree.mimic_cxr, counts=True, checksums=False)
+    assert report.problems == [] and "row counts" in report.checked and "image layout" in report.checked
+    (tree.mimic_iv / "SHA256SUMS.txt").write_text(
+        (tree.mimic_iv / "SHA256SUMS.txt").read_text() + "0" * 64 + "  hosp/extra.csv.gz\n"
+    )
+    marker = tree.mimic_iv / "SYNTHETIC.json"
+    content = json.loads(marker.read_text())
+    content["row_counts"]["icu/icustays"] = 51
+    marker.write_text(json.dumps(content))
+    _rewrite_gz(
+        tree.mimic_iv / "icu" / "d_items.csv.gz", lambda text: text + "999999,x,x,chartevents,x,x,x,,\n"
+    )
+    report = verify_raw(
+        tree.mimic_iv, mimic_cxr=tree.mimic_cxr, counts=True, checksums=True, raise_on_error=False
+    )
+    assert any("icustays" in p and "expected 51" in p for p in report.problems)
+    assert any("extra.csv.gz listed in SHA256SUMS.txt is missing" in p for p in report.problems)
+    assert any("d_items.csv.gz: SHA-256 mismatch" in p for p in report.problems)
+    assert any("SHA256SUMS.txt not found" in p for p in report.problems)  # the CXR root has none

@@ -13,7 +13,21 @@ from carebench_cli.main import app
 def test_synth_command_writes_a_tree(tmp_path: Path) -> None:
     out = tmp_path / "raw"
     result = CliRunner().invoke(
-        app, ["data", "synth", "--out", str(out), "--scale", "tiny", "--stays", "60", "--mimic-version", "3.1", "--seed", "7"]
+        app,
+        [
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--scale",
+            "tiny",
+            "--stays",
+            "60",
+            "--mimic-version",
+            "3.1",
+            "--seed",
+            "7",
+        ],
     )
     assert result.exit_code == 0, result.output
     marker = json.loads((out / "mimiciv/3.1/SYNTHETIC.json").read_text())
@@ -24,7 +38,9 @@ def test_synth_command_writes_a_tree(tmp_path: Path) -> None:
 
 def test_synth_command_rejects_bad_options(tmp_path: Path) -> None:
     runner = CliRunner()
-    bad_version = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "a"), "--mimic-version", "1.4"])
+    bad_version = runner.invoke(
+        app, ["data", "synth", "--out", str(tmp_path / "a"), "--mimic-version", "1.4"]
+    )
     assert bad_version.exit_code == 2
     assert "--mimic-version" in bad_version.output
     bad_scale = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "b"), "--scale", "huge"])

@@ -62,8 +62,22 @@ def test_empty_existing_directory_is_filled(tmp_path: Path) -> None:
         ({"n_stays": 5}, "n_stays"),
         ({"mimic_version": "1.4"}, "mimic_version"),
         ({"image_size": 32}, "image_size"),
-        ({"subgroups": (SubgroupEffect(attribute="zip", value="1", kind="z_shift", target="renal", amount=1.0),)}, "zip"),
-        ({"subgroups": (SubgroupEffect(attribute="sex", value="F", kind="z_shift", target="liver", amount=1.0),)}, "liver"),
+        (
+            {
+                "subgroups": (
+                    SubgroupEffect(attribute="zip", value="1", kind="z_shift", target="renal", amount=1.0),
+                )
+            },
+            "zip",
+        ),
+        (
+            {
+                "subgroups": (
+                    SubgroupEffect(attribute="sex", value="F", kind="z_shift", target="liver", amount=1.0),
+                )
+            },
+            "liver",
+        ),
     ],
 )
 def test_invalid_configuration_raises_a_clear_error(overrides: dict[str, object], message: str) -> None:

@@ -28,7 +28,8 @@ def icu(tree: Path) -> pl.DataFrame:
     """ICU stays with their admission and patient rows, times parsed, age as the builder computes it."""
     stays = table(tree, "icu/icustays").with_columns(pl.col("intime", "outtime").str.to_datetime(DT))
     admissions = table(tree, "hosp/admissions").with_columns(
-        pl.col("admittime", "dischtime").str.to_datetime(DT), pl.col("deathtime").str.to_datetime(DT, strict=False)
+        pl.col("admittime", "dischtime").str.to_datetime(DT),
+        pl.col("deathtime").str.to_datetime(DT, strict=False),
     )
     patients = table(tree, "hosp/patients").with_columns(pl.col("anchor_age", "anchor_year").cast(pl.Int32))
     return (
@@ -51,7 +52,11 @@ def test_demographics(icu: pl.DataFrame) -> None:
 def test_outcomes(icu: pl.DataFrame) -> None:
     admissions = icu.unique("hadm_id")
     assert 0.10 <= (admissions["hospital_expire_flag"] == "1").mean() <= 0.13
-    icu_death = icu["deathtime"].is_not_null() & (icu["deathtime"] >= icu["intime"]) & (icu["deathtime"] <= icu["outtime"])
+    icu_death = (
+        icu["deathtime"].is_not_null()
+        & (icu["deathtime"] >= icu["intime"])
+        & (icu["deathtime"] <= icu["outtime"])
+    )
     assert 0.06 <= icu_death.mean() <= 0.09
     assert 1.7 <= icu["los_days"].median() <= 2.3
     assert 0.40 <= (icu["los_days"] >= 2).mean() <= 0.48
@@ -66,12 +71,16 @@ def test_expected_selection_matches_the_raw_metadata(tree: Path, icu: pl.DataFra
         .str.to_datetime("%Y%m%d %H%M%S")
         .alias("t")
     )
-    candidates = icu.select("stay_id", "subject_id", "intime").join(meta, on="subject_id").filter(
-        (pl.col("t") >= pl.col("intime")) & (pl.col("t") <= pl.col("intime") + pl.duration(hours=48))
+    candidates = (
+        icu.select("stay_id", "subject_id", "intime")
+        .join(meta, on="subject_id")
+        .filter((pl.col("t") >= pl.col("intime")) & (pl.col("t") <= pl.col("intime") + pl.duration(hours=48)))
     )
-    selected = candidates.sort(["stay_id", "t", "ViewPosition", "dicom_id"], descending=[False, True, False, False]).group_by(
-        "stay_id", maintain_order=True
-    ).first()
+    selected = (
+        candidates.sort(["stay_id", "t", "ViewPosition", "dicom_id"], descending=[False, True, False, False])
+        .group_by("stay_id", maintain_order=True)
+        .first()
+    )
     truth = pl.read_parquet(tree / "_synthetic_truth/stays.parquet")
     expected = truth.filter(pl.col("expected_cxr_dicom_id").is_not_null())
     assert dict(zip(selected["stay_id"].cast(pl.Int64), selected["dicom_id"], strict=True)) == dict(
@@ -132,7 +141,9 @@ def test_injected_dirt_is_in_the_raw_chartevents(tree: Path) -> None:
     assert errors.height == errors["valuenum"].null_count() == truth["dirt_unmatched_text"].sum() > 0
     duplicated = chart.height - distinct.height
     assert duplicated >= truth["dirt_duplicates"].sum() > 0
-    celsius_on_f = chart.filter((pl.col("itemid") == "223761") & (pl.col("valuenum").cast(pl.Float64) < 45)).height
+    celsius_on_f = chart.filter(
+        (pl.col("itemid") == "223761") & (pl.col("valuenum").cast(pl.Float64) < 45)
+    ).height
     assert celsius_on_f >= truth["dirt_unit_fixed"].sum() > 0
     urine = pl.read_csv(tree / "mimiciv/2.2/hosp/labevents.csv.gz", infer_schema=False).filter(
         pl.col("itemid").is_in(["51491", "51478"])

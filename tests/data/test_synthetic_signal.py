@@ -16,7 +16,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from carebench_data.synthetic import SyntheticConfig, generate_synthetic
-from carebench_data.synthetic.signal import auroc, chart_summary_features, fit_logistic, image_features, oof_scores
+from carebench_data.synthetic.signal import (
+    auroc,
+    chart_summary_features,
+    fit_logistic,
+    image_features,
+    oof_scores,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -53,10 +59,12 @@ def cohort(truth: pl.DataFrame) -> pl.DataFrame:
 def paired(tree: Path, truth: pl.DataFrame) -> dict[str, np.ndarray]:
     """Stays with a selected CXR: EHR features, image features and fold ids."""
     stays = truth.filter(pl.col("expected_cxr_dicom_id").is_not_null())
-    meta = pl.read_csv(tree / "mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-metadata.csv.gz", infer_schema=False).select(
-        pl.col("dicom_id"), pl.col("subject_id").cast(pl.Int64), pl.col("study_id").cast(pl.Int64)
+    meta = pl.read_csv(
+        tree / "mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-metadata.csv.gz", infer_schema=False
+    ).select(pl.col("dicom_id"), pl.col("subject_id").cast(pl.Int64), pl.col("study_id").cast(pl.Int64))
+    images = stays.select(pl.col("expected_cxr_dicom_id").alias("dicom_id")).join(
+        meta, on="dicom_id", how="left"
     )
-    images = stays.select(pl.col("expected_cxr_dicom_id").alias("dicom_id")).join(meta, on="dicom_id", how="left")
     ehr, _ = chart_summary_features(tree / "mimiciv/2.2", stays)
     return {
         "ehr": ehr,
@@ -113,26 +121,41 @@ def test_a12_configured_subgroup_gaps(tree: Path, truth: pl.DataFrame) -> None:
     admissions = truth.unique("hadm_id")
     # Under-coding: CHF codes dropped with p = .3 for race OTHER (relative sensitivity .7).
     chf = admissions.filter(pl.col("true_chf_nonhypertensive") == 1)
-    sensitivity = chf.group_by(pl.col("race_group") == "OTHER").agg(pl.col("coded_chf_nonhypertensive").mean())
+    sensitivity = chf.group_by(pl.col("race_group") == "OTHER").agg(
+        pl.col("coded_chf_nonhypertensive").mean()
+    )
     by_group = dict(sensitivity.iter_rows())
     assert by_group[True] / by_group[False] == pytest.approx(1 - amounts["code_drop"], abs=0.05)
     # CXR availability x .7 for women, measured as ICU films present per era stay in the raw metadata.
     meta = pl.read_csv(tree / "mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-metadata.csv.gz", infer_schema=False)
-    imaged = meta.filter(pl.col("PerformedProcedureStepDescription") == "CHEST (PORTABLE AP)").select(
-        pl.col("subject_id").cast(pl.Int64)
-    ).unique()
-    era = truth.filter(pl.col("cxr_era") & ~pl.col("bad_times") & (pl.col("los_hours") > 0.5)).unique("subject_id")
-    rate = era.with_columns(pl.col("subject_id").is_in(imaged["subject_id"].implode()).alias("imaged")).group_by("sex").agg(
-        pl.col("imaged").mean()
+    imaged = (
+        meta.filter(pl.col("PerformedProcedureStepDescription") == "CHEST (PORTABLE AP)")
+        .select(pl.col("subject_id").cast(pl.Int64))
+        .unique()
+    )
+    era = truth.filter(pl.col("cxr_era") & ~pl.col("bad_times") & (pl.col("los_hours") > 0.5)).unique(
+        "subject_id"
+    )
+    rate = (
+        era.with_columns(pl.col("subject_id").is_in(imaged["subject_id"].implode()).alias("imaged"))
+        .group_by("sex")
+        .agg(pl.col("imaged").mean())
     )
     rates = dict(rate.iter_rows())
     assert rates["F"] / rates["M"] == pytest.approx(amounts["cxr_availability"], abs=0.05)
     # Lab density x .7 for Medicaid: magnesium (daily panels only) per ICU admission-day.
-    labs = pl.read_csv(tree / "mimiciv/2.2/hosp/labevents.csv.gz", infer_schema=False).filter(pl.col("itemid") == "50960")
+    labs = pl.read_csv(tree / "mimiciv/2.2/hosp/labevents.csv.gz", infer_schema=False).filter(
+        pl.col("itemid") == "50960"
+    )
     per_admission = labs.group_by(pl.col("hadm_id").cast(pl.Int64)).len()
-    window = admissions.select("hadm_id", "insurance", (pl.min_horizontal("los_hours", pl.lit(72.0)) / 24).alias("days"))
-    density = window.join(per_admission, on="hadm_id", how="left").fill_null(0).group_by(pl.col("insurance") == "Medicaid").agg(
-        (pl.col("len").sum() / pl.col("days").sum()).alias("rate")
+    window = admissions.select(
+        "hadm_id", "insurance", (pl.min_horizontal("los_hours", pl.lit(72.0)) / 24).alias("days")
+    )
+    density = (
+        window.join(per_admission, on="hadm_id", how="left")
+        .fill_null(0)
+        .group_by(pl.col("insurance") == "Medicaid")
+        .agg((pl.col("len").sum() / pl.col("days").sum()).alias("rate"))
     )
     densities = dict(density.iter_rows())
     assert densities[True] / densities[False] == pytest.approx(amounts["lab_density"], abs=0.05)

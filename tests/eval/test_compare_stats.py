@@ -294,22 +294,21 @@ def test_gap_comparison_is_antisymmetric() -> None:
 
 
 def test_compare_grid_vs_best_unimodal_with_holm() -> None:
-    test = _binary(150, {"fused1": 1.6, "fused2": 1.4, "fused3": 0.9, "lstm": 1.0, "resnet50": 0.4}, seed=2)
-    out = compare_grid(
-        test, unimodal=("lstm", "transformer", "resnet50"), metrics=["auroc_score"], n_perm=500, n_boot=50
-    )
+    test = _binary(150, {"fused1": 1.6, "fused2": 1.4, "fused3": 0.9, "lstm": 1.0, "resnet": 0.4}, seed=2)
+    # The default unimodal candidates are the registry's lstm, transformer and resnet.
+    out = compare_grid(test, metrics=["auroc_score"], n_perm=500, n_boot=50)
     _assert_schema(out)
     assert out["model"].to_list() == ["fused1", "fused2", "fused3"]
     assert set(out["baseline"]) == {"lstm"}
     assert set(out["notes"]) == {"row_bootstrap;best_unimodal;selected_on_test"}
     np.testing.assert_allclose(out["p_adjusted"], holm(out["p_value"].to_numpy()))
 
-    # Selection on validation predictions where resnet50 is the better unimodal model.
-    validation = _binary(150, {"lstm": 0.2, "resnet50": 1.5}, seed=9)
+    # Selection on validation predictions where resnet is the better unimodal model.
+    validation = _binary(150, {"lstm": 0.2, "resnet": 1.5}, seed=9)
     selected = compare_grid(
         test, metrics=["auroc_score"], select_on=validation, correction="bh", n_perm=200, n_boot=0
     )
-    assert set(selected["baseline"]) == {"resnet50"}
+    assert set(selected["baseline"]) == {"resnet"}
     assert set(selected["notes"]) == {"row_bootstrap;best_unimodal"}
 
 

@@ -161,7 +161,7 @@ def _gain(n: int = 300, seed: int = 0) -> pl.DataFrame:
         "drfuse": [2.0, 2.0, 0.5],
         "latefusion": [1.2, 1.2, 0.5],
         "lstm": [1.0, 1.0, 0.5],
-        "resnet50": [0.5, 0.5, 0.5],
+        "resnet": [0.5, 0.5, 0.5],
     }
     has_cxr = rng.random(n) < 0.5
     frames = []
@@ -215,14 +215,14 @@ def test_fusion_gain_selects_on_validation() -> None:
     test = _gain(seed=1)
     validation = _gain(seed=2).with_columns(
         pl.when(pl.col("model") == "lstm")
-        .then(pl.lit("resnet50"))
-        .when(pl.col("model") == "resnet50")
+        .then(pl.lit("resnet"))
+        .when(pl.col("model") == "resnet")
         .then(pl.lit("lstm"))
         .otherwise(pl.col("model"))
         .alias("model")
     )
     out = fusion_gain(test, metrics=["auroc_score"], select_on=validation, n_perm=100, n_boot=0)
-    assert set(out["baseline"]) == {"resnet50"}
+    assert set(out["baseline"]) == {"resnet"}
     assert set(out["notes"]) == {"best_unimodal"}
 
 
@@ -239,15 +239,14 @@ def test_modality_contribution_and_utilization() -> None:
             "subject_id"
         ],
         attributes={"has_cxr": np.ones(y.size, dtype=bool)},
-        model="resnet50",
+        model="resnet",
         setting="natural",
         seed=42,
         fold=1,
     )
     preds = pl.concat([frame, cxr_only])
-    out = modality_contribution(
-        preds, unimodal_cxr="resnet50", metrics=["auroc_score"], n_perm=300, n_boot=200
-    )
+    # unimodal_cxr defaults to the registry's CXR-only baseline, "resnet".
+    out = modality_contribution(preds, metrics=["auroc_score"], n_perm=300, n_boot=200)
     _assert_schema(out)
     drop = _rows(out, model="fusion", statistic="modality_drop")
     expected = roc_auc_score(y, scores["fusion", 0.0]) - roc_auc_score(y, scores["fusion", 1.0])
@@ -300,8 +299,8 @@ def test_fusion_gain_on_library_synthetic_predictions_with_seeds() -> None:
     preds = synthetic_predictions(
         n_samples=300,
         tasks=("mortality", "phenotype", "los"),
-        models=("lstm", "transformer", "resnet50", "drfuse", "latefusion"),
-        strength={"lstm": 1.0, "transformer": 1.5, "resnet50": 0.5, "drfuse": 4.0, "latefusion": 1.5},
+        models=("lstm", "transformer", "resnet", "drfuse", "latefusion"),
+        strength={"lstm": 1.0, "transformer": 1.5, "resnet": 0.5, "drfuse": 4.0, "latefusion": 1.5},
         seeds=(0, 1),
         seed=3,
     )

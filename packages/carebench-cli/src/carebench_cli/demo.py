@@ -27,8 +27,13 @@ def demo_paths(cache: Path | None = None) -> tuple[Path, Path]:
     return root / "raw", root / "dataset"
 
 
-def ensure_demo_dataset(*, console: Console, cache: Path | None = None) -> Path:
-    """The cached demo dataset directory; generates and builds it on first use (about a minute on 2 cores).
+def ensure_demo_dataset(*, console: Console, cache: Path | None = None, scale: str = "demo") -> Path:
+    """The cached demo dataset directory; generates and builds it on first use (seconds on 2 cores).
+
+    Args:
+        console: where progress is shown.
+        cache: cache directory (default `cache_dir()`).
+        scale: synthetic preset (`demo`; `tiny` for tests).
 
     Returns:
         The dataset directory (DESIGN §1).
@@ -53,7 +58,7 @@ def ensure_demo_dataset(*, console: Console, cache: Path | None = None) -> Path:
             generating = progress.add_task("synthetic raw tree", total=None)
             generate_synthetic(
                 raw,
-                SyntheticConfig.demo(seed=DEMO_SEED),
+                SyntheticConfig.preset(scale, seed=DEMO_SEED),
                 progress=lambda done, total: progress.update(generating, completed=done, total=total),
             )
         building = progress.add_task("build dataset", total=None)

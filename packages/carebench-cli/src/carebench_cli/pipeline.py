@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,10 +93,7 @@ def train_config_values(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def feature_count(dataset_dir: Path) -> int:
     """F, the number of EHR features of a dataset (`features.json`)."""
-    features = json.loads((dataset_dir / "features.json").read_text(encoding="utf-8"))
-    if isinstance(features, dict):
-        features = features.get("features", features)
-    return len(features)
+    return len(json.loads((dataset_dir / "features.json").read_text(encoding="utf-8"))["features"])
 
 
 def model_metadata(name: str) -> dict[str, Any]:
@@ -155,6 +153,8 @@ class ProgressDataset:
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (set_epoch, stay_ids, task, attributes, ...) is the wrapped dataset's.
+        if name == "dataset":  # not set yet (e.g. while unpickling in a DataLoader worker)
+            raise AttributeError(name)
         return getattr(self.dataset, name)
 
 
@@ -190,7 +190,10 @@ def quick_metric(frame: pl.DataFrame, *, kind: str) -> float:
     from carebench_cli.report.tidy import summary_target, value_of, where
 
     name = PRIMARY_METRICS[kind]
-    table = ce.score(frame, metrics=[name], n_boot=0, aggregate=())
+    with warnings.catch_warnings():
+        # An undefined metric is NaN here and in the table; the report states why.
+        warnings.simplefilter("ignore", ce.UndefinedMetricWarning)
+        table = ce.score(frame, metrics=[name], n_boot=0, aggregate=())
     task = str(frame["task"][0])
     value = value_of(where(table, metric=name, target=summary_target(table, task=task, metric=name)))
     return float("nan") if value is None else value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,7 @@ from rich.console import Console
 
 from carebench_cli.config import ReportConfig, read_toml, resolve_config
 from carebench_cli.errors import USAGE_EXIT, CliError, handle_errors
-from carebench_cli.run_store import RunStore
+from carebench_cli.run_store import CONFIG_FILE, RunStatus, RunStore
 
 
 def write_report(
@@ -26,6 +27,15 @@ def write_report(
             out_dir=out_dir,
             status=lambda message: spinner.update(f"report: {message}"),
         )
+
+
+def _profiles(store: RunStore) -> set[str]:
+    """Profiles of the finished runs (the report's statistics default to the largest one present)."""
+    return {
+        json.loads((store.run_dir(run_id) / CONFIG_FILE).read_text(encoding="utf-8"))["profile"]
+        for run_id in store.run_ids()
+        if store.status(run_id) is RunStatus.DONE
+    }
 
 
 @handle_errors

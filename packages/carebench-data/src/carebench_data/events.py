@@ -70,16 +70,6 @@ class TableCounts:
         }
 
 
-def select_itemids(events: pl.LazyFrame, *, itemids: list[int]) -> pl.LazyFrame:
-    """Keep rows whose itemid (parsed to Int32) is one of `itemids`.
-
-    >>> events = pl.LazyFrame({"itemid": ["220045", "220046", "x", None, "223761"]})
-    >>> select_itemids(events, itemids=[220045, 223761]).collect().get_column("itemid").to_list()
-    [220045, 223761]
-    """
-    return events.pipe(parse_columns, columns={"itemid": pl.Int32()}).filter(pl.col("itemid").is_in(itemids))
-
-
 def join_windows(events: pl.LazyFrame, *, windows: pl.LazyFrame, key: str) -> pl.LazyFrame:
     """Attach each event to the cohort stays of its `key` (stay_id, or subject_id for labs: G7).
 

@@ -503,6 +503,9 @@ def _threaded(
         reader.join(timeout=5)
 
 
+_EXTRA_FIELD = "__carebench_extra_field__"
+
+
 def iter_csv_blocks(
     resolved: ResolvedTable,
     *,
@@ -512,12 +515,14 @@ def iter_csv_blocks(
 ) -> Iterator[pl.DataFrame]:
     """Parse a CSV / CSV.GZ table block by block into text columns (memory bounded by `chunk_bytes`).
 
-    Every column is read as text (`parse_columns` casts later, after filtering). Every field is
-    parsed (no projection), so a row with more fields than the header raises `CorruptInputError`
-    naming the file and the byte offset; a row with fewer fields gets nulls (counted as null keys).
-    `on_bytes(position)` reports how many bytes of the file have been read.
+    Only `columns` are materialized, all as text (`parse_columns` casts later, after filtering).
+    The schema carries one sentinel column past the header, so a row with more fields than the
+    header fills it and raises `CorruptInputError` naming the file and the byte offset; a row with
+    fewer fields gets nulls (counted as null keys downstream). `on_bytes(position)` reports how many
+    bytes of the file have been read.
     """
-    schema = dict.fromkeys(resolved.header, pl.String())
+    schema = {**dict.fromkeys(resolved.header, pl.String()), _EXTRA_FIELD: pl.String()}
+    indices = [resolved.header.index(name) for name in columns] + [len(resolved.header)]
     for block, offset, position in _threaded(
         _inflate(resolved.path, resolved.format, chunk_bytes=chunk_bytes)
     ):
@@ -526,17 +531,26 @@ def iter_csv_blocks(
                 block,
                 has_header=False,
                 schema=schema,
+                columns=indices,
                 quote_char='"',
+                missing_columns="insert",
                 raise_if_empty=False,
-            ).select(columns)
+            )
         except (pl.exceptions.ComputeError, pl.exceptions.SchemaError) as error:
             raise CorruptInputError(
                 f"{resolved.path}: malformed CSV in the block starting at decompressed byte {offset} "
                 f"({str(error).splitlines()[0]})"
             ) from None
+        extra = frame.get_column(_EXTRA_FIELD)
+        if extra.null_count() < frame.height:
+            row = int(extra.is_not_null().arg_max() or 0)
+            raise CorruptInputError(
+                f"{resolved.path}: malformed CSV: row {row + 1} of the block starting at decompressed byte "
+                f"{offset} has more fields than the {len(resolved.header)}-column header"
+            )
         if on_bytes is not None:
             on_bytes(position)
-        yield frame
+        yield frame.drop(_EXTRA_FIELD)
 
 
 def detect_version(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from carebench_eval import presets
 from carebench_eval.api import score
 from carebench_eval.compare import DeLongResult, compare, compare_grid, delong_test
 from carebench_eval.errors import PredictionsError
@@ -99,6 +100,7 @@ __all__ = [
     "paired_permutation_test",
     "positive_rate",
     "ppv_score",
+    "presets",
     "read_predictions",
     "read_results",
     "robustness",

@@ -24,6 +24,7 @@ __all__ = [
     "gather_weights",
     "rank_index",
     "rank_metrics",
+    "rank_metrics_complement",
     "weighted_bincount",
     "weighted_sums",
 ]
@@ -114,8 +115,8 @@ def rank_index(y_true: np.ndarray, y_score: np.ndarray) -> RankIndex:
     )
 
 
-def _leading_zero_cumsum(values: np.ndarray) -> np.ndarray:
-    out = np.zeros((values.shape[0], values.shape[1] + 1), dtype=values.dtype)
+def _leading_zero_cumsum(values: np.ndarray, dtype: type | None = None) -> np.ndarray:
+    out = np.zeros((values.shape[0], values.shape[1] + 1), dtype=dtype or values.dtype)
     np.cumsum(values, axis=1, out=out[:, 1:])
     return out
 
@@ -140,25 +141,88 @@ def rank_metrics(
     w_neg = gather_weights(columns, column_of, index.neg_rows)
     cum_neg = _leading_zero_cumsum(w_neg)
     cum_pos = _leading_zero_cumsum(w_pos)
-    positives = cum_pos[:, -1]
-    negatives = cum_neg[:, -1]
-    fp_through = cum_neg[:, index.neg_through]
-    fp_before = cum_neg[:, index.neg_before]
-    # Twice the Mann-Whitney numerator, so integer weights give an exact integer (summed in int64).
     total_type = np.int64 if np.issubdtype(columns.dtype, np.integer) else np.float64
-    doubled = np.sum(w_pos * (2 * negatives[:, None] - fp_through - fp_before), axis=1, dtype=total_type)
-    tp_through = cum_pos[:, index.pos_through]
-    predicted = tp_through + fp_through
-    precision = np.divide(
-        tp_through,
-        predicted,
-        out=np.zeros(predicted.shape, dtype=np.float64),
-        where=predicted > 0,
+    return _rank_values(
+        w_pos,
+        cum_pos[:, -1],
+        cum_neg[:, -1],
+        cum_neg[:, index.neg_through],
+        cum_neg[:, index.neg_before],
+        cum_pos[:, index.pos_through],
+        total_type,
     )
+
+
+def rank_metrics_complement(
+    index: RankIndex, columns: np.ndarray, column_of: np.ndarray | None = None
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """`rank_metrics` for 0/1 weight rows ``W`` and for their complements ``1 − W``, in one pass.
+
+    The paired permutation test (eval.md §3.2) weights the pooled samples of two models by ``W`` for one
+    model and ``1 − W`` for the other. The complement's cumulative counts at any position ``g`` are
+    ``g − cum(W)[g]``, so only the positives' entries are recomputed; the integer counts, and hence the
+    values, are bit-identical to ``rank_metrics(index, 1 − W)``.
+
+    Args:
+        index: the column's `RankIndex`.
+        columns: ``[b, k]`` integer weights, each 0 or 1 (not checked).
+        column_of: ``[n]`` column of each sample, or None.
+
+    Returns:
+        ``((auroc, average_precision), (auroc_complement, average_precision_complement))``, each ``[b]``.
+    """
+    # 0/1 weights fit int8; counts and per-positive credits fit int32 (n < 2^29); sums accumulate in int64.
+    narrow = columns.astype(np.int8, copy=False)
+    w_pos = gather_weights(narrow, column_of, index.pos_rows)
+    w_neg = gather_weights(narrow, column_of, index.neg_rows)
+    cum_neg = _leading_zero_cumsum(w_neg, dtype=np.int32)
+    cum_pos = _leading_zero_cumsum(w_pos, dtype=np.int32)
+    parts = (
+        cum_pos[:, -1],
+        cum_neg[:, -1],
+        cum_neg[:, index.neg_through],
+        cum_neg[:, index.neg_before],
+        cum_pos[:, index.pos_through],
+    )
+    sizes = (
+        index.pos_rows.size,
+        index.neg_rows.size,
+        *(part.astype(np.int32) for part in (index.neg_through, index.neg_before, index.pos_through)),
+    )
+    direct = _rank_values(w_pos, *parts, np.int64)
+    complement = _rank_values(
+        1 - w_pos, *(size - part for size, part in zip(sizes, parts, strict=True)), np.int64
+    )
+    return direct, complement
+
+
+def _rank_values(
+    w_pos: np.ndarray,
+    positives: np.ndarray,
+    negatives: np.ndarray,
+    fp_through: np.ndarray,
+    fp_before: np.ndarray,
+    tp_through: np.ndarray,
+    total_type: type,
+) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and AP from the positives' weights ``[b, P]`` and the cumulative counts at their tie groups."""
+    # Twice the Mann-Whitney numerator, so integer weights give an exact integer (summed in int64).
+    credit = 2 * negatives[:, None] - fp_through
+    credit -= fp_before
+    credit *= w_pos
+    doubled = credit.sum(axis=1, dtype=total_type)
+    predicted = tp_through + fp_through
+    if np.issubdtype(predicted.dtype, np.integer):
+        # Integer counts: predicted is 0 only where tp_through is 0, so 0 / 1 gives the same 0 as a mask.
+        np.maximum(predicted, 1, out=predicted)
+        precision = tp_through / predicted
+    else:
+        precision = np.divide(tp_through, predicted, out=np.zeros(predicted.shape), where=predicted > 0)
+    precision *= w_pos
     undefined = (positives == 0) | (negatives == 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         auroc = doubled / (2.0 * positives * negatives)
-        average_precision = (w_pos * precision).sum(axis=1) / positives
+        average_precision = precision.sum(axis=1) / positives
     auroc[undefined] = np.nan
     average_precision[undefined] = np.nan
     return auroc, average_precision

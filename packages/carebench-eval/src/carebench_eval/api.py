@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from carebench_eval.errors import PredictionsError, join_notes, warn_undefined
-from carebench_eval.io import RUN_KEYS, class_order, frame_info, read_predictions, validate
+from carebench_eval.errors import join_notes, warn_undefined
+from carebench_eval.io import RUN_KEYS, frame_info, read_predictions, validate
 from carebench_eval.metrics.core import (
     BINARY_METRICS,
     LABEL_METRICS,
@@ -32,164 +32,33 @@ from carebench_eval.metrics.core import (
     average_targets,
 )
 from carebench_eval.metrics.multilabel import UNDEFINED_NOTES
-from carebench_eval.metrics.threshold import (
-    Fixed,
-    FromValidation,
-    ThresholdPolicy,
-    TopK,
-    choose_threshold,
-    top_k_threshold,
-)
-from carebench_eval.registry import default_metrics, metric_spec, task_kind
+from carebench_eval.metrics.threshold import Fixed, FromValidation, ThresholdPolicy, TopK
+from carebench_eval.registry import default_metrics, metric_spec
 from carebench_eval.resampling import (
-    CI_METHODS,
     bca_interval,
     bootstrap_counts,
+    check_interval,
     chunks,
     cluster_universe,
     percentile_interval,
 )
+from carebench_eval.runs import (
+    TaskRun,
+    predictions_at,
+    run_thresholds,
+    split_runs,
+    threshold_rows,
+    validation_runs,
+)
 from carebench_eval.schema import make_rows, remember
 
-__all__ = ["TaskRun", "score", "split_runs"]
+__all__ = ["RunScorer", "score"]
 
 logger = logging.getLogger(__name__)
 
 AVERAGES = ("macro", "weighted", "micro")
 AGGREGATE_KEYS = ("seed", "fold")
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class TaskRun:
-    """One run (model, seed, fold, setting) of one task as aligned arrays, samples sorted by id.
-
-    Attributes:
-        keys: run key values (``model``, ``seed``, ``fold``, ``setting``; None when absent).
-        task: task name.
-        kind: ``binary``, ``multilabel`` or ``multiclass``.
-        targets: label names, or class names in class order (multiclass).
-        sample_id: ``[n]`` sample ids (str), sorted.
-        cluster: ``[n]`` cluster ids (str): ``subject_id`` or, without it, the sample id.
-        y: ``[n, L]`` int8 0/1 labels (multiclass: one-hot ``[n, K]``).
-        s: ``[n, L]`` float64 scores.
-    """
-
-    keys: dict[str, Any]
-    task: str
-    kind: str
-    targets: tuple[str, ...]
-    sample_id: np.ndarray
-    cluster: np.ndarray
-    y: np.ndarray
-    s: np.ndarray
-
-    @property
-    def n(self) -> int:
-        """Number of samples."""
-        return int(self.sample_id.size)
-
-    def label_of(self) -> np.ndarray:
-        """Multiclass true class index ``[n]``."""
-        return np.argmax(self.y, axis=1)
-
-
-def split_runs(
-    frame: pl.DataFrame,
-    *,
-    kinds: Mapping[str, str] | None = None,
-    classes: Mapping[str, Sequence[str]] | None = None,
-    cluster: str | None = "subject_id",
-    ordinal_tasks: Sequence[str] = (),
-) -> list[TaskRun]:
-    """One `TaskRun` per (run, task) of validated predictions, sorted by (model, seed, fold, setting, task).
-
-    Args:
-        frame: validated predictions.
-        kinds: task -> kind overrides.
-        classes: task -> class order (multiclass).
-        cluster: cluster column; None or absent → each sample is its own cluster.
-        ordinal_tasks: multiclass tasks that need an ordinal class order (weighted κ; P014 otherwise).
-
-    Returns:
-        The runs.
-    """
-    keys = [key for key in RUN_KEYS if key in frame.columns]
-    cluster_column = cluster if cluster is not None and cluster in frame.columns else "sample_id"
-    runs = []
-    groups = frame.group_by([*keys, "task"], maintain_order=True)
-    for key_values, part in sorted(groups, key=lambda item: tuple((v is not None, v) for v in item[0])):
-        values = dict(zip([*keys, "task"], key_values, strict=True))
-        task = str(values.pop("task"))
-        names = part["target"].unique().to_list()
-        kind = task_kind(task, n_targets=len(names), kinds=kinds)
-        if kind == "multiclass":
-            ordered = class_order(task, names, (classes or {}).get(task), required=task in ordinal_tasks)
-        else:
-            ordered = tuple(sorted(names))
-        index = {name: position for position, name in enumerate(ordered)}
-        part = part.with_columns(
-            pl.col("target").replace_strict(index, return_dtype=pl.Int64).alias("_target_index")
-        ).sort("sample_id", "_target_index")
-        n_targets = len(ordered)
-        n = part.height // n_targets
-        per_sample = part.gather_every(n_targets)
-        runs.append(
-            TaskRun(
-                keys={key: values.get(key) for key in RUN_KEYS},
-                task=task,
-                kind=kind,
-                targets=ordered,
-                sample_id=per_sample["sample_id"].to_numpy().astype(str),
-                cluster=per_sample[cluster_column].cast(pl.String).to_numpy().astype(str),
-                y=part["y_true"].to_numpy().astype(np.int8).reshape(n, n_targets),
-                s=part["y_score"].to_numpy().astype(np.float64).reshape(n, n_targets),
-            )
-        )
-    return runs
-
-
-def _run_text(run: TaskRun) -> str:
-    present = {key: value for key, value in run.keys.items() if value is not None}
-    return ", ".join(f"{key}={value!r}" for key, value in present.items()) or "(no run keys)"
-
-
-def run_thresholds(run: TaskRun, policy: ThresholdPolicy, validation: Sequence[TaskRun] = ()) -> np.ndarray:
-    """Per-target thresholds ``[L]`` of `policy` for a binary/multilabel run (NaN where undefined).
-
-    Args:
-        run: the evaluated run.
-        policy: `Fixed`, `TopK` or `FromValidation`.
-        validation: validation runs (for `FromValidation`).
-
-    Raises:
-        PredictionsError: P019 when `FromValidation` has no run with the same model, seed, fold and task.
-    """
-    n_targets = len(run.targets)
-    if isinstance(policy, Fixed):
-        return np.full(n_targets, policy.threshold)
-    if isinstance(policy, TopK):
-        return np.array([top_k_threshold(run.s[:, j], policy.fraction) for j in range(n_targets)])
-    wanted = {key: run.keys[key] for key in ("model", "seed", "fold")}
-    matches = [
-        other
-        for other in validation
-        if other.task == run.task and all(other.keys[key] == value for key, value in wanted.items())
-    ]
-    if not matches:
-        raise PredictionsError(
-            "P019", f"threshold: no validation predictions for run {_run_text(run)}, task {run.task!r}"
-        )
-    same_setting = [other for other in matches if other.keys["setting"] == run.keys["setting"]]
-    chosen = (same_setting or matches)[0]
-    thresholds = np.full(n_targets, np.nan)
-    for j, target in enumerate(run.targets):
-        if target in chosen.targets:
-            column = chosen.targets.index(target)
-            thresholds[j] = choose_threshold(
-                chosen.y[:, column], chosen.s[:, column], rule=policy.rule, target=policy.target
-            )
-    return thresholds
 
 
 @dataclass(frozen=True)
@@ -239,9 +108,7 @@ class RunScorer:
                 n_bins=n_bins,
             )
         else:
-            predictions = None
-            if thresholds is not None:
-                predictions = run.s >= np.where(np.isnan(thresholds), np.inf, thresholds)[None, :]
+            predictions = None if thresholds is None else predictions_at(run, thresholds)
             self.evaluator = BinaryEvaluator(
                 run.y, run.s, predictions, metrics=self.metrics, column_of=column_of, n_bins=n_bins
             )
@@ -438,10 +305,7 @@ def score(
     policy = Fixed(0.5) if threshold is None else threshold
     if not isinstance(policy, Fixed | FromValidation | TopK):
         raise ValueError("threshold must be Fixed(...), FromValidation(...) or TopK(...)")
-    if ci not in CI_METHODS:
-        raise ValueError(f"ci must be one of {', '.join(CI_METHODS)}; got {ci!r}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    check_interval(ci, level)
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
     if n_jobs < 1:
@@ -463,10 +327,7 @@ def score(
     ordinal = {"kappa_linear_score", "kappa_quadratic_score"}
     ordinal_tasks = list(frame["task"].unique()) if (metrics is None or wanted & ordinal) else []
     runs = split_runs(frame, kinds=kinds, classes=classes, cluster=cluster, ordinal_tasks=ordinal_tasks)
-    validation_runs: list[TaskRun] = []
-    if isinstance(policy, FromValidation):
-        validation_frame = read_predictions(policy.predictions, kinds=kinds, classes=classes)
-        validation_runs = split_runs(validation_frame, kinds=kinds, classes=classes, cluster=cluster)
+    validation = validation_runs(policy, kinds=kinds, classes=classes)
     clustered = cluster is not None and cluster in frame.columns
     base_notes = frame_notes + ([] if clustered else ["row_bootstrap"] if n_boot else [])
 
@@ -489,7 +350,7 @@ def score(
         run_scorers: list[RunScorer] = []
         thresholds_of: list[np.ndarray | None] = []
         for run in group:
-            thresholds = run_thresholds(run, policy, validation_runs) if needs_threshold else None
+            thresholds = run_thresholds(run, policy, validation) if needs_threshold else None
             thresholds_of.append(thresholds)
             universe, (column_of,) = cluster_universe(run.cluster)
             run_scorers.append(
@@ -552,20 +413,7 @@ def score(
                     }
                 )
             if thresholds is not None:
-                for target, value in zip(run.targets, thresholds, strict=True):
-                    rows.append(
-                        {
-                            **keys,
-                            "task": run.task,
-                            "metric": "threshold",
-                            "statistic": "estimate",
-                            "target": target,
-                            "value": float(value),
-                            "n": run.n,
-                            "n_runs": 1,
-                            "notes": policy.note,
-                        }
-                    )
+                rows.extend(threshold_rows(policy, run, thresholds, {**keys, "task": run.task}))
 
         if len(group) > 1:
             rows.extend(

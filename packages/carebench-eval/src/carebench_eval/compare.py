@@ -6,11 +6,9 @@ Layers:
 - frame layer: :func:`compare` (two models, or two sets of runs, scored on the same samples) and
   :func:`compare_grid` (many models against a reference model or all pairs, with Holm/BH correction).
 
-The module also holds the weighted-evaluation machinery that fairness and robustness share: predictions
-split into per-run arrays (:class:`TaskRun`), metrics evaluated for whole batches of weight rows
-(:class:`Scored`, :class:`CellGrid`), and the paired and single-model resampling loops over the streams of
-:mod:`carebench_eval.resampling` (eval.md §4.1, §5.1). `fairness` and `robustness` import this module, so
-the few places here that need their group and curve helpers import them inside the function.
+Runs come from :mod:`carebench_eval.runs` and are evaluated by the shared machinery of
+:mod:`carebench_eval.weighted`. `robustness` imports this module, so the few places here that need its
+curve helpers (and fairness's group helpers) import them inside the function.
 """
 
 from __future__ import annotations
@@ -26,36 +24,32 @@ import numpy as np
 import polars as pl
 
 from carebench_eval.errors import PredictionsError, join_notes, warn_undefined
-from carebench_eval.io import class_order, load_predictions
-from carebench_eval.metrics.core import (
-    MULTICLASS_SCALARS,
-    BinaryEvaluator,
-    MulticlassEvaluator,
-    average_targets,
-)
-from carebench_eval.metrics.threshold import Fixed, FromValidation, TopK, choose_threshold, top_k_threshold
+from carebench_eval.io import load_predictions
+from carebench_eval.metrics.core import MULTICLASS_SCALARS
+from carebench_eval.metrics.threshold import Fixed
 from carebench_eval.multiplicity import CORRECTIONS, adjust_pvalues
-from carebench_eval.registry import defaults, metric_spec, primary_metric, task_kind
-from carebench_eval.resampling import (
-    bootstrap_counts,
-    chunks,
-    cluster_universe,
-    enumerated_flips,
-    percentile_interval,
-    permutation_flips,
-    permutation_pvalue,
-)
+from carebench_eval.registry import defaults, metric_spec, primary_metric
+from carebench_eval.resampling import cluster_universe
+from carebench_eval.runs import TaskRun, predictions_at, run_thresholds, split_runs, validation_runs
 from carebench_eval.schema import make_rows, sort_results
+from carebench_eval.weighted import (
+    AGGREGATE_TARGETS,
+    THRESHOLD_METRICS,
+    WHOLE_TASK_TARGET,
+    CellGrid,
+    PairedResult,
+    Reducer,
+    Request,
+    Scored,
+    label_rows,
+    paired_statistics,
+    reduce_estimate,
+    undefined_note,
+)
 
 __all__ = ["DeLongResult", "compare", "compare_grid", "delong_test"]
 
 logger = logging.getLogger(__name__)
-
-RUN_KEYS = ("model", "seed", "fold", "setting")
-"""Columns that identify a run (eval.md §1.1)."""
-
-PREDICTION_COLUMNS = frozenset({"sample_id", "subject_id", "task", "target", "y_true", "y_score", *RUN_KEYS})
-"""Columns that are not sensitive attributes."""
 
 # --------------------------------------------------------------------------------------------------
 # DeLong (array layer)
@@ -162,525 +156,6 @@ def delong_test(
     p_value = math.erfc(abs(z) / math.sqrt(2.0))
     half_width = NormalDist().inv_cdf(0.5 + level / 2.0) * se
     return DeLongResult(delta, se, z, p_value, delta - half_width, delta + half_width)
-
-
-# --------------------------------------------------------------------------------------------------
-# Predictions -> per-run arrays
-
-
-@dataclass(frozen=True)
-class TaskRun:
-    """One run (model, seed, fold, setting) of one task as aligned arrays, samples sorted by id.
-
-    Attributes:
-        keys: run key values (``model``, ``seed``, ``fold``, ``setting``; None when absent).
-        task: task name.
-        kind: ``binary``, ``multilabel`` or ``multiclass``.
-        targets: ``[L]`` label names, or class names in class order for multiclass.
-        sample_id: ``[n]`` sample ids (str), sorted.
-        cluster: ``[n]`` cluster ids (str): ``subject_id`` or, without it, the sample id.
-        y: ``[n, L]`` int8 0/1 labels (multiclass: one-hot).
-        s: ``[n, L]`` float64 scores.
-        attributes: one row per sample (same order) with the attribute columns, as strings.
-    """
-
-    keys: dict[str, Any]
-    task: str
-    kind: str
-    targets: tuple[str, ...]
-    sample_id: np.ndarray
-    cluster: np.ndarray
-    y: np.ndarray
-    s: np.ndarray
-    attributes: pl.DataFrame
-
-    @property
-    def n(self) -> int:
-        """Number of samples."""
-        return int(self.sample_id.size)
-
-    def take(self, rows: np.ndarray) -> TaskRun:
-        """The run restricted to sample `rows` (sorted order kept)."""
-        return TaskRun(
-            keys=self.keys,
-            task=self.task,
-            kind=self.kind,
-            targets=self.targets,
-            sample_id=self.sample_id[rows],
-            cluster=self.cluster[rows],
-            y=self.y[rows],
-            s=self.s[rows],
-            # A frame without columns has no rows to gather.
-            attributes=self.attributes[rows] if self.attributes.width else self.attributes,
-        )
-
-
-def split_runs(
-    frame: pl.DataFrame,
-    *,
-    kinds: Mapping[str, str] | None = None,
-    classes: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
-    cluster: str | None = "subject_id",
-) -> list[TaskRun]:
-    """Split validated long predictions into one :class:`TaskRun` per (run, task), in key order.
-
-    Args:
-        frame: validated predictions (eval.md §1.1).
-        kinds: task -> kind overrides.
-        classes: class order per multiclass task (a mapping task -> names, or one list for all).
-        cluster: cluster column; ``None`` or absent: each sample is its own cluster.
-
-    Returns:
-        Runs sorted by (model, seed, fold, setting, task), nulls first.
-    """
-    keys = [key for key in RUN_KEYS if key in frame.columns]
-    attribute_columns = [column for column in frame.columns if column not in PREDICTION_COLUMNS]
-    cluster_column = cluster if cluster is not None and cluster in frame.columns else "sample_id"
-    runs: list[TaskRun] = []
-    for key_values, part in sorted(
-        frame.group_by([*keys, "task"], maintain_order=True),
-        key=lambda item: tuple((value is not None, value) for value in item[0]),
-    ):
-        values = dict(zip([*keys, "task"], key_values, strict=True))
-        task = str(values.pop("task"))
-        names = sorted(part["target"].unique().to_list())
-        kind = task_kind(task, n_targets=len(names), kinds=kinds)
-        if kind == "multiclass":
-            task_classes = classes.get(task) if isinstance(classes, Mapping) else classes
-            names = list(class_order(task, names, task_classes))
-        target_index = {name: index for index, name in enumerate(names)}
-        part = part.with_columns(
-            pl.col("target").replace_strict(target_index, return_dtype=pl.Int64).alias("_target_index")
-        ).sort("sample_id", "_target_index")
-        n_targets = len(names)
-        n = part.height // n_targets
-        per_sample = part.gather_every(n_targets)
-        runs.append(
-            TaskRun(
-                keys={key: values.get(key) for key in RUN_KEYS},
-                task=task,
-                kind=kind,
-                targets=tuple(names),
-                sample_id=per_sample["sample_id"].cast(pl.String).to_numpy().astype(str),
-                cluster=per_sample[cluster_column].cast(pl.String).to_numpy().astype(str),
-                y=part["y_true"].to_numpy().astype(np.int8).reshape(n, n_targets),
-                s=part["y_score"].to_numpy().astype(np.float64).reshape(n, n_targets),
-                attributes=per_sample.select(attribute_columns),
-            )
-        )
-    return runs
-
-
-# --------------------------------------------------------------------------------------------------
-# Weighted evaluation of metrics for batches of weight rows
-
-
-AGGREGATE_TARGETS = ("(macro)", "(micro)", "(weighted)")
-WHOLE_TASK_TARGET = "(micro)"
-"""Target of multiclass metrics defined on the whole task (accuracy, κ, Brier, top-label ECE)."""
-
-THRESHOLD_METRICS = frozenset(
-    {
-        "sensitivity_score",
-        "specificity_score",
-        "fpr_error",
-        "ppv_score",
-        "npv_score",
-        "f1_score",
-        "positive_rate",
-        "accuracy_score",
-        "kappa_score",
-        "kappa_linear_score",
-        "kappa_quadratic_score",
-    }
-)
-_UNDEFINED_NOTE = {
-    "ppv_score": "no_predicted_positive",
-    "npv_score": "no_predicted_negative",
-    "kappa_score": "degenerate_agreement",
-    "kappa_linear_score": "degenerate_agreement",
-    "kappa_quadratic_score": "degenerate_agreement",
-}
-
-
-def undefined_note(metric: str) -> str:
-    """Note token for an undefined value of `metric` (eval.md §1.4)."""
-    return _UNDEFINED_NOTE.get(metric, "single_class")
-
-
-Request = tuple[str, str]
-"""A (metric, target) pair; target is a label/class name or an aggregate such as ``(macro)``."""
-
-
-class Scored:
-    """One sample set's labels, scores and predictions, evaluated for batches of weight rows.
-
-    A thin layer over the evaluators of :mod:`carebench_eval.metrics.core` (the ones `score` uses, so
-    point estimates agree): it picks the requested (metric, target) cells and forms the macro and weighted
-    averages over the targets defined on the whole sample set (the fixed estimand of eval.md §4.3).
-
-    Args:
-        kind: ``binary``, ``multilabel`` or ``multiclass``.
-        targets: ``[L]`` label names, or class names in class order.
-        y: ``[n, L]`` 0/1 labels (multiclass: one-hot).
-        s: ``[n, L]`` scores.
-        pred: ``[n, L]`` 0/1 predictions at the policy thresholds (multiclass: ignored, argmax is used).
-        column_of: ``[n]`` weight column of each sample.
-        requests: the (metric, target) cells to compute.
-        n_bins: calibration bins.
-    """
-
-    def __init__(
-        self,
-        kind: str,
-        targets: tuple[str, ...],
-        y: np.ndarray,
-        s: np.ndarray,
-        pred: np.ndarray,
-        column_of: np.ndarray,
-        requests: Sequence[Request],
-        *,
-        n_bins: int = 10,
-    ) -> None:
-        self.kind = kind
-        self.targets = targets
-        self.requests = list(dict.fromkeys(requests))
-        self.column_of = np.asarray(column_of, dtype=np.int64)
-        metrics = tuple(dict.fromkeys(metric for metric, _ in self.requests))
-        self._micro: BinaryEvaluator | None = None
-        if kind == "multiclass":
-            self._evaluator: BinaryEvaluator | MulticlassEvaluator = MulticlassEvaluator(
-                y.argmax(axis=1),
-                s,
-                metrics=metrics,
-                n_classes=len(targets),
-                column_of=self.column_of,
-                n_bins=n_bins,
-            )
-        else:
-            self._evaluator = BinaryEvaluator(
-                y, s, pred, metrics=metrics, column_of=self.column_of, n_bins=n_bins
-            )
-            if any(target == "(micro)" for _, target in self.requests):
-                self._micro = self._evaluator.micro()
-        for metric, target in self.requests:
-            if target not in AGGREGATE_TARGETS and target not in targets:
-                raise ValueError(f"unknown target {target!r} for {metric}; available: {list(targets)}")
-        # Label-major flattening in the evaluator makes working arrays [b, n L] wide.
-        self.width = max(
-            self.column_of.size * len(targets), int(self.column_of.max()) + 1 if self.column_of.size else 1
-        )
-        ones = np.ones((1, int(self.column_of.max()) + 1 if self.column_of.size else 1), dtype=np.int64)
-        point = self._evaluator.values(ones)
-        self.defined = {metric: np.isfinite(values[0]) for metric, values in point.items()}
-
-    def evaluate(self, columns: np.ndarray) -> dict[Request, np.ndarray]:
-        """Values of every requested cell for each weight row.
-
-        Args:
-            columns: ``[b, k]`` weights (see :mod:`carebench_eval._kernels`).
-
-        Returns:
-            (metric, target) -> ``[b]`` float64, NaN where undefined.
-        """
-        values = self._evaluator.values(columns)
-        micro = self._micro.values(columns) if self._micro is not None else {}
-        support: np.ndarray | None = None
-        out: dict[Request, np.ndarray] = {}
-        for metric, target in self.requests:
-            per_target = values[metric]
-            if target == "(micro)":
-                out[metric, target] = micro[metric][:, 0] if self.kind != "multiclass" else per_target[:, 0]
-            elif self.kind == "multiclass" and metric in MULTICLASS_SCALARS:
-                out[metric, target] = per_target[:, 0]
-            elif target in ("(macro)", "(weighted)"):
-                if target == "(weighted)" and support is None:
-                    support = self._evaluator.support(columns)
-                out[metric, target] = average_targets(
-                    per_target, average=target[1:-1], defined=self.defined[metric], support=support
-                )
-            else:
-                out[metric, target] = per_target[:, self.targets.index(target)]
-        return out
-
-    def labels_used(self, metric: str, target: str) -> list[str]:
-        """Note ``labels_used=j/L`` when a macro or weighted average uses only j of the L targets."""
-        if target not in ("(macro)", "(weighted)") or (
-            self.kind == "multiclass" and metric in MULTICLASS_SCALARS
-        ):
-            return []
-        defined = self.defined[metric]
-        used = int(defined.sum())
-        return [f"labels_used={used}/{defined.size}"] if used < defined.size else []
-
-
-def label_rows(kind: str, metric: str, targets: tuple[str, ...], mode: str) -> list[str]:
-    """Targets evaluated for `metric`: `mode` is ``aggregate``, ``per_label`` or ``all``."""
-    if kind == "binary":
-        return [targets[0]]
-    if kind == "multiclass" and metric in MULTICLASS_SCALARS:
-        return [WHOLE_TASK_TARGET]
-    if mode == "aggregate":
-        return ["(macro)"]
-    if mode == "per_label":
-        return list(targets)
-    if mode == "all":
-        return ["(macro)", *targets]
-    raise ValueError(f"unknown targets {mode!r}; allowed: 'aggregate', 'per_label', 'all'")
-
-
-def predictions_at(run: TaskRun, thresholds: np.ndarray) -> np.ndarray:
-    """0/1 predictions ``[n, L]``: ``s >= t`` per label (multiclass: one-hot argmax, ties to the lowest)."""
-    if run.kind == "multiclass":
-        pred = np.zeros_like(run.y)
-        pred[np.arange(run.n), run.s.argmax(axis=1)] = 1
-        return pred
-    return (run.s >= thresholds[None, :]).astype(np.int8)
-
-
-# --------------------------------------------------------------------------------------------------
-# Replicated evaluation of cells (reps x units) for one side or for a pair
-
-
-Reducer = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""``reduce(values [b, U], eligible [U]) -> [b]``: a statistic over units (groups, curve points)."""
-
-
-def reduce_estimate(values: np.ndarray, eligible: np.ndarray) -> np.ndarray:
-    """The plain estimate: the single unit's value."""
-    return values[:, 0]
-
-
-class CellGrid:
-    """Scored cells ``[R reps][U units]`` that share one weight-column space.
-
-    A rep is a (seed, fold) run or run pair; a unit is a sample subset (a group) or a setting (a curve
-    point). Each side's statistic is ``mean_r reduce(values[:, r, :], eligible)`` (eval.md §4.4: runs
-    share the cluster weights).
-    """
-
-    def __init__(self, cells: list[list[Scored]]) -> None:
-        self.cells = cells
-        self.width = max(cell.width for row in cells for cell in row)
-
-    def values(self, columns: np.ndarray) -> dict[Request, np.ndarray]:
-        """``(metric, target) -> [b, R, U]`` for the weight rows `columns` ``[b, k]``."""
-        out: dict[Request, np.ndarray] = {}
-        n_reps, n_units = len(self.cells), len(self.cells[0])
-        for r, row in enumerate(self.cells):
-            for u, cell in enumerate(row):
-                for request, value in cell.evaluate(columns).items():
-                    if request not in out:
-                        out[request] = np.full((columns.shape[0], n_reps, n_units), np.nan)
-                    out[request][:, r, u] = value
-        return out
-
-
-def reduce_reps(values: np.ndarray, reducer: Reducer, eligible: np.ndarray) -> np.ndarray:
-    """``mean_r reducer(values[:, r, :], eligible)`` for ``values [b, R, U]`` -> ``[b]``."""
-    return np.mean(
-        np.stack([reducer(values[:, r, :], eligible) for r in range(values.shape[1])], axis=1), axis=1
-    )
-
-
-@dataclass(frozen=True)
-class PairedResult:
-    """One comparison cell: Δ, its paired bootstrap CI, the permutation p, notes and Δ replicates ``[B]``."""
-
-    delta: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    notes: list[str]
-    replicates: np.ndarray
-
-
-def paired_statistics(
-    grid: CellGrid,
-    n_clusters: int,
-    requests: Sequence[Request],
-    *,
-    reducer: Reducer = reduce_estimate,
-    eligible: Mapping[Request, np.ndarray] | None = None,
-    n_boot: int,
-    n_perm: int,
-    level: float,
-    random_state: int,
-) -> dict[Request, PairedResult]:
-    """Δ = statistic(A) − statistic(B) with paired bootstrap CI and permutation p (eval.md §5.1-5.2).
-
-    `grid` cells hold A's samples then B's samples, A's weight column ``k`` and B's ``k + m``
-    (m = `n_clusters`). Bootstrap replicate counts ``C`` weight A by ``[C, 0]`` and B by ``[0, C]``;
-    permutation coins ``F`` swap the models per cluster: A by ``[1−F, F]``, B by ``[F, 1−F]``. When
-    ``2^m <= n_perm`` all flip patterns are enumerated and p is exact.
-
-    Args:
-        grid: paired cells.
-        n_clusters: m, clusters in the shared universe.
-        requests: (metric, target) cells.
-        reducer: statistic over units (default: the plain estimate).
-        eligible: per request, the units that enter the reducer (default: all).
-        n_boot: bootstrap replicates (0: no CI).
-        n_perm: permutations (0: no test).
-        level: CI level.
-        random_state: seed of the bootstrap and permutation streams.
-
-    Returns:
-        Request -> :class:`PairedResult`.
-    """
-    m = n_clusters
-    zeros = np.zeros((1, m), dtype=np.int64)
-    ones = np.ones((1, m), dtype=np.int64)
-    n_units = len(grid.cells[0])
-    masks = {
-        request: (np.ones(n_units, dtype=bool) if eligible is None else eligible[request])
-        for request in requests
-    }
-
-    def deltas(columns_a: np.ndarray, columns_b: np.ndarray) -> dict[Request, np.ndarray]:
-        values_a = grid.values(columns_a)
-        values_b = grid.values(columns_b)
-        return {
-            request: reduce_reps(values_a[request], reducer, masks[request])
-            - reduce_reps(values_b[request], reducer, masks[request])
-            for request in requests
-        }
-
-    observed = {
-        request: float(value[0])
-        for request, value in deltas(np.hstack([ones, zeros]), np.hstack([zeros, ones])).items()
-    }
-    boot: dict[Request, list[np.ndarray]] = {request: [] for request in requests}
-    for start, stop in chunks(n_boot, max(grid.width, 2 * m)):
-        counts = bootstrap_counts(m, start, stop, random_state)
-        empty = np.zeros_like(counts)
-        for request, value in deltas(np.hstack([counts, empty]), np.hstack([empty, counts])).items():
-            boot[request].append(value)
-    exact = m < 63 and 2**m <= n_perm
-    total_perm = 2**m if exact else n_perm
-    perm: dict[Request, list[np.ndarray]] = {request: [] for request in requests}
-    for start, stop in chunks(total_perm if n_perm > 0 else 0, max(grid.width, 2 * m)):
-        flips = enumerated_flips(m, start, stop) if exact else permutation_flips(m, start, stop, random_state)
-        for request, value in deltas(np.hstack([1 - flips, flips]), np.hstack([flips, 1 - flips])).items():
-            perm[request].append(value)
-    results: dict[Request, PairedResult] = {}
-    for request in requests:
-        notes: list[str] = []
-        ci_low = ci_high = math.nan
-        if n_boot > 0:
-            ci_low, ci_high, notes = percentile_interval(np.concatenate(boot[request]), level)
-        p_value = math.nan
-        if n_perm > 0:
-            p_value = permutation_pvalue(observed[request], np.concatenate(perm[request]), exact=exact)
-        replicates = np.concatenate(boot[request]) if boot[request] else np.empty(0)
-        results[request] = PairedResult(observed[request], ci_low, ci_high, p_value, notes, replicates)
-    return results
-
-
-def single_statistics(
-    grid: CellGrid,
-    n_clusters: int,
-    requests: Sequence[Request],
-    *,
-    n_boot: int,
-    random_state: int,
-) -> tuple[dict[Request, np.ndarray], dict[Request, np.ndarray]]:
-    """Point values and bootstrap replicates of one side's cells.
-
-    Returns:
-        ``(point, replicates)``: request -> ``[R, U]`` point values and ``[B, R, U]`` replicate values
-        (B = `n_boot`, the shared resamples of eval.md §4.1).
-    """
-    ones = np.ones((1, n_clusters), dtype=np.int64)
-    point = {request: value[0] for request, value in grid.values(ones).items()}
-    parts: dict[Request, list[np.ndarray]] = {request: [] for request in requests}
-    for start, stop in chunks(n_boot, max(grid.width, n_clusters)):
-        for request, value in grid.values(bootstrap_counts(n_clusters, start, stop, random_state)).items():
-            parts[request].append(value)
-    n_reps, n_units = len(grid.cells), len(grid.cells[0])
-    replicates = {
-        request: np.concatenate(parts[request]) if parts[request] else np.empty((0, n_reps, n_units))
-        for request in requests
-    }
-    return point, replicates
-
-
-# --------------------------------------------------------------------------------------------------
-# Thresholds
-
-
-def run_keys_text(keys: Mapping[str, Any]) -> str:
-    """``model='drfuse', seed=42, fold=1`` (the ``{run}`` of eval.md §1.3 messages)."""
-    shown = [f"{key}={value!r}" for key, value in keys.items() if value is not None]
-    return ", ".join(shown) if shown else "(single run)"
-
-
-def validation_runs(policy: Any, *, kinds: Mapping[str, str] | None, classes: Any) -> list[TaskRun]:
-    """The validation runs of a `FromValidation` policy (empty for the other policies)."""
-    if not isinstance(policy, FromValidation):
-        return []
-    return split_runs(load_predictions(policy.predictions, kinds=kinds), kinds=kinds, classes=classes)
-
-
-def run_thresholds(policy: Any, run: TaskRun, validation: Sequence[TaskRun]) -> np.ndarray:
-    """Per-label thresholds ``[L]`` of `run` under `policy` (eval.md §2.3; NaN for multiclass).
-
-    Raises:
-        PredictionsError: P019 when `FromValidation` has no validation run for (model, seed, fold, task).
-    """
-    n_labels = len(run.targets)
-    if run.kind == "multiclass":
-        return np.full(n_labels, np.nan)
-    if isinstance(policy, Fixed):
-        return np.full(n_labels, policy.threshold)
-    if isinstance(policy, TopK):
-        return np.array([top_k_threshold(run.s[:, label], policy.fraction) for label in range(n_labels)])
-    if isinstance(policy, FromValidation):
-        wanted = {key: run.keys[key] for key in ("model", "seed", "fold")}
-        matches = [
-            other
-            for other in validation
-            if other.task == run.task and all(other.keys[key] == value for key, value in wanted.items())
-        ]
-        if not matches:
-            raise PredictionsError(
-                "P019",
-                f"threshold: no validation predictions for run {run_keys_text(wanted)}, task {run.task!r}",
-            )
-        chosen = matches[0]
-        return np.array(
-            [
-                choose_threshold(
-                    chosen.y[:, chosen.targets.index(target)],
-                    chosen.s[:, chosen.targets.index(target)],
-                    rule=policy.rule,
-                    target=policy.target,
-                )
-                for target in run.targets
-            ]
-        )
-    raise ValueError(f"threshold must be Fixed(...), FromValidation(...) or TopK(...), got {policy!r}")
-
-
-def threshold_rows(
-    policy: Any, run: TaskRun, thresholds: np.ndarray, base: Mapping[str, Any]
-) -> list[dict[str, Any]]:
-    """The ``threshold`` rows (note ``policy=...``) that go with threshold-dependent values."""
-    if run.kind == "multiclass":
-        return []
-    return [
-        {
-            **base,
-            "metric": "threshold",
-            "statistic": "estimate",
-            "target": target,
-            "value": float(thresholds[label]),
-            "n": run.n,
-            "n_runs": 1,
-            "notes": policy.note,
-        }
-        for label, target in enumerate(run.targets)
-    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -961,8 +436,8 @@ def compare_cell(
     thresholds = [
         [
             (
-                run_thresholds(options.threshold, run_a, options.validation),
-                run_thresholds(options.threshold, run_b, options.validation),
+                run_thresholds(run_a, options.threshold, options.validation),
+                run_thresholds(run_b, options.threshold, options.validation),
             )
             for run_a, run_b in rep
         ]
@@ -1256,8 +731,8 @@ def compare(
 
 
 PAIRS = ("vs_reference", "all")
-DEFAULT_UNIMODAL = ("lstm", "transformer", "resnet50")
-"""Registry names of the three unimodal baselines (EHR LSTM, EHR Transformer, CXR ResNet-50)."""
+DEFAULT_UNIMODAL = ("lstm", "transformer", "resnet")
+"""carebench-models registry names of the three unimodal baselines (EHR LSTM, EHR Transformer, CXR ResNet)."""
 
 
 def append_notes(frame: pl.DataFrame, extra: Sequence[str]) -> pl.DataFrame:
@@ -1274,14 +749,8 @@ def point_value(
     run: TaskRun, metric: str, target: str, threshold: Any, validation: Sequence[TaskRun]
 ) -> float:
     """The full-data value of `metric` at `target` for one run."""
-    cell = Scored(
-        run.kind,
-        run.targets,
-        run.y,
-        run.s,
-        predictions_at(run, run_thresholds(threshold, run, validation)),
-        np.arange(run.n),
-        [(metric, target)],
+    cell = Scored.of_run(
+        run, run_thresholds(run, threshold, validation), np.arange(run.n), [(metric, target)]
     )
     return float(cell.evaluate(np.ones((1, run.n), dtype=np.int64))[metric, target][0])
 
@@ -1349,7 +818,8 @@ def compare_grid(
     Args:
         preds: predictions of all models (frame, lazy frame or path).
         reference: ``"best_unimodal"`` or a model name.
-        unimodal: candidate unimodal models for ``best_unimodal``.
+        unimodal: candidate unimodal models for ``best_unimodal`` (default: the registry's ``lstm``,
+            ``transformer`` and ``resnet``).
         models: models to compare (default: all models in `preds`).
         pairs: ``"vs_reference"`` or ``"all"``.
         metrics: metrics (default: the task's primary and secondary metrics).

@@ -21,24 +21,8 @@ import numpy.typing as npt
 import polars as pl
 
 from carebench_eval._kernels import weighted_sums
-from carebench_eval.compare import (
-    PREDICTION_COLUMNS,
-    THRESHOLD_METRICS,
-    CellGrid,
-    Scored,
-    TaskRun,
-    label_rows,
-    predictions_at,
-    run_thresholds,
-    single_statistics,
-    split_runs,
-    threshold_rows,
-    undefined_note,
-    validation_runs,
-)
 from carebench_eval.errors import PredictionsError, join_notes
-from carebench_eval.io import load_predictions
-from carebench_eval.metrics.threshold import Fixed
+from carebench_eval.io import CORE_COLUMNS
 from carebench_eval.registry import defaults, metric_spec
 from carebench_eval.resampling import (
     GAP_TEST_STREAM,
@@ -49,7 +33,24 @@ from carebench_eval.resampling import (
     permutation_pvalue,
     replicate_generator,
 )
+from carebench_eval.runs import (
+    TaskRun,
+    predictions_at,
+    prepare_call,
+    run_thresholds,
+    split_runs,
+    threshold_rows,
+    validation_runs,
+)
 from carebench_eval.schema import make_rows
+from carebench_eval.weighted import (
+    THRESHOLD_METRICS,
+    CellGrid,
+    Scored,
+    label_rows,
+    single_statistics,
+    undefined_note,
+)
 
 __all__ = [
     "DEFAULT_AGE_EDGES",
@@ -445,7 +446,7 @@ def _fairness_rows(run: TaskRun, attribute: str, options: _FairnessOptions) -> l
         parity_targets = list(run.targets)
         for metric in ("positive_rate", "sensitivity_score", "fpr_error"):
             requests += [(metric, target) for target in parity_targets if (metric, target) not in requests]
-    thresholds = run_thresholds(options.threshold, run, options.validation)
+    thresholds = run_thresholds(run, options.threshold, options.validation)
     pred = predictions_at(run, thresholds)
     universe, (cluster_index,) = cluster_universe(run.cluster)
     cells = [
@@ -744,11 +745,8 @@ def fairness(
     Returns:
         The tidy frame of eval.md §8.1.
     """
-    threshold = Fixed(0.5) if threshold is None else threshold
-    for name in metrics or ():
-        metric_spec(name)
-    frame = load_predictions(preds, kinds=kinds)
-    attribute_columns = [column for column in frame.columns if column not in PREDICTION_COLUMNS]
+    frame, threshold = prepare_call(preds, threshold=threshold, metrics=metrics, kinds=kinds)
+    attribute_columns = [column for column in frame.columns if column not in CORE_COLUMNS]
     names = resolve_attributes(attribute_columns, attributes, intersections)
     if not names:
         raise PredictionsError(
@@ -775,7 +773,7 @@ def fairness(
     rows: list[dict[str, Any]] = []
     for done, run in enumerate(runs, start=1):
         if run.kind != "multiclass" and set(options.metrics or GROUP_METRICS) & THRESHOLD_METRICS:
-            thresholds = run_thresholds(threshold, run, options.validation)
+            thresholds = run_thresholds(run, threshold, options.validation)
             rows.extend(threshold_rows(threshold, run, thresholds, {**run.keys, "task": run.task}))
         for attribute in names:
             rows.extend(_fairness_rows(run, attribute, options))

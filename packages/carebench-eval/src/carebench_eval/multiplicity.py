@@ -8,7 +8,7 @@ vector of p-values; :func:`adjust_pvalues` fills the ``p_adjusted`` column of a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -25,14 +25,28 @@ DEFAULT_FAMILY = ("task", "metric", "target", "setting")
 """Columns that define one family of tests by default (eval.md §5.4)."""
 
 
-def _as_pvalues(p_values: npt.ArrayLike) -> np.ndarray:
+def _step_adjust(p_values: npt.ArrayLike, step: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Adjusted p-values in input order: `step` maps the m defined p-values, sorted, to their adjustment."""
     p = np.asarray(p_values, dtype=np.float64)
     if p.ndim != 1:
         raise ValueError(f"p_values must be one-dimensional, got shape {p.shape}")
-    defined = p[~np.isnan(p)]
-    if np.any((defined < 0) | (defined > 1)):
+    defined = np.flatnonzero(~np.isnan(p))
+    if np.any((p[defined] < 0) | (p[defined] > 1)):
         raise ValueError("p_values must lie in [0, 1] (NaN marks a test left out of the family)")
-    return p
+    adjusted = np.full_like(p, np.nan)
+    if defined.size:
+        order = defined[np.argsort(p[defined], kind="stable")]
+        adjusted[order] = step(p[order])
+    return adjusted
+
+
+def _holm_step(p: np.ndarray) -> np.ndarray:
+    return np.maximum.accumulate(np.minimum(1.0, (p.size - np.arange(p.size)) * p))
+
+
+def _bh_step(p: np.ndarray) -> np.ndarray:
+    scaled = np.minimum(1.0, p.size * p / np.arange(1, p.size + 1))
+    return np.minimum.accumulate(scaled[::-1])[::-1]
 
 
 def holm(p_values: npt.ArrayLike) -> np.ndarray:
@@ -52,16 +66,7 @@ def holm(p_values: npt.ArrayLike) -> np.ndarray:
         >>> holm([0.01, 0.04, 0.03, 0.2]).round(4).tolist()
         [0.04, 0.09, 0.09, 0.2]
     """
-    p = _as_pvalues(p_values)
-    adjusted = np.full_like(p, np.nan)
-    defined = np.flatnonzero(~np.isnan(p))
-    m = defined.size
-    if m == 0:
-        return adjusted
-    order = defined[np.argsort(p[defined], kind="stable")]
-    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    adjusted[order] = np.maximum.accumulate(scaled)
-    return adjusted
+    return _step_adjust(p_values, _holm_step)
 
 
 def benjamini_hochberg(p_values: npt.ArrayLike) -> np.ndarray:
@@ -80,16 +85,7 @@ def benjamini_hochberg(p_values: npt.ArrayLike) -> np.ndarray:
         >>> benjamini_hochberg([0.01, 0.04, 0.03, 0.2]).round(4).tolist()
         [0.04, 0.0533, 0.0533, 0.2]
     """
-    p = _as_pvalues(p_values)
-    adjusted = np.full_like(p, np.nan)
-    defined = np.flatnonzero(~np.isnan(p))
-    m = defined.size
-    if m == 0:
-        return adjusted
-    order = defined[np.argsort(p[defined], kind="stable")]
-    scaled = np.minimum(1.0, m * p[order] / np.arange(1, m + 1))
-    adjusted[order] = np.minimum.accumulate(scaled[::-1])[::-1]
-    return adjusted
+    return _step_adjust(p_values, _bh_step)
 
 
 def adjust_vector(p_values: npt.ArrayLike, method: str) -> np.ndarray:
@@ -99,7 +95,7 @@ def adjust_vector(p_values: npt.ArrayLike, method: str) -> np.ndarray:
     if method == "bh":
         return benjamini_hochberg(p_values)
     if method == "none":
-        return _as_pvalues(p_values).copy()
+        return _step_adjust(p_values, np.copy)
     raise ValueError(f"unknown correction {method!r}; allowed: {', '.join(map(repr, CORRECTIONS))}")
 
 

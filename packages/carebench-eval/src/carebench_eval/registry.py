@@ -206,10 +206,10 @@ def primary_metric(task: str) -> tuple[str, str | None]:
 
 def default_metrics(kind: str) -> tuple[str, ...]:
     """Metrics `score` computes for a kind when ``metrics=None`` (eval.md §2.2, §2.6)."""
-    from carebench_eval.metrics.core import BINARY_METRICS, MULTICLASS_METRICS
+    from carebench_eval.metrics.core import BINARY_METRICS, CALIBRATION_FIT_METRICS, MULTICLASS_METRICS
 
     if kind == "multiclass":
         return MULTICLASS_METRICS
     if kind in _LABELWISE:
-        return BINARY_METRICS
+        return tuple(name for name in BINARY_METRICS if name not in CALIBRATION_FIT_METRICS)
     raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")

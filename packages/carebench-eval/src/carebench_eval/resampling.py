@@ -64,6 +64,14 @@ PERMUTATION_EPSILON = 1e-12
 CI_METHODS = ("percentile", "bca")
 
 
+def check_interval(ci: str, level: float) -> None:
+    """Raise ValueError unless `ci` is an interval method of `CI_METHODS` and `level` lies in (0, 1)."""
+    if ci not in CI_METHODS:
+        raise ValueError(f"ci must be one of {', '.join(CI_METHODS)}; got {ci!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
 def replicate_generator(random_state: int, stream: int, replicate: int) -> np.random.Generator:
     """The PCG64 generator of replicate `replicate` of `stream`."""
     sequence = np.random.SeedSequence(random_state, spawn_key=(stream, replicate))
@@ -336,10 +344,7 @@ def bootstrap_ci(
         >>> round(result.value, 4), result.ci_low < result.value < result.ci_high
         (0.525, True)
     """
-    if ci not in CI_METHODS:
-        raise ValueError(f"ci must be one of {', '.join(CI_METHODS)}; got {ci!r}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    check_interval(ci, level)
     if n_boot < 1:
         raise ValueError(f"n_boot must be at least 1, got {n_boot}")
     arrays = tuple(np.asarray(array) for array in arrays)

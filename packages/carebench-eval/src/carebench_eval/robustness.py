@@ -21,27 +21,16 @@ import polars as pl
 
 from carebench_eval.compare import (
     DEFAULT_UNIMODAL,
-    THRESHOLD_METRICS,
-    CellGrid,
     CompareOptions,
     PairedCell,
-    Scored,
-    TaskRun,
     align_pair,
     append_notes,
     best_model,
     compare,
     compare_cell,
     comparison_metrics,
-    label_rows,
     pair_reps,
     point_value,
-    predictions_at,
-    run_thresholds,
-    single_statistics,
-    split_runs,
-    undefined_note,
-    validation_runs,
 )
 from carebench_eval.errors import PredictionsError, join_notes
 from carebench_eval.fairness import group_labels
@@ -50,7 +39,22 @@ from carebench_eval.metrics.threshold import Fixed
 from carebench_eval.multiplicity import CORRECTIONS, adjust_pvalues
 from carebench_eval.registry import metric_spec
 from carebench_eval.resampling import cluster_universe, percentile_interval
-from carebench_eval.schema import make_rows, sort_results
+from carebench_eval.runs import (
+    TaskRun,
+    prepare_call,
+    run_thresholds,
+    split_runs,
+    validation_runs,
+)
+from carebench_eval.schema import SORT_COLUMNS, make_rows, sort_results
+from carebench_eval.weighted import (
+    THRESHOLD_METRICS,
+    CellGrid,
+    Scored,
+    label_rows,
+    single_statistics,
+    undefined_note,
+)
 
 __all__ = [
     "ParsedSetting",
@@ -186,6 +190,8 @@ def break_even_rate(rates: np.ndarray, values: np.ndarray, reference: float) -> 
 
 
 AXES = ("test", "train")
+DEFAULT_CXR_ONLY = "resnet"
+"""carebench-models registry name of the CXR-only baseline."""
 DEFAULT_EHR_ONLY = ("lstm", "transformer")
 """Registry names of the EHR-only baselines (the reference line of degradation curves)."""
 
@@ -371,12 +377,9 @@ def _curve_rows(
     universe, _ = cluster_universe(*[run.cluster for rep in reps for run in rep])
     cells = [
         [
-            Scored(
-                run.kind,
-                run.targets,
-                run.y,
-                run.s,
-                predictions_at(run, run_thresholds(threshold, run, validation)),
+            Scored.of_run(
+                run,
+                run_thresholds(run, threshold, validation),
                 np.searchsorted(universe, run.cluster),
                 requests,
                 n_bins=n_bins,
@@ -546,7 +549,7 @@ def robustness(
         metrics: metrics (default: the task's primary and secondary metrics).
         reference: ``"best_ehr_only"`` (the best of `ehr_only` on the primary metric), a model name, a
             number, or None; the curve's ``break_even_rate`` is where it meets this score.
-        ehr_only: candidate EHR-only models.
+        ehr_only: candidate EHR-only models (default: the registry's ``lstm`` and ``transformer``).
         settings: mapping setting -> tokens overriding the parsing.
         targets: ``"aggregate"``, ``"per_label"`` or ``"all"``.
         threshold: threshold policy (default ``Fixed(0.5)``).
@@ -562,10 +565,7 @@ def robustness(
     Returns:
         The tidy frame of eval.md §8.1.
     """
-    threshold = Fixed(0.5) if threshold is None else threshold
-    for name in metrics or ():
-        metric_spec(name)
-    frame = load_predictions(preds, kinds=kinds)
+    frame, threshold = prepare_call(preds, threshold=threshold, metrics=metrics, kinds=kinds)
     runs = split_runs(frame, kinds=kinds, classes=classes, cluster=cluster)
     validation = validation_runs(threshold, kinds=kinds, classes=classes)
     line = ReferenceLine(runs, reference, ehr_only=ehr_only, threshold=threshold, validation=validation)
@@ -609,22 +609,7 @@ def robustness(
         if progress is not None:
             progress(done, len(curves))
     # The rate-0 point belongs to every mechanism's curve; report it once.
-    return make_rows(rows).unique(subset=list(_POINT_KEY), keep="first", maintain_order=True)
-
-
-_POINT_KEY = (
-    "model",
-    "baseline",
-    "seed",
-    "fold",
-    "setting",
-    "task",
-    "metric",
-    "statistic",
-    "target",
-    "group_attribute",
-    "group",
-)
+    return make_rows(rows).unique(subset=list(SORT_COLUMNS), keep="first", maintain_order=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -659,7 +644,7 @@ def fusion_gain(
     Args:
         preds: predictions of the fused and unimodal models.
         fused: fused models (default: every model not in `unimodal`).
-        unimodal: candidate unimodal models.
+        unimodal: candidate unimodal models (default: the registry's ``lstm``, ``transformer``, ``resnet``).
         metrics: metrics (default: the task's primary and secondary metrics).
         targets: ``"aggregate"`` or ``"per_label"`` (also ``"all"``).
         by: an attribute that splits the samples (e.g. ``"has_cxr"`` on the base cohort); rows carry it
@@ -772,12 +757,29 @@ def _same_setting(setting: str | None, wanted: str | None, settings: Mapping[str
         return False
 
 
+def _runs_of(
+    runs: Sequence[TaskRun],
+    model: str | None,
+    task: str,
+    setting: str | None,
+    settings: Mapping[str, Any] | None,
+) -> list[TaskRun]:
+    """The runs of `model` on `task` in `setting` (the default setting matches its aliases)."""
+    return [
+        run
+        for run in runs
+        if run.keys["model"] == model
+        and run.task == task
+        and _same_setting(run.keys["setting"], setting, settings)
+    ]
+
+
 def modality_contribution(
     preds: Any,
     *,
     full: str | None = "",
     withheld: Mapping[str, str] | None = None,
-    unimodal_cxr: str | None = None,
+    unimodal_cxr: str | None = DEFAULT_CXR_ONLY,
     models: Sequence[str] | None = None,
     metrics: Sequence[str] | None = None,
     targets: str = "aggregate",
@@ -805,8 +807,9 @@ def modality_contribution(
         preds: predictions with the full and the withheld settings.
         full: the full-modality setting (``""``, None, ``"natural"`` and ``"cohort_matched"`` are the default).
         withheld: modality -> setting in which it is withheld (default ``{"cxr": "test_cxr_mcar_1.0"}``).
-        unimodal_cxr: the CXR-only model (e.g. ``"resnet50"``) for ``cxr_utilization``.
-        models: models to report (default: all except `unimodal_cxr`).
+        unimodal_cxr: the CXR-only model for ``cxr_utilization`` (default ``"resnet"``, the registry's CXR
+            baseline; no utilization rows when it has no predictions); None skips utilization.
+        models: models to report (default: every model except `unimodal_cxr`).
         metrics: metrics (default: the task's primary and secondary metrics).
         targets: ``"aggregate"``, ``"per_label"`` or ``"all"``.
         threshold: threshold policy (default ``Fixed(0.5)``).
@@ -827,10 +830,7 @@ def modality_contribution(
     unknown = sorted(set(withheld) - {"cxr", "ehr"})
     if unknown:
         raise ValueError(f"modality_contribution: unknown modality {unknown}; allowed: 'cxr', 'ehr'")
-    threshold = Fixed(0.5) if threshold is None else threshold
-    for name in metrics or ():
-        metric_spec(name)
-    frame = load_predictions(preds, kinds=kinds)
+    frame, threshold = prepare_call(preds, threshold=threshold, metrics=metrics, kinds=kinds)
     runs = split_runs(frame, kinds=kinds, classes=classes, cluster=cluster)
     present = sorted({run.keys["model"] for run in runs}, key=lambda model: (model is not None, model or ""))
     chosen = [model for model in present if model != unimodal_cxr] if models is None else list(models)
@@ -855,24 +855,12 @@ def modality_contribution(
     rows: list[dict[str, Any]] = []
     for model in chosen:
         for task in sorted({run.task for run in runs if run.keys["model"] == model}):
-            full_runs = [
-                run
-                for run in runs
-                if run.keys["model"] == model
-                and run.task == task
-                and _same_setting(run.keys["setting"], full, settings)
-            ]
+            full_runs = _runs_of(runs, model, task, full, settings)
             if not full_runs:
                 continue
             drops: dict[str, tuple[dict[tuple[str, str], Any], np.ndarray]] = {}
             for modality, setting in sorted(withheld.items()):
-                withheld_runs = [
-                    run
-                    for run in runs
-                    if run.keys["model"] == model
-                    and run.task == task
-                    and _same_setting(run.keys["setting"], setting, settings)
-                ]
+                withheld_runs = _runs_of(runs, model, task, setting, settings)
                 if not withheld_runs:
                     continue
                 names = (f"{model} ({full or 'full'})", f"{model} ({setting})")
@@ -925,13 +913,7 @@ def _utilization_rows(
 ) -> list[dict[str, Any]]:
     results, universe = cxr_drop
     requests = [request for request in results if request[0] in ("auroc_score", "auprc_score")]
-    cxr_runs = [
-        run
-        for run in runs
-        if run.keys["model"] == unimodal_cxr
-        and run.task == task
-        and _same_setting(run.keys["setting"], full, settings)
-    ]
+    cxr_runs = _runs_of(runs, unimodal_cxr, task, full, settings)
     if not requests or not cxr_runs:
         return []
     if not all(np.isin(run.cluster, universe).all() for run in cxr_runs):
@@ -944,12 +926,9 @@ def _utilization_rows(
     wanted = [*requests, *_chance_requests(requests)]
     cells = [
         [
-            Scored(
-                run.kind,
-                run.targets,
-                run.y,
-                run.s,
-                predictions_at(run, run_thresholds(options.threshold, run, options.validation)),
+            Scored.of_run(
+                run,
+                run_thresholds(run, options.threshold, options.validation),
                 np.searchsorted(universe, run.cluster),
                 wanted,
                 n_bins=options.n_bins,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,18 +79,32 @@ def build_report(
     Returns:
         The report and the tidy result tables behind it (name -> eval.md §8.1 frame).
     """
+    import carebench_eval as ce
+
     context = ReportContext(collection=collection, config=config, status=status or (lambda message: None))
-    sections = [
-        overview_section(context),
-        fusion_section(context),
-        strategies_section(context),
-        robustness_section(context),
-        fairness_section(context),
-    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ce.UndefinedMetricWarning)
+        sections = [
+            overview_section(context),
+            fusion_section(context),
+            strategies_section(context),
+            robustness_section(context),
+            fairness_section(context),
+        ]
+        summary = _summary(context)
+    undefined = sorted({str(w.message) for w in caught if issubclass(w.category, ce.UndefinedMetricWarning)})
+    for message in {str(w.message) for w in caught} - set(undefined):
+        logger.warning("%s", message)
+    methods = _methods(context)
+    if undefined:
+        methods.paragraphs.append(
+            f"{len(undefined)} kind(s) of undefined metric (value NaN, with a note in results/): "
+            + " | ".join(undefined)
+        )
     report = Report(
         title="carebench report",
-        summary=[f"Run store: {collection.root}.", *_summary(context)],
-        sections=[*sections, _methods(context)],
+        summary=[f"Run store: {collection.root}.", *summary],
+        sections=[*sections, methods],
     )
     results = {name: frame for name, frame in context.results.items() if not name.startswith("_")}
     return report, results

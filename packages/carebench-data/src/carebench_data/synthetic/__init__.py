@@ -4,7 +4,12 @@
 >>> generate_synthetic(tmp_path / "raw", SyntheticConfig.tiny(seed=1))  # doctest: +SKIP
 """
 
-from carebench_data.synthetic.config import SignalConfig, SubgroupEffect, SyntheticConfig, SyntheticConfigError
+from carebench_data.synthetic.config import (
+    SignalConfig,
+    SubgroupEffect,
+    SyntheticConfig,
+    SyntheticConfigError,
+)
 from carebench_data.synthetic.generate import SyntheticOutputError, generate_synthetic
 from carebench_data.synthetic.phenotypes import PHENOTYPE_COLUMNS
 from carebench_data.synthetic.schemas import CHEXPERT_FINDINGS, MIMIC_CXR_TABLES, MIMIC_IV_TABLES

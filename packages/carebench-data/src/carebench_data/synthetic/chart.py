@@ -116,7 +116,9 @@ class ChartChunk:
     dirt: np.ndarray
 
 
-def charting_window(population: Population, config: SyntheticConfig, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def charting_window(
+    population: Population, config: SyntheticConfig, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(start, end) seconds of charting per stay row: intime to death/outtime, capped by chart_cap_hours."""
     stays = population.stays
     start = stays["intime"][rows]
@@ -126,8 +128,15 @@ def charting_window(population: Population, config: SyntheticConfig, rows: np.nd
     return start, np.maximum(end, start)
 
 
-def _gcs(rng: np.random.Generator, severity: np.ndarray, neuro: np.ndarray, sedated: np.ndarray) -> tuple[np.ndarray, ...]:
-    deficit = 1.6 * np.maximum(severity - 0.3, 0) + 6.0 * neuro + 2.0 * sedated + rng.normal(0, 1.0, size=severity.size)
+def _gcs(
+    rng: np.random.Generator, severity: np.ndarray, neuro: np.ndarray, sedated: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    deficit = (
+        1.6 * np.maximum(severity - 0.3, 0)
+        + 6.0 * neuro
+        + 2.0 * sedated
+        + rng.normal(0, 1.0, size=severity.size)
+    )
     deficit = np.clip(np.round(deficit), 0, 12)
     eye = 4 - np.minimum(3, np.round(deficit * 3 / 12)).astype(int)
     verbal = 5 - np.minimum(4, np.round(deficit * 4 / 12)).astype(int)
@@ -135,8 +144,10 @@ def _gcs(rng: np.random.Generator, severity: np.ndarray, neuro: np.ndarray, seda
     return eye, verbal, motor
 
 
-def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.Generator, lo: int, hi: int) -> ChartChunk:
-    """chartevents rows of stays lo..hi-1 (sorted by stay_id, charttime, itemid)."""
+def chart_chunk(
+    population: Population, config: SyntheticConfig, rng: np.random.Generator, lo: int, hi: int
+) -> ChartChunk:
+    """Chartevents rows of stays lo..hi-1 (sorted by stay_id, charttime, itemid)."""
     stays = population.stays
     adm = population.admissions
     all_rows = np.arange(lo, hi)
@@ -153,7 +164,12 @@ def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.
     def base(name: str, rows: np.ndarray) -> np.ndarray:
         return stays[f"baseline_{name}"][rows]
 
-    def series(cadence: float, mask: np.ndarray | None = None, keep: float | np.ndarray = 1.0, until: np.ndarray | None = None):
+    def series(
+        cadence: float,
+        mask: np.ndarray | None = None,
+        keep: float | np.ndarray = 1.0,
+        until: np.ndarray | None = None,
+    ):
         sel = np.ones(all_rows.size, dtype=bool) if mask is None else mask
         stop = end if until is None else np.minimum(end, until)
         keep_arr = keep[sel] if isinstance(keep, np.ndarray) else keep
@@ -161,7 +177,9 @@ def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.
 
     def once() -> tuple[np.ndarray, np.ndarray]:
         sel = end > start
-        offset = rng.uniform(0, 1, size=int(sel.sum())) * np.minimum(end[sel] - start[sel], 2 * SECONDS_PER_HOUR)
+        offset = rng.uniform(0, 1, size=int(sel.sum())) * np.minimum(
+            end[sel] - start[sel], 2 * SECONDS_PER_HOUR
+        )
         return all_rows[sel], (start[sel] + offset.astype(np.int64)) // 60 * 60
 
     effusion = np.maximum(adm["eff_left"], adm["eff_right"])
@@ -169,12 +187,26 @@ def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.
     # Heart rate, hourly.
     r, t = series(1.0)
     s_t = severity_at(population, r, t)
-    hr = 86 + 8 * s_t + 6 * latent("z_infection", r) + 4 * state("fever", r) + 8 * base("hr", r) + rng.normal(0, 5, r.size)
+    hr = (
+        86
+        + 8 * s_t
+        + 6 * latent("z_infection", r)
+        + 4 * state("fever", r)
+        + 8 * base("hr", r)
+        + rng.normal(0, 5, r.size)
+    )
     hr_rows = (r, t, np.clip(hr, 30, 220))
     # Respiratory rate, hourly.
     r, t = series(1.0)
     s_t = severity_at(population, r, t)
-    rr = 19 + 2.5 * s_t + 2 * latent("z_pulmonary", r) + 2.5 * state("overload", r) + 2 * base("rr", r) + rng.normal(0, 2.5, r.size)
+    rr = (
+        19
+        + 2.5 * s_t
+        + 2 * latent("z_pulmonary", r)
+        + 2.5 * state("overload", r)
+        + 2 * base("rr", r)
+        + rng.normal(0, 2.5, r.size)
+    )
     buf.add(r, t, 220210, np.clip(rr, 4, 60))
     # SpO2, hourly; only a faint dip from pleural findings.
     r, t = series(1.0)
@@ -191,7 +223,10 @@ def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.
     spo2_rows = (r, t, np.clip(spo2, 60, 100))
     # Blood pressure: arterial line hourly, otherwise NIBP about every other hour.
     aline = stays["aline"][all_rows]
-    for mask, keep, items in ((aline, 1.0, (220050, 220051, 220052)), (~aline, 0.5, (220179, 220180, 220181))):
+    for mask, keep, items in (
+        (aline, 1.0, (220050, 220051, 220052)),
+        (~aline, 0.5, (220179, 220180, 220181)),
+    ):
         r, t = series(1.0, mask, keep)
         s_t = severity_at(population, r, t)
         mbp = 77 - 6 * s_t - 10 * shock_at(population, r, t) + 7 * base("map", r) + rng.normal(0, 4, r.size)
@@ -202,12 +237,29 @@ def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.
         buf.add(r, t, items[2], mbp)
     # Temperature q4h: °F for most stays, °C otherwise.
     r, t = series(4.0)
-    celsius = 36.9 + 0.3 * latent("z_infection", r) + 0.6 * state("fever", r) + 0.25 * base("temp", r) + rng.normal(0, 0.3, r.size)
+    celsius = (
+        36.9
+        + 0.3 * latent("z_infection", r)
+        + 0.6 * state("fever", r)
+        + 0.25 * base("temp", r)
+        + rng.normal(0, 0.3, r.size)
+    )
     celsius = np.clip(celsius, 33, 42)
     fahrenheit_stay = stays["temp_fahrenheit"][r]
-    temp_f = (r[fahrenheit_stay], t[fahrenheit_stay], celsius[fahrenheit_stay] * 1.8 + 32, celsius[fahrenheit_stay])
+    temp_f = (
+        r[fahrenheit_stay],
+        t[fahrenheit_stay],
+        celsius[fahrenheit_stay] * 1.8 + 32,
+        celsius[fahrenheit_stay],
+    )
     buf.add(r[~fahrenheit_stay], t[~fahrenheit_stay], 223762, celsius[~fahrenheit_stay], decimals=1)
-    buf.add(r, t + 60, 224642, np.full(r.size, np.nan), text=rng.choice([TEXT_CODE[x] for x in ("Oral", "Axillary", "Temporal")], r.size))
+    buf.add(
+        r,
+        t + 60,
+        224642,
+        np.full(r.size, np.nan),
+        text=rng.choice([TEXT_CODE[x] for x in ("Oral", "Axillary", "Temporal")], r.size),
+    )
     # GCS q4h (MetaVision text plus score), capillary refill, rhythm, RASS.
     r, t = series(4.0)
     s_t = severity_at(population, r, t)
@@ -234,7 +286,21 @@ def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.
     vent_end = stays["vent_end"][all_rows]
     r, t = series(2.0, vent, until=vent_end)
     s_t = severity_at(population, r, t)
-    fio2 = np.clip(np.round((40 + 12 * s_t + 8 * latent("z_pulmonary", r) + 8 * state("overload", r) + rng.normal(0, 6, r.size)) / 5) * 5, 21, 100)
+    fio2 = np.clip(
+        np.round(
+            (
+                40
+                + 12 * s_t
+                + 8 * latent("z_pulmonary", r)
+                + 8 * state("overload", r)
+                + rng.normal(0, 6, r.size)
+            )
+            / 5
+        )
+        * 5,
+        21,
+        100,
+    )
     fio2_rows = (r, t, fio2)
     r, t = series(1.0, vent, until=vent_end)
     s_t = severity_at(population, r, t)
@@ -278,7 +344,8 @@ def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.
             "central_line": adm["central_line"][a],
         }
         for itemid, cadence, condition, constant, text in _FILLER:
-            r, t = series(cadence, conditions[condition])
+            interval = config.filler_cadence_hours if condition == "all" else cadence
+            r, t = series(interval, conditions[condition])
             buf.add(r, t, itemid, np.full(r.size, constant), text=TEXT_CODE[text] if text else -1)
 
     # Dirt (data.md §13.4), counted per stay for the truth.
@@ -341,7 +408,11 @@ def chart_chunk(population: Population, config: SyntheticConfig, rng: np.random.
                 "warning": warning,
             }
         )
-        .with_columns(value, valuenum, pl.col("itemid").replace_strict(VALUEUOM, default=None, return_dtype=pl.String).alias("valueuom"))
+        .with_columns(
+            value,
+            valuenum,
+            pl.col("itemid").replace_strict(VALUEUOM, default=None, return_dtype=pl.String).alias("valueuom"),
+        )
         .sort(["stay_id", "charttime", "itemid", "storetime"], maintain_order=True)
     )
     return ChartChunk(frame=frame, dirt=dirt)

@@ -51,11 +51,15 @@ class SubgroupEffect:
 
 def _default_subgroups() -> tuple[SubgroupEffect, ...]:
     return (
-        SubgroupEffect(attribute="race", value="BLACK/AFRICAN AMERICAN", kind="z_shift", target="renal", amount=0.3),
+        SubgroupEffect(
+            attribute="race", value="BLACK/AFRICAN AMERICAN", kind="z_shift", target="renal", amount=0.3
+        ),
         SubgroupEffect(
             attribute="race", value="BLACK/AFRICAN AMERICAN", kind="z_shift", target="metabolic", amount=0.2
         ),
-        SubgroupEffect(attribute="race", value="HISPANIC/LATINO", kind="z_shift", target="metabolic", amount=0.3),
+        SubgroupEffect(
+            attribute="race", value="HISPANIC/LATINO", kind="z_shift", target="metabolic", amount=0.3
+        ),
         SubgroupEffect(
             attribute="race", value="OTHER", kind="code_drop", target="chf_nonhypertensive", amount=0.3
         ),
@@ -106,15 +110,15 @@ class SignalConfig:
     mortality_surgical: float = -2.3
     cxr_presence_mortality: float = 0.0
     icu_death_fraction: float = 0.72
-    pleurisy_weight: float = 12.0
+    pleurisy_weight: float = 16.0
     pleurisy_ehr_weight: float = 0.1
     finding_noise_sd: float = 1.4
-    chf_interaction: float = 4.0
-    chf_cardiomegaly: float = 5.0
-    chf_overload: float = 3.0
+    chf_interaction: float = 6.0
+    chf_cardiomegaly: float = 3.0
+    chf_overload: float = 1.5
     chf_xor: bool = False
-    pneumonia_interaction: float = 3.5
-    pneumonia_consolidation: float = 5.0
+    pneumonia_interaction: float = 4.0
+    pneumonia_consolidation: float = 4.0
     pneumonia_fever: float = 1.5
     cxr_paired_fraction: float = 0.215
     cxr_severity: float = 1.8
@@ -136,6 +140,8 @@ class SyntheticConfig:
         image_size: side of the square JPEGs in pixels (64 to 2048).
         chart_cap_hours: charting stops this many hours after intime (None: whole stay).
         full_charting: emit the extra nursing/ventilator items (the perf10 row volume).
+        filler_cadence_hours: charting interval of the always-charted extra items when full_charting.
+        lab_panels_per_day: routine lab draws per day (06:00, then 18:00, then 12:00).
         background_admissions_per_stay: non-ICU admissions emitted per ICU stay (labs, diagnoses).
         background_lab_days: daily lab panels of a background admission are capped at this many days.
         second_stay_fraction: share of ICU admissions with a second ICU stay.
@@ -152,6 +158,8 @@ class SyntheticConfig:
     image_size: int = 256
     chart_cap_hours: float | None = 72.0
     full_charting: bool = False
+    filler_cadence_hours: float = 1.0
+    lab_panels_per_day: int = 1
     background_admissions_per_stay: float = 0.5
     background_lab_days: int = 3
     second_stay_fraction: float = 0.12
@@ -167,6 +175,10 @@ class SyntheticConfig:
             raise SyntheticConfigError(f"mimic_version must be '2.2' or '3.1', got {self.mimic_version!r}")
         if not 64 <= self.image_size <= 2048:
             raise SyntheticConfigError(f"image_size must lie in [64, 2048], got {self.image_size}")
+        if not 1 <= self.lab_panels_per_day <= 3:
+            raise SyntheticConfigError(f"lab_panels_per_day must be 1, 2 or 3, got {self.lab_panels_per_day}")
+        if self.filler_cadence_hours <= 0:
+            raise SyntheticConfigError("filler_cadence_hours must be positive")
         if self.chunk_stays < 1:
             raise SyntheticConfigError(f"chunk_stays must be positive, got {self.chunk_stays}")
         if not 0.0 <= self.second_stay_fraction < 0.5:
@@ -201,7 +213,10 @@ class SyntheticConfig:
                 "chart_cap_hours": None,
                 "full_charting": True,
                 "background_admissions_per_stay": 5.0,
-                "background_lab_days": 6,
+                "background_lab_days": 10,
+                "filler_cadence_hours": 0.4,
+                "lab_panels_per_day": 3,
+                "chunk_stays": 500,
                 **overrides,
             }
         )

@@ -18,7 +18,15 @@ import polars as pl
 
 from carebench_data.synthetic.config import SyntheticConfig
 from carebench_data.synthetic.latent import Population, age_bins, subgroup_factor
-from carebench_data.synthetic.render import HEART_CTR, N_BASES, N_EFFUSION, N_GAMMA, N_NOISE, RenderParams, TemplateCache
+from carebench_data.synthetic.render import (
+    HEART_CTR,
+    N_BASES,
+    N_EFFUSION,
+    N_GAMMA,
+    N_NOISE,
+    RenderParams,
+    TemplateCache,
+)
 from carebench_data.synthetic.rng import SECONDS_PER_DAY, SECONDS_PER_HOUR, rng_for, unique_ids
 from carebench_data.synthetic.schemas import CHEXPERT_FINDINGS
 from carebench_data.synthetic.vocab import CXR_ERA_GROUPS, EMERGENCY_TYPES
@@ -51,7 +59,15 @@ def plan_films(population: Population, config: SyntheticConfig) -> CxrPlan:
     parts: list[dict[str, np.ndarray]] = []
     next_study = [0]
 
-    def add(stay_row: np.ndarray, subject: np.ndarray, t: np.ndarray, kind: str, views: tuple[str, ...], source: np.ndarray, scale: float) -> None:
+    def add(
+        stay_row: np.ndarray,
+        subject: np.ndarray,
+        t: np.ndarray,
+        kind: str,
+        views: tuple[str, ...],
+        source: np.ndarray,
+        scale: float,
+    ) -> None:
         """One study per entry of t, with one image per view (all views share the study time)."""
         n = t.size
         ordinal = next_study[0] + np.arange(n)
@@ -88,26 +104,54 @@ def plan_films(population: Population, config: SyntheticConfig) -> CxrPlan:
     k = np.arange(r.size) - np.repeat(np.cumsum(counts) - counts, counts)
     t = np.repeat(day0, counts) + k * SECONDS_PER_DAY + rng.integers(4 * 3600, 6 * 3600, size=r.size)
     keep = (t > np.repeat(vent_first, counts) + 600) & (t < np.repeat(stop, counts))
-    add(r[keep], stays["subject_id"][r[keep]], t[keep], "icu_daily", ("AP",), stays["admission"][r[keep]], 1.0)
+    add(
+        r[keep], stays["subject_id"][r[keep]], t[keep], "icu_daily", ("AP",), stays["admission"][r[keep]], 1.0
+    )
     # ED PA + lateral studies 0-48 h before intime (first stays of emergency admissions in the era).
     adm_of = stays["admission"]
     era_stay = np.isin(pat["anchor_group"][adm["patient"][adm_of]], list(CXR_ERA_GROUPS))
     ed = era_stay & ~stays["second_stay"] & np.isin(adm["admission_type"][adm_of], list(EMERGENCY_TYPES))
     ed &= rng.random(ed.size) < 0.35
     ed_rows = np.flatnonzero(ed)
-    ed_time = stays["intime"][ed_rows] - (rng.uniform(0.5, 47.5, size=ed_rows.size) * SECONDS_PER_HOUR).astype(np.int64)
+    ed_time = stays["intime"][ed_rows] - (
+        rng.uniform(0.5, 47.5, size=ed_rows.size) * SECONDS_PER_HOUR
+    ).astype(np.int64)
     lateral_ll = rng.random(ed_rows.size) < 0.3
     for mask, views in ((~lateral_ll, ("PA", "LATERAL")), (lateral_ll, ("PA", "LL"))):
-        add(ed_rows[mask], stays["subject_id"][ed_rows[mask]], ed_time[mask], "ed_pre_icu", views, adm_of[ed_rows[mask]], 0.7)
+        add(
+            ed_rows[mask],
+            stays["subject_id"][ed_rows[mask]],
+            ed_time[mask],
+            "ed_pre_icu",
+            views,
+            adm_of[ed_rows[mask]],
+            0.7,
+        )
     # Older studies of ICU patients (other admissions) and CXR-only patients.
     n_adm = adm["hadm_id"].size
     older = np.isin(pat["anchor_group"][adm["patient"]], list(CXR_ERA_GROUPS)) & (rng.random(n_adm) < 0.1)
     older_rows = np.flatnonzero(older)
     older_time = adm["admittime"][older_rows] - rng.integers(30, 300, size=older_rows.size) * SECONDS_PER_DAY
-    add(np.full(older_rows.size, -1), adm["subject_id"][older_rows], older_time, "other_admission", ("PA", "LATERAL"), np.full(older_rows.size, -1), 0.0)
+    add(
+        np.full(older_rows.size, -1),
+        adm["subject_id"][older_rows],
+        older_time,
+        "other_admission",
+        ("PA", "LATERAL"),
+        np.full(older_rows.size, -1),
+        0.0,
+    )
     only = np.flatnonzero(bg["cxr_only_study"] & (bg["patient"] >= n_adm))
     only_time = bg["admittime"][only] + rng.integers(0, SECONDS_PER_DAY, size=only.size)
-    add(np.full(only.size, -1), bg["subject_id"][only], only_time, "cxr_only", ("PA", "LATERAL"), np.full(only.size, -1), 0.0)
+    add(
+        np.full(only.size, -1),
+        bg["subject_id"][only],
+        only_time,
+        "cxr_only",
+        ("PA", "LATERAL"),
+        np.full(only.size, -1),
+        0.0,
+    )
 
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     n = merged["study"].size
@@ -170,11 +214,15 @@ def render_params(plan: CxrPlan, config: SyntheticConfig) -> list[RenderParams]:
         levels = []
         for name in ("eff_left", "eff_right"):
             e = im[name][i]
-            levels.append(int(min((e - 0.25) / 0.75 * N_EFFUSION, N_EFFUSION - 1)) if e > 0.25 else -1)
+            levels.append(int(min((e - 0.2) / 0.8 * N_EFFUSION, N_EFFUSION - 1)) if e > 0.2 else -1)
         q = im["consolidation"][i]
         n_blobs = 0 if q < 0.3 else int(1 + rng.integers(0, 3))
         blobs = np.column_stack(
-            [rng.uniform(0.24, 0.38, n_blobs), rng.choice([0.33, 0.67], n_blobs) + rng.uniform(-0.04, 0.04, n_blobs), np.full(n_blobs, 0.55 * q)]
+            [
+                rng.uniform(0.24, 0.38, n_blobs),
+                rng.choice([0.33, 0.67], n_blobs) + rng.uniform(-0.04, 0.04, n_blobs),
+                np.full(n_blobs, 0.55 * q),
+            ]
         )
         sd = 0.03 * im["noise_factor"][i]
         params.append(
@@ -188,7 +236,7 @@ def render_params(plan: CxrPlan, config: SyntheticConfig) -> list[RenderParams]:
                 lobar_side=2 if q > 0.75 else int(rng.integers(0, 2)),
                 edema=float(0.3 * im["edema"][i]) if im["edema"][i] > 0.3 else 0.0,
                 pneumothorax_side=int(rng.integers(0, 2)) if im["pneumothorax"][i] > 0.5 else -1,
-                atelectasis=float(0.45 * im["atelectasis"][i]) if im["atelectasis"][i] > 0.35 else 0.0,
+                atelectasis=float(0.6 * im["atelectasis"][i]) if im["atelectasis"][i] > 0.3 else 0.0,
                 tube=bool(im["tube"][i]),
                 central_line=bool(im["central_line"][i]),
                 noise=int(rng.integers(0, N_NOISE)),
@@ -210,12 +258,19 @@ def image_relpath(subject_id: int, study_id: int, dicom_id: str) -> str:
 
 
 def write_images(
-    root: Path, plan: CxrPlan, params: list[RenderParams], config: SyntheticConfig, progress: Callable[[int], None] | None = None
+    root: Path,
+    plan: CxrPlan,
+    params: list[RenderParams],
+    config: SyntheticConfig,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     """Render and write every JPEG under root/files."""
     cache = TemplateCache(config.image_size, seed=config.seed)
     im = plan.images
-    paths = [root / image_relpath(int(s), int(t), str(d)) for s, t, d in zip(im["subject_id"], im["study_id"], im["dicom_id"], strict=True)]
+    paths = [
+        root / image_relpath(int(s), int(t), str(d))
+        for s, t, d in zip(im["subject_id"], im["study_id"], im["dicom_id"], strict=True)
+    ]
     for folder in sorted({path.parent for path in paths}):
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -248,7 +303,12 @@ def metadata_frame(plan: CxrPlan) -> pl.DataFrame:
     date, text = _study_time_text(im["time_ms"])
     portable = np.isin(im["kind"], ["icu_first", "icu_daily"])
     description = np.where(portable, "CHEST (PORTABLE AP)", "CHEST (PA AND LAT)")
-    code_meaning = {"AP": "antero-posterior", "PA": "postero-anterior", "LATERAL": "lateral", "LL": "left lateral"}
+    code_meaning = {
+        "AP": "antero-posterior",
+        "PA": "postero-anterior",
+        "LATERAL": "lateral",
+        "LL": "left lateral",
+    }
     rows = {"AP": 2539, "PA": 3056, "LATERAL": 3056, "LL": 3056}
     cols = {"AP": 3050, "PA": 2544, "LATERAL": 2544, "LL": 2544}
     true_view = im["true_view"]
@@ -265,8 +325,12 @@ def metadata_frame(plan: CxrPlan) -> pl.DataFrame:
             "StudyDate": date.astype(np.int32),
             "StudyTime": text.astype(str),
             "ProcedureCodeSequence_CodeMeaning": description,
-            "ViewCodeSequence_CodeMeaning": np.array([code_meaning[v] for v in true_view], dtype=object).astype(str),
-            "PatientOrientationCodeSequence_CodeMeaning": pl.Series("o", orientation.tolist(), dtype=pl.String),
+            "ViewCodeSequence_CodeMeaning": np.array(
+                [code_meaning[v] for v in true_view], dtype=object
+            ).astype(str),
+            "PatientOrientationCodeSequence_CodeMeaning": pl.Series(
+                "o", orientation.tolist(), dtype=pl.String
+            ),
         }
     )
 
@@ -304,7 +368,9 @@ def label_frames(plan: CxrPlan, config: SyntheticConfig) -> tuple[pl.DataFrame, 
         "Pneumothorax": studies["pneumothorax"].to_numpy(),
         "Support Devices": studies["devices"].to_numpy(),
     }
-    severity["Lung Opacity"] = np.maximum.reduce([severity[k] for k in ("Atelectasis", "Consolidation", "Edema", "Pleural Effusion")])
+    severity["Lung Opacity"] = np.maximum.reduce(
+        [severity[k] for k in ("Atelectasis", "Consolidation", "Edema", "Pleural Effusion")]
+    )
     explicit_negative = {"Pleural Effusion": 0.5, "Pneumothorax": 0.5, "Edema": 0.4}
     chexpert: dict[str, np.ndarray] = {}
     for name in CHEXPERT_FINDINGS:
@@ -326,7 +392,12 @@ def label_frames(plan: CxrPlan, config: SyntheticConfig) -> tuple[pl.DataFrame, 
 
     def build(values: dict[str, np.ndarray]) -> pl.DataFrame:
         columns = {"subject_id": studies["subject_id"], "study_id": studies["study_id"]}
-        columns.update({name: pl.Series(name, values[name], dtype=pl.Float32).fill_nan(None) for name in CHEXPERT_FINDINGS})
+        columns.update(
+            {
+                name: pl.Series(name, values[name], dtype=pl.Float32).fill_nan(None)
+                for name in CHEXPERT_FINDINGS
+            }
+        )
         return pl.DataFrame(columns)
 
     return build(chexpert), build(negbio)
@@ -335,9 +406,18 @@ def label_frames(plan: CxrPlan, config: SyntheticConfig) -> tuple[pl.DataFrame, 
 def split_frame(plan: CxrPlan) -> pl.DataFrame:
     """mimic-cxr-2.0.0-split: by subject, about 97.8 % train, 0.8 % validate, 1.4 % test."""
     im = plan.images
-    u = (im["subject_id"].astype(np.uint64) * np.uint64(2654435761) % np.uint64(2**32)).astype(np.float64) / 2**32
+    u = (im["subject_id"].astype(np.uint64) * np.uint64(2654435761) % np.uint64(2**32)).astype(
+        np.float64
+    ) / 2**32
     split = np.where(u < 0.978, "train", np.where(u < 0.986, "validate", "test"))
-    return pl.DataFrame({"dicom_id": im["dicom_id"].astype(str), "study_id": im["study_id"], "subject_id": im["subject_id"], "split": split})
+    return pl.DataFrame(
+        {
+            "dicom_id": im["dicom_id"].astype(str),
+            "study_id": im["study_id"],
+            "subject_id": im["subject_id"],
+            "split": split,
+        }
+    )
 
 
 def expected_selection(population: Population, plan: CxrPlan) -> pl.DataFrame:
@@ -356,9 +436,12 @@ def expected_selection(population: Population, plan: CxrPlan) -> pl.DataFrame:
             "t": im["time_ms"] // 1000,
         }
     ).filter(pl.col("view").is_in(["AP", "PA"]))
-    spine = pl.DataFrame({"stay_id": stays["stay_id"], "subject_id": stays["subject_id"], "intime": stays["intime"]})
+    spine = pl.DataFrame(
+        {"stay_id": stays["stay_id"], "subject_id": stays["subject_id"], "intime": stays["intime"]}
+    )
     joined = spine.join(candidates, on="subject_id").filter(
-        (pl.col("t") >= pl.col("intime")) & (pl.col("t") <= pl.col("intime") + WINDOW_HOURS * SECONDS_PER_HOUR)
+        (pl.col("t") >= pl.col("intime"))
+        & (pl.col("t") <= pl.col("intime") + WINDOW_HOURS * SECONDS_PER_HOUR)
     )
     chosen = (
         joined.with_columns((pl.col("view") == "PA").cast(pl.Int8).alias("view_rank"))

@@ -63,12 +63,22 @@ TEXT_VALUES: tuple[str, ...] = (
 TEXT_CODE = {text: i for i, text in enumerate(TEXT_VALUES)}
 GCS_EYE_TEXT = np.array([TEXT_CODE[t] for t in ("None", "To Pain", "To Speech", "Spontaneously")])
 GCS_VERBAL_TEXT = np.array(
-    [TEXT_CODE[t] for t in ("No Response", "Incomprehensible sounds", "Inappropriate Words", "Confused", "Oriented")]
+    [
+        TEXT_CODE[t]
+        for t in ("No Response", "Incomprehensible sounds", "Inappropriate Words", "Confused", "Oriented")
+    ]
 )
 GCS_MOTOR_TEXT = np.array(
     [
         TEXT_CODE[t]
-        for t in ("No response", "Abnormal extension", "Abnormal Flexion", "Flex-withdraws", "Localizes Pain", "Obeys Commands")
+        for t in (
+            "No response",
+            "Abnormal extension",
+            "Abnormal Flexion",
+            "Flex-withdraws",
+            "Localizes Pain",
+            "Obeys Commands",
+        )
     ]
 )
 RASS_TEXT = {

@@ -49,7 +49,9 @@ def _marker(config: SyntheticConfig, counts: dict[str, int], dataset: str) -> di
     }
 
 
-def generate_synthetic(out: Path, config: SyntheticConfig | None = None, *, progress: ProgressCallback | None = None) -> Path:
+def generate_synthetic(
+    out: Path, config: SyntheticConfig | None = None, *, progress: ProgressCallback | None = None
+) -> Path:
     """Write a synthetic raw tree (data.md §13.2) under `out` and return `out`.
 
     Layout: `out/mimiciv/<version>/{hosp,icu}/*.csv.gz`, `out/mimic-cxr-jpg/2.0.0/` (tables and
@@ -104,7 +106,13 @@ def _generate_into(root: Path, config: SyntheticConfig, progress: ProgressCallba
         if progress is not None:
             progress(done, total)
 
-    logger.info("synthetic: %d stays, %d admissions, %d background admissions, %d images", n_stays, n_adm, n_bg, n_images)
+    logger.info(
+        "synthetic: %d stays, %d admissions, %d background admissions, %d images",
+        n_stays,
+        n_adm,
+        n_bg,
+        n_images,
+    )
     mimic = root / "mimiciv" / config.mimic_version
     counts: dict[str, int] = {}
 
@@ -112,7 +120,9 @@ def _generate_into(root: Path, config: SyntheticConfig, progress: ProgressCallba
         return mimic / f"{name}.csv.gz", MIMIC_IV_TABLES[name]
 
     counts["hosp/patients"] = write_table(*table("hosp/patients"), hosp.patients_frame(population, config))
-    counts["hosp/admissions"] = write_table(*table("hosp/admissions"), hosp.admissions_frame(population, config))
+    counts["hosp/admissions"] = write_table(
+        *table("hosp/admissions"), hosp.admissions_frame(population, config)
+    )
     counts["hosp/transfers"] = write_table(*table("hosp/transfers"), hosp.transfers_frame(population, config))
     diagnoses, coded = hosp.diagnoses(population, config)
     counts["hosp/diagnoses_icd"] = write_table(*table("hosp/diagnoses_icd"), diagnoses)
@@ -134,14 +144,19 @@ def _generate_into(root: Path, config: SyntheticConfig, progress: ProgressCallba
             result = chart_chunk(population, config, rng_for(config.seed, "chartevents", chunk), lo, hi)
             chart_writer.write(result.frame)
             dirt[lo:hi] = result.dirt
-            output_writer.write(output_chunk(population, config, rng_for(config.seed, "outputevents", chunk), lo, hi))
-            input_writer.write(input_chunk(population, config, rng_for(config.seed, "inputevents", chunk), lo, hi))
+            output_writer.write(
+                output_chunk(population, config, rng_for(config.seed, "outputevents", chunk), lo, hi)
+            )
+            input_writer.write(
+                input_chunk(population, config, rng_for(config.seed, "inputevents", chunk), lo, hi)
+            )
             step(hi - lo)
     counts["icu/chartevents"] = chart_writer.rows
     counts["icu/outputevents"] = output_writer.rows
     counts["icu/inputevents"] = input_writer.rows
     counts["icu/procedureevents"] = write_table(
-        *table("icu/procedureevents"), procedure_frame(population, plan, rng_for(config.seed, "procedureevents"))
+        *table("icu/procedureevents"),
+        procedure_frame(population, plan, rng_for(config.seed, "procedureevents")),
     )
 
     labevent_id = 1
@@ -154,7 +169,10 @@ def _generate_into(root: Path, config: SyntheticConfig, progress: ProgressCallba
                 result = lab_chunk(population, config, rng, icu=icu, lo=lo, hi=hi)
                 frame = result.frame.with_columns(
                     (pl.col("specimen_id") + specimen_id).alias("specimen_id"),
-                    pl.Series("labevent_id", np.arange(labevent_id, labevent_id + result.frame.height, dtype=np.int64)),
+                    pl.Series(
+                        "labevent_id",
+                        np.arange(labevent_id, labevent_id + result.frame.height, dtype=np.int64),
+                    ),
                 )
                 lab_writer.write(frame)
                 labevent_id += frame.height
@@ -166,11 +184,19 @@ def _generate_into(root: Path, config: SyntheticConfig, progress: ProgressCallba
     cxr_root = root / "mimic-cxr-jpg" / CXR_VERSION
     params = cxr.render_params(plan, config)
     cxr.write_images(cxr_root, plan, params, config, progress=step)
-    cxr_counts = {"mimic-cxr-2.0.0-metadata": write_table(
-        cxr_root / "mimic-cxr-2.0.0-metadata.csv.gz", MIMIC_CXR_TABLES["mimic-cxr-2.0.0-metadata"], cxr.metadata_frame(plan)
-    )}
+    cxr_counts = {
+        "mimic-cxr-2.0.0-metadata": write_table(
+            cxr_root / "mimic-cxr-2.0.0-metadata.csv.gz",
+            MIMIC_CXR_TABLES["mimic-cxr-2.0.0-metadata"],
+            cxr.metadata_frame(plan),
+        )
+    }
     chexpert, negbio = cxr.label_frames(plan, config)
-    for name, frame in (("mimic-cxr-2.0.0-chexpert", chexpert), ("mimic-cxr-2.0.0-negbio", negbio), ("mimic-cxr-2.0.0-split", cxr.split_frame(plan))):
+    for name, frame in (
+        ("mimic-cxr-2.0.0-chexpert", chexpert),
+        ("mimic-cxr-2.0.0-negbio", negbio),
+        ("mimic-cxr-2.0.0-split", cxr.split_frame(plan)),
+    ):
         cxr_counts[name] = write_table(cxr_root / f"{name}.csv.gz", MIMIC_CXR_TABLES[name], frame)
     cxr_counts["images"] = n_images
 
@@ -181,7 +207,15 @@ def _generate_into(root: Path, config: SyntheticConfig, progress: ProgressCallba
 
     truth_dir = root / "_synthetic_truth"
     truth_dir.mkdir()
-    stays_truth(population, coded, plan, dirt, config.mimic_version).write_parquet(truth_dir / "stays.parquet", statistics=False)
-    findings_truth(plan, params, population).write_parquet(truth_dir / "cxr_findings.parquet", statistics=False)
-    resolved = {"config": config.to_dict(), "row_counts": {**counts, **cxr_counts}, "dirt_totals": dict(zip(DIRT_KINDS, dirt.sum(axis=0).tolist(), strict=True))}
+    stays_truth(population, coded, plan, dirt, config.mimic_version).write_parquet(
+        truth_dir / "stays.parquet", statistics=False
+    )
+    findings_truth(plan, params, population).write_parquet(
+        truth_dir / "cxr_findings.parquet", statistics=False
+    )
+    resolved = {
+        "config": config.to_dict(),
+        "row_counts": {**counts, **cxr_counts},
+        "dirt_totals": dict(zip(DIRT_KINDS, dirt.sum(axis=0).tolist(), strict=True)),
+    }
     (truth_dir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")

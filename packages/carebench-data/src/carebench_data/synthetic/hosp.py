@@ -69,18 +69,27 @@ def admissions_frame(population: Population, config: SyntheticConfig) -> pl.Data
             "deathtime": to_datetime(deathtime, "deathtime"),
             "admission_type": np.concatenate([adm["admission_type"], bg["admission_type"]]).astype(str),
             "admit_provider_id": provider_ids(rng, n_icu + n_bg).astype(str),
-            "admission_location": np.concatenate([adm["admission_location"], bg["admission_location"]]).astype(str),
-            "discharge_location": np.concatenate([adm["discharge_location"], bg["discharge_location"]]).astype(str),
+            "admission_location": np.concatenate(
+                [adm["admission_location"], bg["admission_location"]]
+            ).astype(str),
+            "discharge_location": np.concatenate(
+                [adm["discharge_location"], bg["discharge_location"]]
+            ).astype(str),
             "insurance": pat["insurance"][patient].astype(str),
             "language": pat["language"][patient].astype(str),
             "marital_status": pat["marital_status"][patient].astype(str),
             "race": pat["race"][patient].astype(str),
             "edregtime": to_datetime(np.concatenate([adm["edregtime"], bg["edregtime"]]), "edregtime"),
             "edouttime": to_datetime(np.concatenate([adm["edouttime"], bg["edouttime"]]), "edouttime"),
-            "hospital_expire_flag": np.concatenate([adm["hosp_death"], np.zeros(n_bg, dtype=bool)]).astype(np.int8),
+            "hospital_expire_flag": np.concatenate([adm["hosp_death"], np.zeros(n_bg, dtype=bool)]).astype(
+                np.int8
+            ),
         }
     )
-    empty_to_null = [pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in ("language", "marital_status")]
+    empty_to_null = [
+        pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c)
+        for c in ("language", "marital_status")
+    ]
     return frame.with_columns(empty_to_null).sort(["subject_id", "admittime"])
 
 
@@ -110,7 +119,14 @@ def transfers_frame(population: Population, config: SyntheticConfig) -> pl.DataF
     wards = np.asarray(vocab.WARDS, dtype=object)
     parts: list[dict[str, np.ndarray]] = []
 
-    def add(subject: np.ndarray, hadm: np.ndarray, event: str, unit: np.ndarray, t_in: np.ndarray, t_out: np.ndarray) -> None:
+    def add(
+        subject: np.ndarray,
+        hadm: np.ndarray,
+        event: str,
+        unit: np.ndarray,
+        t_in: np.ndarray,
+        t_out: np.ndarray,
+    ) -> None:
         parts.append(
             {
                 "subject_id": subject,
@@ -124,24 +140,63 @@ def transfers_frame(population: Population, config: SyntheticConfig) -> pl.DataF
 
     for source in (adm, bg):
         ed = source["edregtime"] >= 0
-        add(source["subject_id"][ed], source["hadm_id"][ed], "ED", np.full(int(ed.sum()), "Emergency Department", dtype=object), source["edregtime"][ed], source["admittime"][ed])
+        add(
+            source["subject_id"][ed],
+            source["hadm_id"][ed],
+            "ED",
+            np.full(int(ed.sum()), "Emergency Department", dtype=object),
+            source["edregtime"][ed],
+            source["admittime"][ed],
+        )
     # ICU admissions: admit ward until the first intime, ICU stays, wards between and after.
     first = ~stays["second_stay"]
     ward = wards[rng.integers(0, wards.size, size=adm["hadm_id"].size)]
     add(adm["subject_id"], adm["hadm_id"], "admit", ward, adm["admittime"], stays["intime"][first])
     moved = stays["first_careunit"] != stays["last_careunit"]
     middle = stays["intime"] + (stays["outtime"] - stays["intime"]) // 2
-    add(stays["subject_id"], stays["hadm_id"], "transfer", units[stays["first_careunit"]], stays["intime"], np.where(moved, middle, stays["outtime"]))
-    add(stays["subject_id"][moved], stays["hadm_id"][moved], "transfer", units[stays["last_careunit"]][moved], middle[moved], stays["outtime"][moved])
+    add(
+        stays["subject_id"],
+        stays["hadm_id"],
+        "transfer",
+        units[stays["first_careunit"]],
+        stays["intime"],
+        np.where(moved, middle, stays["outtime"]),
+    )
+    add(
+        stays["subject_id"][moved],
+        stays["hadm_id"][moved],
+        "transfer",
+        units[stays["last_careunit"]][moved],
+        middle[moved],
+        stays["outtime"][moved],
+    )
     after = stays["outtime"]
-    next_in = np.where(np.r_[stays["second_stay"][1:], False], np.r_[stays["intime"][1:], 0], adm["dischtime"][stays["admission"]])
+    next_in = np.where(
+        np.r_[stays["second_stay"][1:], False],
+        np.r_[stays["intime"][1:], 0],
+        adm["dischtime"][stays["admission"]],
+    )
     ward_after = after < next_in
-    add(stays["subject_id"][ward_after], stays["hadm_id"][ward_after], "transfer", ward[stays["admission"]][ward_after], after[ward_after], next_in[ward_after])
+    add(
+        stays["subject_id"][ward_after],
+        stays["hadm_id"][ward_after],
+        "transfer",
+        ward[stays["admission"]][ward_after],
+        after[ward_after],
+        next_in[ward_after],
+    )
     bg_ward = wards[rng.integers(0, wards.size, size=bg["hadm_id"].size)]
     add(bg["subject_id"], bg["hadm_id"], "admit", bg_ward, bg["admittime"], bg["dischtime"])
     for source in (adm, bg):
         n = source["hadm_id"].size
-        add(source["subject_id"], source["hadm_id"], "discharge", np.full(n, None, dtype=object), source["dischtime"], np.full(n, -1))
+        add(
+            source["subject_id"],
+            source["hadm_id"],
+            "discharge",
+            np.full(n, None, dtype=object),
+            source["dischtime"],
+            np.full(n, -1),
+        )
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     n = merged["subject_id"].size
     candidates = unique_ids(rng, n + stays["stay_id"].size + 16, 30_000_000, 40_000_000)
@@ -176,7 +231,11 @@ def diagnoses(population: Population, config: SyntheticConfig) -> tuple[pl.DataF
     has_dx = np.concatenate([adm["has_diagnoses"], np.ones(bg["hadm_id"].size, dtype=bool)])
     patient = np.concatenate([adm["patient"], bg["patient"]])
     group = pat["anchor_group"][patient]
-    icd9 = rng.random(labels.shape[0]) < np.asarray(vocab.ICD9_SHARE)[group]
+    # Exactly the era's ICD-9 share of admissions per anchor group (a permutation, not coin flips).
+    icd9 = np.zeros(labels.shape[0], dtype=bool)
+    for g, share in enumerate(vocab.ICD9_SHARE):
+        members = rng.permutation(np.flatnonzero(group == g))
+        icd9[members[: round(share * members.size)]] = True
     subject = np.concatenate([adm["subject_id"], bg["subject_id"]])
     hadm = np.concatenate([adm["hadm_id"], bg["hadm_id"]])
     n_pheno = len(PHENOTYPE_COLUMNS)
@@ -198,14 +257,18 @@ def diagnoses(population: Population, config: SyntheticConfig) -> tuple[pl.DataF
     second_mask = (rng.random(adm_idx.size) < 0.3) & (size > 1)
     second = (first + 1 + (rng.random(adm_idx.size) * np.maximum(size - 1, 1)).astype(np.int64)) % size
     code_adm = np.concatenate([adm_idx, adm_idx[second_mask]])
-    code_row = np.concatenate([pool_codes[pheno, ver, first], pool_codes[pheno[second_mask], ver[second_mask], second[second_mask]]])
+    code_row = np.concatenate(
+        [pool_codes[pheno, ver, first], pool_codes[pheno[second_mask], ver[second_mask], second[second_mask]]]
+    )
     key = rng.random(code_adm.size)
     # Filler: distinct codes that bring the admission to 8-20 codes (at least one).
     n_codes = np.bincount(code_adm, minlength=labels.shape[0])
     n_total = rng.integers(8, 21, size=labels.shape[0])
     filler_size = pool_size[n_pheno, version_index]
     n_filler = np.where(has_dx, np.clip(n_total - n_codes, 1, filler_size), 0)
-    ranks = np.argsort(rng.random((labels.shape[0], width)) + (np.arange(width)[None, :] >= filler_size[:, None]), axis=1)
+    ranks = np.argsort(
+        rng.random((labels.shape[0], width)) + (np.arange(width)[None, :] >= filler_size[:, None]), axis=1
+    )
     take = np.arange(width)[None, :] < n_filler[:, None]
     filler_adm = np.broadcast_to(np.arange(labels.shape[0])[:, None], take.shape)[take]
     filler_row = pool_codes[n_pheno, version_index[filler_adm], ranks[take]]
@@ -243,10 +306,18 @@ def diagnoses(population: Population, config: SyntheticConfig) -> tuple[pl.DataF
 def d_icd_diagnoses_frame() -> pl.DataFrame:
     """hosp/d_icd_diagnoses: every bundled code, sorted by (icd_code, icd_version)."""
     table = icd_code_table()
-    return pl.DataFrame(
-        {"icd_code": list(table.codes), "icd_version": list(table.versions), "long_title": list(table.titles)},
-        schema={"icd_code": pl.String, "icd_version": pl.Int8, "long_title": pl.String},
-    ).unique(["icd_code", "icd_version"]).sort(["icd_code", "icd_version"])
+    return (
+        pl.DataFrame(
+            {
+                "icd_code": list(table.codes),
+                "icd_version": list(table.versions),
+                "long_title": list(table.titles),
+            },
+            schema={"icd_code": pl.String, "icd_version": pl.Int8, "long_title": pl.String},
+        )
+        .unique(["icd_code", "icd_version"])
+        .sort(["icd_code", "icd_version"])
+    )
 
 
 def dictionary_frame(name: str) -> pl.DataFrame:

@@ -22,7 +22,9 @@ _INPUTS = {
 }
 
 
-def output_chunk(population: Population, config: SyntheticConfig, rng: np.random.Generator, lo: int, hi: int) -> pl.DataFrame:
+def output_chunk(
+    population: Population, config: SyntheticConfig, rng: np.random.Generator, lo: int, hi: int
+) -> pl.DataFrame:
     """Urine output q1-2 h (Foley 226559 or Void 226560, mL) and occasional GU irrigant pairs."""
     stays, adm = population.stays, population.admissions
     rows = np.arange(lo, hi)
@@ -30,14 +32,20 @@ def output_chunk(population: Population, config: SyntheticConfig, rng: np.random
     r, t = slots(rng, rows, start, end, 1.5, jitter_minutes=20)
     a = stays["admission"][r]
     s_t = severity_at(population, r, t)
-    volume = 70 * np.exp(-0.6 * adm["z_renal"][a] - 0.3 * s_t - 1.0 * adm["aki"][a] + rng.normal(0, 0.45, r.size)) * 1.5
+    volume = (
+        70
+        * np.exp(-0.6 * adm["z_renal"][a] - 0.3 * s_t - 1.0 * adm["aki"][a] + rng.normal(0, 0.45, r.size))
+        * 1.5
+    )
     itemid = np.where(stays["catheter"][r], 226559, 226560)
     irrigated = rows[rng.random(rows.size) < 0.03]
     ri, ti = slots(rng, irrigated, start[irrigated - lo], end[irrigated - lo], 6.0)
     irrigant = np.full(ri.size, 300.0)
     all_r = np.concatenate([r, ri, ri])
     all_t = np.concatenate([t, ti, ti])
-    values = np.concatenate([np.round(volume / 5) * 5, irrigant, irrigant + np.round(rng.uniform(20, 200, ri.size))])
+    values = np.concatenate(
+        [np.round(volume / 5) * 5, irrigant, irrigant + np.round(rng.uniform(20, 200, ri.size))]
+    )
     items = np.concatenate([itemid, np.full(ri.size, 227488), np.full(ri.size, 227489)])
     return pl.DataFrame(
         {
@@ -54,7 +62,9 @@ def output_chunk(population: Population, config: SyntheticConfig, rng: np.random
     ).sort(["stay_id", "charttime", "itemid"], maintain_order=True)
 
 
-def input_chunk(population: Population, config: SyntheticConfig, rng: np.random.Generator, lo: int, hi: int) -> pl.DataFrame:
+def input_chunk(
+    population: Population, config: SyntheticConfig, rng: np.random.Generator, lo: int, hi: int
+) -> pl.DataFrame:
     """Norepinephrine in shock, saline boluses, furosemide with overload, insulin, propofol when ventilated."""
     stays, adm = population.stays, population.admissions
     rows = np.arange(lo, hi)
@@ -122,12 +132,23 @@ def procedure_frame(population: Population, plan: CxrPlan, rng: np.random.Genera
     film_time = plan.images["time_ms"][film] // 1000 // 60 * 60
     vent_start = stays["intime"][vent] + rng.integers(0, 7200, size=vent.size)
     niv_start = stays["intime"][niv] + rng.integers(0, 7200, size=niv.size)
-    niv_end = np.minimum(niv_start + rng.integers(3600, 12 * 3600, size=niv.size), np.maximum(stays["outtime"][niv], niv_start + 60))
+    niv_end = np.minimum(
+        niv_start + rng.integers(3600, 12 * 3600, size=niv.size),
+        np.maximum(stays["outtime"][niv], niv_start + 60),
+    )
     rows = np.concatenate([vent, niv, film_rows])
     start = np.concatenate([vent_start, niv_start, film_time]) // 60 * 60
-    end = np.concatenate([np.maximum(stays["vent_end"][vent], vent_start + 60), niv_end, film_time + 60]) // 60 * 60
-    itemid = np.concatenate([np.full(vent.size, 225792), np.full(niv.size, 225794), np.full(film.size, 225459)])
-    minutes = np.concatenate([(end[: vent.size + niv.size] - start[: vent.size + niv.size]) / 60, np.ones(film.size)])
+    end = (
+        np.concatenate([np.maximum(stays["vent_end"][vent], vent_start + 60), niv_end, film_time + 60])
+        // 60
+        * 60
+    )
+    itemid = np.concatenate(
+        [np.full(vent.size, 225792), np.full(niv.size, 225794), np.full(film.size, 225459)]
+    )
+    minutes = np.concatenate(
+        [(end[: vent.size + niv.size] - start[: vent.size + niv.size]) / 60, np.ones(film.size)]
+    )
     n = rows.size
     order = rng.integers(1_000_000, 10_000_000, size=n)
     category = np.where(itemid == 225459, "Imaging", "Ventilation")

@@ -6,8 +6,8 @@ subject_id and hadm_id (null for pre-admission ED draws), and carry one specimen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -39,7 +39,13 @@ ValueFn = Callable[[LabContext], np.ndarray]
 
 # itemid -> (valueuom, decimals, ref low, ref high, value function)
 LAB_ITEMS: dict[int, tuple[str | None, int, float, float, ValueFn]] = {
-    50912: ("mg/dL", 1, 0.5, 1.2, lambda c: 0.9 * np.exp(0.4 * c.z["renal"] + 0.3 * c.severity + 0.5 * c.states["aki"] + c.n(0.15))),
+    50912: (
+        "mg/dL",
+        1,
+        0.5,
+        1.2,
+        lambda c: 0.9 * np.exp(0.4 * c.z["renal"] + 0.3 * c.severity + 0.5 * c.states["aki"] + c.n(0.15)),
+    ),
     51006: ("mg/dL", 0, 6, 20, lambda c: 18 * np.exp(0.35 * c.z["renal"] + 0.2 * c.severity + c.n(0.2))),
     50983: ("mEq/L", 0, 133, 145, lambda c: 139 + c.n(3)),
     50971: ("mEq/L", 1, 3.3, 5.1, lambda c: 4.2 + 0.3 * c.z["renal"] + c.n(0.4)),
@@ -47,7 +53,13 @@ LAB_ITEMS: dict[int, tuple[str | None, int, float, float, ValueFn]] = {
     50882: ("mEq/L", 0, 22, 32, lambda c: 24 - 2 * c.severity - 2 * c.shock + c.n(2)),
     50868: ("mEq/L", 0, 8, 20, lambda c: 13 + 1.5 * c.severity + 2 * c.shock + c.n(2)),
     50931: ("mg/dL", 0, 70, 100, lambda c: 130 + 35 * c.z["metabolic"] + c.n(25)),
-    51301: ("K/uL", 1, 4.0, 11.0, lambda c: 9.9 * np.exp(0.25 * c.z["infection"] + 0.4 * c.states["wbc_high"] + c.n(0.15))),
+    51301: (
+        "K/uL",
+        1,
+        4.0,
+        11.0,
+        lambda c: 9.9 * np.exp(0.25 * c.z["infection"] + 0.4 * c.states["wbc_high"] + c.n(0.15)),
+    ),
     51222: ("g/dL", 1, 13.7, 17.5, lambda c: 10.5 + c.n(1.2)),
     51221: ("%", 1, 40, 51, lambda c: 31.5 + c.n(3.5)),
     51265: ("K/uL", 0, 150, 400, lambda c: 220 * np.exp(c.n(0.3))),
@@ -70,7 +82,13 @@ LAB_ITEMS: dict[int, tuple[str | None, int, float, float, ValueFn]] = {
     50863: ("IU/L", 0, 35, 105, lambda c: 90 * np.exp(c.n(0.4))),
     50885: ("mg/dL", 1, 0, 1.5, lambda c: 0.8 * np.exp(c.n(0.7))),
     50862: ("g/dL", 1, 3.5, 5.2, lambda c: 3.2 + c.n(0.5)),
-    50963: ("pg/mL", 0, 0, 353, lambda c: np.exp(6 + 1.3 * c.z["cardiac"] + 0.5 * c.states["overload"] + c.n(0.5))),
+    50963: (
+        "pg/mL",
+        0,
+        0,
+        353,
+        lambda c: np.exp(6 + 1.3 * c.z["cardiac"] + 0.5 * c.states["overload"] + c.n(0.5)),
+    ),
     51003: ("ng/mL", 2, 0, 0.01, lambda c: 0.03 * np.exp(0.8 * c.z["cardiac"] + c.n(1.0))),
     50889: ("mg/L", 1, 0, 5, lambda c: 20 * np.exp(0.8 * c.z["infection"] + c.n(0.6))),
     51491: ("units", 1, 5, 8, lambda c: 6 + c.n(0.8)),
@@ -84,7 +102,6 @@ COAGULATION = (51237, 51274, 51275)
 LIVER = (50861, 50878, 50863, 50885, 50862)
 ADMISSION_MARKERS = (50963, 51003, 50889)
 URINE = (51491, 51478)
-_STAT_PANELS = frozenset(BLOOD_GAS)
 _TEXT_ITEMS = {52033: TEXT_CODE["ART."], 51478: TEXT_CODE["NEG"]}
 
 
@@ -97,7 +114,12 @@ class LabChunk:
 
 
 def _panel_draws(
-    rng: np.random.Generator, owner: np.ndarray, start: np.ndarray, end: np.ndarray, probability: np.ndarray, per_day: int
+    rng: np.random.Generator,
+    owner: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    probability: np.ndarray,
+    per_day: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Daily 06:00 (±1 h) draws between start and end, kept with `probability` per owner."""
     first_day = (start // SECONDS_PER_DAY) * SECONDS_PER_DAY
@@ -105,17 +127,21 @@ def _panel_draws(
     rows = np.repeat(np.arange(owner.size), counts)
     k = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
     day = k // per_day
-    hour = np.where(k % per_day == 0, 6.0, 18.0)
+    hour = np.array([6.0, 18.0, 12.0])[k % per_day]
     times = np.repeat(first_day, counts) + day * SECONDS_PER_DAY + (hour * SECONDS_PER_HOUR).astype(np.int64)
     times = times + rng.integers(-3600, 3600, size=rows.size)
-    keep = (times >= np.repeat(start, counts)) & (times < np.repeat(end, counts)) & (rng.random(rows.size) < probability[rows])
+    keep = (
+        (times >= np.repeat(start, counts))
+        & (times < np.repeat(end, counts))
+        & (rng.random(rows.size) < probability[rows])
+    )
     return rows[keep], (times[keep] // 60) * 60
 
 
 def lab_chunk(
     population: Population, config: SyntheticConfig, rng: np.random.Generator, *, icu: bool, lo: int, hi: int
 ) -> LabChunk:
-    """labevents of ICU admissions lo..hi-1 (icu=True) or background admissions lo..hi-1."""
+    """Labevents of ICU admissions lo..hi-1 (icu=True) or background admissions lo..hi-1."""
     adm, bg, pat, stays = population.admissions, population.background, population.patients, population.stays
     source = adm if icu else bg
     owner = np.arange(lo, hi)
@@ -132,11 +158,13 @@ def lab_chunk(
         first_stay = np.searchsorted(stays["admission"], owner)
         end = source["dischtime"][owner]
         if config.chart_cap_hours is not None:
-            end = np.minimum(end, stays["intime"][first_stay] + int(config.chart_cap_hours * SECONDS_PER_HOUR))
+            end = np.minimum(
+                end, stays["intime"][first_stay] + int(config.chart_cap_hours * SECONDS_PER_HOUR)
+            )
     else:
         first_stay = np.zeros(owner.size, dtype=np.int64)
         end = np.minimum(source["dischtime"][owner], admit + config.background_lab_days * SECONDS_PER_DAY)
-    per_day = 2 if config.full_charting else 1
+    per_day = config.lab_panels_per_day
 
     # Draw events: (owner row, time, panel kind).
     draws: list[tuple[np.ndarray, np.ndarray, tuple[int, ...], bool]] = []
@@ -186,12 +214,18 @@ def lab_chunk(
             s_t = severity_at(population, first_stay[r], t)
             shock = shock_at(population, first_stay[r], t).astype(np.float64)
             a = owner[r]
-            z = {name: adm[f"z_{name}"][a] for name in ("renal", "metabolic", "infection", "pulmonary", "cardiac")}
+            z = {
+                name: adm[f"z_{name}"][a]
+                for name in ("renal", "metabolic", "infection", "pulmonary", "cardiac")
+            }
             states = {name: adm[name][a].astype(np.float64) for name in ("aki", "wbc_high", "overload")}
         else:
             s_t = rng.normal(-0.8, 0.7, size=r.size)
             shock = np.zeros(r.size)
-            z = {name: rng.normal(0, 0.6, size=r.size) for name in ("renal", "metabolic", "infection", "pulmonary", "cardiac")}
+            z = {
+                name: rng.normal(0, 0.6, size=r.size)
+                for name in ("renal", "metabolic", "infection", "pulmonary", "cardiac")
+            }
             states = {name: np.zeros(r.size) for name in ("aki", "wbc_high", "overload")}
         context = LabContext(severity=s_t, shock=shock, z=z, states=states, noise=rng)
         for itemid in panel:
@@ -210,7 +244,9 @@ def lab_chunk(
     itemids = ev["itemid"]
     uom = {k: v[0] for k, v in LAB_ITEMS.items()}
     ref_low = np.vectorize(lambda i: LAB_ITEMS[int(i)][2], otypes=[np.float64])(itemids) if n else np.zeros(0)
-    ref_high = np.vectorize(lambda i: LAB_ITEMS[int(i)][3], otypes=[np.float64])(itemids) if n else np.zeros(0)
+    ref_high = (
+        np.vectorize(lambda i: LAB_ITEMS[int(i)][3], otypes=[np.float64])(itemids) if n else np.zeros(0)
+    )
     values = np.round(ev["valuenum"], 2)
     abnormal = (values < ref_low) | (values > ref_high)
     hadm = source["hadm_id"][owner][rows]
@@ -227,7 +263,9 @@ def lab_chunk(
                 "order_provider_id": pl.Series("p", provider_ids(rng, n).astype(str)),
                 "has_provider": rng.random(n) < 0.3,
                 "charttime": to_datetime(ev["times"], "charttime"),
-                "storetime": to_datetime(ev["times"] + rng.integers(1800, 3 * 3600, size=n) // 60 * 60, "storetime"),
+                "storetime": to_datetime(
+                    ev["times"] + rng.integers(1800, 3 * 3600, size=n) // 60 * 60, "storetime"
+                ),
                 "valuenum": ev["valuenum"],
                 "text": ev["text"],
                 "decimals": ev["decimals"],
@@ -238,14 +276,24 @@ def lab_chunk(
                 "comments_blank": comments_blank,
             }
         )
-        .with_columns(value, valuenum, pl.col("itemid").replace_strict(uom, default=None, return_dtype=pl.String).alias("valueuom"))
+        .with_columns(
+            value,
+            valuenum,
+            pl.col("itemid").replace_strict(uom, default=None, return_dtype=pl.String).alias("valueuom"),
+        )
         .with_columns(
             pl.when(pl.col("hadm_null")).then(None).otherwise(pl.col("hadm_id")).alias("hadm_id"),
             pl.when(pl.col("has_provider")).then(pl.col("order_provider_id")).alias("order_provider_id"),
             pl.when(pl.col("abnormal")).then(pl.lit("abnormal")).alias("flag"),
             pl.when(pl.col("comments_blank")).then(pl.lit("___")).alias("comments"),
-            pl.when(pl.col("ref_range_lower").is_nan()).then(None).otherwise(pl.col("ref_range_lower")).alias("ref_range_lower"),
-            pl.when(pl.col("ref_range_upper").is_nan()).then(None).otherwise(pl.col("ref_range_upper")).alias("ref_range_upper"),
+            pl.when(pl.col("ref_range_lower").is_nan())
+            .then(None)
+            .otherwise(pl.col("ref_range_lower"))
+            .alias("ref_range_lower"),
+            pl.when(pl.col("ref_range_upper").is_nan())
+            .then(None)
+            .otherwise(pl.col("ref_range_upper"))
+            .alias("ref_range_upper"),
         )
         .sort(["subject_id", "charttime", "specimen_id", "itemid"], maintain_order=True)
     )

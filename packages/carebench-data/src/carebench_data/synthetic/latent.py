@@ -60,7 +60,9 @@ def _latent_covariance() -> np.ndarray:
 
 
 def _draw_strings(rng: np.random.Generator, table: tuple[tuple[str, float], ...], size: int) -> np.ndarray:
-    return np.asarray(vocab.names(table), dtype=object)[choice_index(rng, np.asarray(vocab.probs(table)), size)]
+    return np.asarray(vocab.names(table), dtype=object)[
+        choice_index(rng, np.asarray(vocab.probs(table)), size)
+    ]
 
 
 def age_bins(age: np.ndarray) -> np.ndarray:
@@ -117,7 +119,7 @@ def _demographics(config: SyntheticConfig, rng: np.random.Generator, n: int, *, 
     }
 
 
-def _timeline_start(rng: np.random.Generator, anchor_group: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _timeline_start(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """anchor_year per subject and admittime (seconds) of one admission per subject."""
     anchor_year = rng.integers(2110, 2205, size=n)
     offset_years = rng.integers(0, 3, size=n)
@@ -125,7 +127,9 @@ def _timeline_start(rng: np.random.Generator, anchor_group: np.ndarray, n: int) 
     return anchor_year, (admit // 60) * 60
 
 
-def _findings(config: SyntheticConfig, rng: np.random.Generator, z: np.ndarray, states: Arrays, age: np.ndarray) -> Arrays:
+def _findings(
+    config: SyntheticConfig, rng: np.random.Generator, z: np.ndarray, states: Arrays, age: np.ndarray
+) -> Arrays:
     sd = config.signal.finding_noise_sd
     n = z.shape[0]
     s, c, p, _, i, _ = z.T
@@ -134,10 +138,10 @@ def _findings(config: SyntheticConfig, rng: np.random.Generator, z: np.ndarray, 
     eff_right = sigmoid(-1.4 + 0.6 * c + 0.4 * p + 0.2 * s + common + rng.normal(0, 0.7, size=n))
     cardiomegaly = sigmoid(-1.2 + 1.4 * c + 0.02 * (age - 65) + rng.normal(0, sd, size=n))
     edema = sigmoid(-2.0 + 1.0 * c + 0.8 * states["overload"] + rng.normal(0, sd, size=n))
-    consolidation = sigmoid(-1.2 + 0.3 * i + 0.3 * p + rng.normal(0, sd, size=n))
+    consolidation = sigmoid(-1.2 + 0.3 * p + rng.normal(0, sd, size=n))
     ptx_present = rng.random(n) < 0.04 * (1 + states["central_line"])
     pneumothorax = np.where(ptx_present, rng.uniform(0.6, 1.0, size=n), rng.uniform(0.0, 0.2, size=n))
-    atelectasis = sigmoid(-2.2 + 0.3 * states["ventilated"] + rng.normal(0, sd, size=n))
+    atelectasis = sigmoid(-2.8 + 0.3 * states["ventilated"] + rng.normal(0, sd, size=n))
     return {
         "eff_left": eff_left,
         "eff_right": eff_right,
@@ -177,7 +181,9 @@ def _states(rng: np.random.Generator, z: np.ndarray, careunit: np.ndarray, age: 
     }
 
 
-def _phenotype_linear(config: SyntheticConfig, z: np.ndarray, st: Arrays, fi: Arrays, careunit: np.ndarray, age: np.ndarray) -> np.ndarray:
+def _phenotype_linear(
+    config: SyntheticConfig, z: np.ndarray, st: Arrays, fi: Arrays, careunit: np.ndarray, age: np.ndarray
+) -> np.ndarray:
     """[A, 25] linear predictors without intercept (families of data.md §13.6)."""
     sig = config.signal
     s, c, p, r, i, m = z.T
@@ -189,7 +195,11 @@ def _phenotype_linear(config: SyntheticConfig, z: np.ndarray, st: Arrays, fi: Ar
     if sig.chf_xor:
         chf = sig.chf_interaction * np.logical_xor(k > 0.5, st["overload"]).astype(np.float64)
     else:
-        chf = sig.chf_interaction * k * f["overload"] + sig.chf_cardiomegaly * k + sig.chf_overload * f["overload"]
+        chf = (
+            sig.chf_interaction * k * f["overload"]
+            + sig.chf_cardiomegaly * k
+            + sig.chf_overload * f["overload"]
+        )
     q = fi["consolidation"]
     pneumonia = (
         sig.pneumonia_interaction * q * f["fever"]
@@ -236,7 +246,7 @@ def sample_population(config: SyntheticConfig) -> Population:
     """Draw the whole population of one synthetic tree (deterministic in `config`)."""
     rng = rng_for(config.seed, "population")
     n_stays = config.n_stays
-    n_adm = int(round(n_stays / (1.0 + config.second_stay_fraction)))
+    n_adm = round(n_stays / (1.0 + config.second_stay_fraction))
     n_second = n_stays - n_adm
     sig = config.signal
 
@@ -246,7 +256,12 @@ def sample_population(config: SyntheticConfig) -> Population:
     minors = rng.random(n_adm) < 0.002
     age_float[minors] = rng.uniform(16, 17.9, size=int(minors.sum()))
     adm["age_bin"] = age_bins(age_float)
-    attributes = {"race": adm["race_group"], "sex": adm["sex"], "age_bin": adm["age_bin"], "insurance": adm["insurance"]}
+    attributes = {
+        "race": adm["race_group"],
+        "sex": adm["sex"],
+        "age_bin": adm["age_bin"],
+        "insurance": adm["insurance"],
+    }
 
     mean = np.zeros((n_adm, len(LATENT_NAMES)))
     over_65 = np.maximum(age_float - 65, 0)
@@ -286,7 +301,7 @@ def sample_population(config: SyntheticConfig) -> Population:
     adm["coded_intent"] = kept
 
     # Timeline of the admission and its one or two ICU stays.
-    anchor_year, admittime = _timeline_start(rng, adm["anchor_group"], n_adm)
+    anchor_year, admittime = _timeline_start(rng, n_adm)
     adm["anchor_year"] = anchor_year
     adm["admittime"] = admittime
     organ_failures = states["shock"].astype(int) + states["resp_fail"] + states["aki"]
@@ -369,7 +384,9 @@ def sample_population(config: SyntheticConfig) -> Population:
         }
     )
     emergency = np.isin(adm["admission_type"], list(vocab.EMERGENCY_TYPES))
-    adm["edregtime"] = np.where(emergency, admittime - rng.integers(3600, 10 * 3600, size=n_adm) // 60 * 60, -1)
+    adm["edregtime"] = np.where(
+        emergency, admittime - rng.integers(3600, 10 * 3600, size=n_adm) // 60 * 60, -1
+    )
     adm["edouttime"] = np.where(emergency, admittime + rng.integers(0, 3600, size=n_adm) // 60 * 60, -1)
     adm["age"] = np.floor(age_float).astype(np.int64)
 
@@ -388,7 +405,9 @@ def sample_population(config: SyntheticConfig) -> Population:
     first_careunit = careunit[stay_adm]
     last_careunit = first_careunit.copy()
     moved = rng.random(stay_adm.size) < 0.05
-    last_careunit[moved] = (first_careunit[moved] + 1 + rng.integers(0, 5, size=int(moved.sum()))) % len(vocab.CAREUNITS)
+    last_careunit[moved] = (first_careunit[moved] + 1 + rng.integers(0, 5, size=int(moved.sum()))) % len(
+        vocab.CAREUNITS
+    )
     los_hours = (outtime - intime) / SECONDS_PER_HOUR
     vent_fraction = rng.uniform(0.4, 1.0, size=stay_adm.size)
     stays: Arrays = {
@@ -402,9 +421,11 @@ def sample_population(config: SyntheticConfig) -> Population:
         "bad_times": bad_times,
         "first_careunit": first_careunit,
         "last_careunit": last_careunit,
-        "ventilated": states["ventilated"][stay_adm] & (rng.random(stay_adm.size) < np.where(second, 0.5, 1.0)),
+        "ventilated": states["ventilated"][stay_adm]
+        & (rng.random(stay_adm.size) < np.where(second, 0.5, 1.0)),
         "vent_end": intime + (np.maximum(los_hours, 0) * vent_fraction * SECONDS_PER_HOUR).astype(np.int64),
-        "aline": rng.random(stay_adm.size) < sigmoid(-0.6 + 0.8 * s[stay_adm] + 2.0 * states["shock"][stay_adm]),
+        "aline": rng.random(stay_adm.size)
+        < sigmoid(-0.6 + 0.8 * s[stay_adm] + 2.0 * states["shock"][stay_adm]),
         "cxr_planned": np.where(second, cxr_second[stay_adm], cxr_first[stay_adm]),
         "temp_fahrenheit": rng.random(stay_adm.size) < 0.85,
         "baseline_weight": np.clip(rng.normal(81, 18, size=stay_adm.size), 40, 200),
@@ -418,14 +439,16 @@ def sample_population(config: SyntheticConfig) -> Population:
     for name in ("hr", "map", "rr", "spo2", "temp", "glucose", "creatinine"):
         stays[f"baseline_{name}"] = rng.normal(0, 1, size=stay_adm.size)
     stays["wave_phase"] = rng.uniform(0, 2 * np.pi, size=(stay_adm.size, 3))
-    stays["shock_end"] = intime + (rng.uniform(12, 72, size=stay_adm.size) * SECONDS_PER_HOUR).astype(np.int64)
+    stays["shock_end"] = intime + (rng.uniform(12, 72, size=stay_adm.size) * SECONDS_PER_HOUR).astype(
+        np.int64
+    )
 
     # Background (non-ICU) admissions and the patients table.
-    n_background = int(round(config.background_admissions_per_stay * n_stays))
-    n_bg_own = int(round(n_background * 0.7))
-    n_bg_patients = max(1, int(round(n_bg_own / 1.5)))
+    n_background = round(config.background_admissions_per_stay * n_stays)
+    n_bg_own = round(n_background * 0.7)
+    n_bg_patients = max(1, round(n_bg_own / 1.5))
     bg_patients = _demographics(config, rng, n_bg_patients, icu=False)
-    bg_anchor_year, _ = _timeline_start(rng, bg_patients["anchor_group"], n_bg_patients)
+    bg_anchor_year, _ = _timeline_start(rng, n_bg_patients)
     owner_icu = rng.integers(0, n_adm, size=n_background - n_bg_own)
     owner_bg = rng.integers(0, n_bg_patients, size=n_bg_own)
     patients: Arrays = {}
@@ -434,12 +457,19 @@ def sample_population(config: SyntheticConfig) -> Population:
     patients["age_float"] = np.concatenate([age_float, bg_patients["age_float"]])
     patients["anchor_year"] = np.concatenate([anchor_year, bg_anchor_year])
     patients["admit_year_offset"] = np.concatenate(
-        [(admittime - year_start_seconds(anchor_year)) // (365 * SECONDS_PER_DAY), np.zeros(n_bg_patients, dtype=np.int64)]
+        [
+            (admittime - year_start_seconds(anchor_year)) // (365 * SECONDS_PER_DAY),
+            np.zeros(n_bg_patients, dtype=np.int64),
+        ]
     )
     patients["dod"] = np.concatenate([dod_seconds, np.full(n_bg_patients, -1, dtype=np.int64)])
     patient_index = np.concatenate([n_adm + owner_bg, owner_icu])
     bg_admit_year = patients["anchor_year"][patient_index] + rng.integers(0, 3, size=n_background)
-    bg_admit = (year_start_seconds(bg_admit_year) + rng.integers(0, 364 * SECONDS_PER_DAY, size=n_background)) // 60 * 60
+    bg_admit = (
+        (year_start_seconds(bg_admit_year) + rng.integers(0, 364 * SECONDS_PER_DAY, size=n_background))
+        // 60
+        * 60
+    )
     # Earlier admissions of ICU patients: 60-700 days before the ICU admission (never after a death).
     own_icu = patient_index < n_adm
     icu_admit = admittime[np.minimum(patient_index, n_adm - 1)]
@@ -453,15 +483,20 @@ def sample_population(config: SyntheticConfig) -> Population:
         "admission_type": _draw_strings(rng, vocab.ADMISSION_TYPES, n_background),
         "admission_location": _draw_strings(rng, vocab.ADMISSION_LOCATIONS, n_background),
         "discharge_location": _draw_strings(rng, vocab.DISCHARGE_LOCATIONS, n_background),
-        "true_labels": rng.random((n_background, len(PHENOTYPES))) < 0.5 * np.asarray([p for _, _, p in PHENOTYPES]),
+        "true_labels": rng.random((n_background, len(PHENOTYPES)))
+        < 0.5 * np.asarray([p for _, _, p in PHENOTYPES]),
         "has_labs": rng.random(n_background) < 0.9,
     }
     emergency_bg = np.isin(background["admission_type"], list(vocab.EMERGENCY_TYPES))
-    background["edregtime"] = np.where(emergency_bg, bg_admit - rng.integers(3600, 8 * 3600, size=n_background) // 60 * 60, -1)
-    background["edouttime"] = np.where(emergency_bg, bg_admit + rng.integers(0, 3600, size=n_background) // 60 * 60, -1)
-    background["cxr_only_study"] = np.isin(patients["anchor_group"][patient_index], list(vocab.CXR_ERA_GROUPS)) & (
-        rng.random(n_background) < 0.3
+    background["edregtime"] = np.where(
+        emergency_bg, bg_admit - rng.integers(3600, 8 * 3600, size=n_background) // 60 * 60, -1
     )
+    background["edouttime"] = np.where(
+        emergency_bg, bg_admit + rng.integers(0, 3600, size=n_background) // 60 * 60, -1
+    )
+    background["cxr_only_study"] = np.isin(
+        patients["anchor_group"][patient_index], list(vocab.CXR_ERA_GROUPS)
+    ) & (rng.random(n_background) < 0.3)
 
     # Ids: ascending in entity order so that every table sorts by its own key.
     n_patients = n_adm + n_bg_patients

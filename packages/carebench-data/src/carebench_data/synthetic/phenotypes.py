@@ -60,7 +60,9 @@ class IcdCodeTable:
     def codes_for(self, phenotype: int, version: int) -> list[int]:
         """Row indices of the codes used for one phenotype (or filler, -1) in one ICD version."""
         return [
-            i for i, (p, v) in enumerate(zip(self.phenotype, self.versions, strict=True)) if p == phenotype and v == version
+            i
+            for i, (p, v) in enumerate(zip(self.phenotype, self.versions, strict=True))
+            if p == phenotype and v == version
         ]
 
 

@@ -64,7 +64,9 @@ class RenderParams:
     lateral: bool
 
 
-def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float, soft: float) -> np.ndarray:
+def _ellipse(
+    yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float, soft: float
+) -> np.ndarray:
     d = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
     return np.clip((1.0 - d) / soft, 0.0, 1.0)
 
@@ -92,7 +94,9 @@ class TemplateCache:
             left = _ellipse(yy_r, xx_r, 0.45, 0.5 - 0.17, lung_ry, lung_rx, 0.15)
             right = _ellipse(yy_r, xx_r, 0.45, 0.5 + 0.17, lung_ry, lung_rx, 0.15)
             lungs = np.maximum(left, right)
-            ribs = (np.sin(2 * np.pi * (yy_r * rng.uniform(8, 10) + 2.5 * (xx_r - 0.5) ** 2)) > 0.55).astype(np.float32)
+            ribs = (np.sin(2 * np.pi * (yy_r * rng.uniform(8, 10) + 2.5 * (xx_r - 0.5) ** 2)) > 0.55).astype(
+                np.float32
+            )
             img = img * (1 - 0.72 * lungs) + 0.06 * ribs * lungs
             mediastinum = np.clip(1 - np.abs(xx_r - 0.5) / 0.06, 0, 1) * (yy_r > 0.08) * (yy_r < 0.78)
             img = np.maximum(img, 0.55 * mediastinum)
@@ -109,7 +113,9 @@ class TemplateCache:
             for level in range(N_EFFUSION):
                 height = 0.06 + 0.30 * level / (N_EFFUSION - 1)
                 meniscus = 0.76 - height + 0.05 * (1 - lateral) ** 2 - 0.04 * lateral
-                self.effusions[side, level] = np.clip((yy - meniscus) / 0.03, 0, 1) * (np.abs(xx - cx) < 0.17) * (yy < 0.8)
+                self.effusions[side, level] = (
+                    np.clip((yy - meniscus) / 0.03, 0, 1) * (np.abs(xx - cx) < 0.17) * (yy < 0.8)
+                )
         self.lobes = np.stack(
             [_ellipse(yy, xx, 0.30, cx, 0.10, 0.12, 0.5) for cx in (0.5 - 0.19, 0.5 + 0.19)]
         ).astype(np.float32)
@@ -117,7 +123,8 @@ class TemplateCache:
         g = np.linspace(-2.2, 2.2, blob_size, dtype=np.float32)
         self.blob = np.exp(-(g[:, None] ** 2 + g[None, :] ** 2)).astype(np.float32)
         self.edema = (
-            _ellipse(yy, xx, 0.45, 0.5 - 0.1, 0.2, 0.12, 1.0) + _ellipse(yy, xx, 0.45, 0.5 + 0.1, 0.2, 0.12, 1.0)
+            _ellipse(yy, xx, 0.45, 0.5 - 0.1, 0.2, 0.12, 1.0)
+            + _ellipse(yy, xx, 0.45, 0.5 + 0.1, 0.2, 0.12, 1.0)
         ).astype(np.float32)
         self.pneumothorax = np.empty((2, size, size), dtype=np.float32)
         self.pleural_line = np.empty((2, size, size), dtype=np.float32)
@@ -125,7 +132,9 @@ class TemplateCache:
             d = np.sqrt(((yy - 0.27) / 0.12) ** 2 + ((xx - cx) / 0.075) ** 2)
             self.pneumothorax[side] = np.clip((1 - d) / 0.1, 0, 1)
             self.pleural_line[side] = np.clip(1 - np.abs(d - 1.0) / 0.06, 0, 1) * (yy < 0.36)
-        self.atelectasis = np.clip(1 - np.abs(yy - 0.66 - 0.1 * (xx - 0.5)) / 0.035, 0, 1) * (np.abs(np.abs(xx - 0.5) - 0.17) < 0.1)
+        self.atelectasis = np.clip(1 - np.abs(yy - 0.66 - 0.1 * (xx - 0.5)) / 0.045, 0, 1) * (
+            np.abs(np.abs(xx - 0.5) - 0.17) < 0.1
+        )
         self.tube = (np.abs(xx - 0.5) < max(1.2 / size, 0.004)) * (yy < 0.32)
         curve_x = 0.2 + 0.28 * np.sqrt(np.clip((yy - 0.12) / 0.38, 0, 1))
         self.central_line = (np.abs(xx - curve_x) < max(1.0 / size, 0.003)) * (yy > 0.12) * (yy < 0.5)
@@ -133,10 +142,15 @@ class TemplateCache:
         for cy, cx in ((0.12, 0.3), (0.12, 0.7), (0.8, 0.75)):
             r = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
             rings = np.maximum(rings, np.clip(1 - np.abs(r - 0.025) / 0.006, 0, 1))
-        marker = ((np.abs(xx - 0.9) < 0.006) & (yy > 0.05) & (yy < 0.11)) | ((np.abs(yy - 0.11) < 0.006) & (xx > 0.9) & (xx < 0.93))
+        marker = ((np.abs(xx - 0.9) < 0.006) & (yy > 0.05) & (yy < 0.11)) | (
+            (np.abs(yy - 0.11) < 0.006) & (xx > 0.9) & (xx < 0.93)
+        )
         self.always = np.maximum(rings, marker.astype(np.float32)).astype(np.float32)
         self.lateral = (
-            0.05 + 0.5 * _ellipse(yy, xx, 0.55, 0.5, 0.6, 0.36, 0.1) * (1 - 0.6 * _ellipse(yy, xx, 0.45, 0.52, 0.3, 0.2, 0.3))
+            0.05
+            + 0.5
+            * _ellipse(yy, xx, 0.55, 0.5, 0.6, 0.36, 0.1)
+            * (1 - 0.6 * _ellipse(yy, xx, 0.45, 0.52, 0.3, 0.2, 0.3))
         ).astype(np.float32)
         self.noise = rng.normal(0, 1, size=(N_NOISE, size, size)).astype(np.float32)
         gammas = np.linspace(0.8, 1.25, N_GAMMA)

@@ -53,7 +53,7 @@ def year_start_seconds(years: np.ndarray) -> np.ndarray:
 
 
 def unique_ids(rng: np.random.Generator, n: int, low: int, high: int) -> np.ndarray:
-    """n distinct sorted integers in [low, high) (int64)."""
+    """N distinct sorted integers in [low, high) (int64)."""
     ids = np.unique(rng.integers(low, high, size=int(n * 1.2) + 16))
     while ids.size < n:
         ids = np.unique(np.concatenate([ids, rng.integers(low, high, size=n)]))

@@ -221,16 +221,3 @@ MIMIC_CXR_TABLES: dict[str, Schema] = {
     "mimic-cxr-2.0.0-negbio": dict(_LABELS),
     "mimic-cxr-2.0.0-split": {"dicom_id": _STR, "study_id": _I64, "subject_id": _I64, "split": _STR},
 }
-
-
-def mimic_iv_header(table: str) -> str:
-    """The CSV header line (without newline) of a MIMIC-IV table, e.g. `hosp/patients`."""
-    return ",".join(MIMIC_IV_TABLES[table])
-
-
-def mimic_cxr_header(table: str) -> str:
-    """The CSV header line of a MIMIC-CXR-JPG table, e.g. `mimic-cxr-2.0.0-metadata`.
-
-    Column names with spaces are written as they are (the real chexpert header is unquoted).
-    """
-    return ",".join(MIMIC_CXR_TABLES[table])

@@ -104,15 +104,24 @@ def chart_summary_features(mimic_root: Path, stays: pl.DataFrame) -> tuple[np.nd
     """
     item_to_feature = {item: name for name, items in SUMMARY_ITEMS for item in items}
     events = (
-        pl.scan_csv(mimic_root / "icu/chartevents.csv.gz", schema_overrides={"value": pl.String, "valuenum": pl.Float64})
+        pl.scan_csv(
+            mimic_root / "icu/chartevents.csv.gz",
+            schema_overrides={"value": pl.String, "valuenum": pl.Float64},
+        )
         .select("stay_id", "charttime", "itemid", "valuenum")
         .filter(pl.col("itemid").is_in(list(item_to_feature)))
         .with_columns(pl.col("charttime").str.to_datetime("%Y-%m-%d %H:%M:%S"))
         .join(stays.lazy().select("stay_id", "intime"), on="stay_id")
-        .filter((pl.col("charttime") >= pl.col("intime")) & (pl.col("charttime") < pl.col("intime") + pl.duration(hours=48)))
+        .filter(
+            (pl.col("charttime") >= pl.col("intime"))
+            & (pl.col("charttime") < pl.col("intime") + pl.duration(hours=48))
+        )
         .with_columns(
             pl.col("itemid").replace_strict(item_to_feature, return_dtype=pl.String).alias("feature"),
-            pl.when(pl.col("itemid") == 223761).then((pl.col("valuenum") - 32) / 1.8).otherwise(pl.col("valuenum")).alias("x"),
+            pl.when(pl.col("itemid") == 223761)
+            .then((pl.col("valuenum") - 32) / 1.8)
+            .otherwise(pl.col("valuenum"))
+            .alias("x"),
         )
         .filter(pl.col("x").is_not_null() & pl.col("x").is_finite())
         .sort(["stay_id", "feature", "charttime"])
@@ -153,10 +162,15 @@ def image_features(cxr_root: Path, images: pl.DataFrame, *, pooled: int = 16) ->
         pooled: side of the pooled grid.
     """
     out = np.zeros((images.height, pooled * pooled))
-    for i, (subject, study, dicom) in enumerate(images.select("subject_id", "study_id", "dicom_id").iter_rows()):
+    for i, (subject, study, dicom) in enumerate(
+        images.select("subject_id", "study_id", "dicom_id").iter_rows()
+    ):
         s = str(subject)
         path = cxr_root / f"files/p{s[:2]}/p{s}/s{study}/{dicom}.jpg"
         with Image.open(path) as image:
-            pixels = np.asarray(image.convert("L").resize((pooled * 4, pooled * 4), Image.Resampling.BILINEAR), dtype=np.float64)
+            pixels = np.asarray(
+                image.convert("L").resize((pooled * 4, pooled * 4), Image.Resampling.BILINEAR),
+                dtype=np.float64,
+            )
         out[i] = pixels.reshape(pooled, 4, pooled, 4).mean(axis=(1, 3)).ravel() / 255.0
     return out

@@ -59,7 +59,8 @@ def slots(
     Args:
         rng: random stream.
         stay_rows: [n] stay rows that chart this item.
-        start, end: [n] window in seconds (end exclusive).
+        start: [n] window start in seconds.
+        end: [n] window end in seconds (exclusive).
         cadence_hours: spacing of the slots.
         jitter_minutes: SD of the Gaussian jitter of each slot.
         keep_probability: scalar or [n] probability of keeping each slot.

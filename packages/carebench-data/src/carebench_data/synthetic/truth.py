@@ -19,10 +19,22 @@ from carebench_data.synthetic.rng import SECONDS_PER_DAY, SECONDS_PER_HOUR
 from carebench_data.synthetic.trajectory import to_datetime
 
 LOS_EDGES_DAYS = (3, 4, 5, 6, 7, 14)
-STATE_COLUMNS = ("shock", "resp_fail", "overload", "aki", "fever", "febrile", "neuro", "central_line", "dysrhythmia")
+STATE_COLUMNS = (
+    "shock",
+    "resp_fail",
+    "overload",
+    "aki",
+    "fever",
+    "febrile",
+    "neuro",
+    "central_line",
+    "dysrhythmia",
+)
 
 
-def stays_truth(population: Population, coded: np.ndarray, plan: CxrPlan, dirt: np.ndarray, mimic_version: str) -> pl.DataFrame:
+def stays_truth(
+    population: Population, coded: np.ndarray, plan: CxrPlan, dirt: np.ndarray, mimic_version: str
+) -> pl.DataFrame:
     """One row per ICU stay (ascending stay_id) with everything the generator decided.
 
     Args:

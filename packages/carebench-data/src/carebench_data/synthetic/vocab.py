@@ -5,8 +5,17 @@ from __future__ import annotations
 RACE_GROUPS = ("WHITE", "BLACK/AFRICAN AMERICAN", "HISPANIC/LATINO", "ASIAN", "OTHER")
 RACE_GROUP_P = (0.68, 0.11, 0.04, 0.03, 0.14)
 RACE_STRINGS: dict[str, tuple[tuple[str, float], ...]] = {
-    "WHITE": (("WHITE", 0.88), ("WHITE - OTHER EUROPEAN", 0.05), ("WHITE - RUSSIAN", 0.04), ("WHITE - BRAZILIAN", 0.03)),
-    "BLACK/AFRICAN AMERICAN": (("BLACK/AFRICAN AMERICAN", 0.85), ("BLACK/CAPE VERDEAN", 0.08), ("BLACK/CARIBBEAN ISLAND", 0.07)),
+    "WHITE": (
+        ("WHITE", 0.88),
+        ("WHITE - OTHER EUROPEAN", 0.05),
+        ("WHITE - RUSSIAN", 0.04),
+        ("WHITE - BRAZILIAN", 0.03),
+    ),
+    "BLACK/AFRICAN AMERICAN": (
+        ("BLACK/AFRICAN AMERICAN", 0.85),
+        ("BLACK/CAPE VERDEAN", 0.08),
+        ("BLACK/CARIBBEAN ISLAND", 0.07),
+    ),
     "HISPANIC/LATINO": (
         ("HISPANIC OR LATINO", 0.35),
         ("HISPANIC/LATINO - PUERTO RICAN", 0.35),

@@ -109,7 +109,9 @@ def write_checksums(root: Path) -> None:
     JPEG files are not listed: there are thousands and the metadata table identifies them.
     """
     lines = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix != ".jpg" and p.name != "SHA256SUMS.txt"):
+    for path in sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix != ".jpg" and p.name != "SHA256SUMS.txt"
+    ):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         lines.append(f"{digest}  {path.relative_to(root).as_posix()}")
     tmp = root / ".SHA256SUMS.txt.tmp"

@@ -11,7 +11,13 @@ import numpy as np
 import polars as pl
 
 from carebench_eval.errors import warn_undefined
-from carebench_eval.metrics.core import BinaryEvaluator, MulticlassEvaluator, bin_codes
+from carebench_eval.metrics.core import (
+    BinaryEvaluator,
+    MulticlassEvaluator,
+    bin_codes,
+    clipped_logit,
+    logistic_calibration,
+)
 from carebench_eval.metrics.multilabel import finish, resolve_scores, weight_row
 
 __all__ = [
@@ -150,24 +156,6 @@ def calibration_table(
     )
 
 
-_LOGIT_CLIP = 1e-15
-
-
-def _logistic_fit(y: np.ndarray, offset: np.ndarray, design: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Unpenalized logistic regression ``logit Pr(y=1) = offset + design @ θ`` by Newton iterations."""
-    theta = np.zeros(design.shape[1])
-    for _ in range(100):
-        linear = offset + design @ theta
-        probability = 1.0 / (1.0 + np.exp(-linear))
-        gradient = design.T @ (weight * (y - probability))
-        hessian = (design * (weight * probability * (1.0 - probability))[:, None]).T @ design
-        step = np.linalg.solve(hessian, gradient)
-        theta = theta + step
-        if np.max(np.abs(step)) < 1e-12:
-            break
-    return theta
-
-
 def _calibration_fit(
     name: str, y_true: np.ndarray, y_prob: np.ndarray, sample_weight: np.ndarray | None, *, slope: bool
 ) -> float:
@@ -180,12 +168,7 @@ def _calibration_fit(
     if positives == 0 or positives == float(weight.sum()):
         warn_undefined(name, "single_class", cells=1, n=labels.size)
         return float("nan")
-    clipped = np.clip(s[:, 0], _LOGIT_CLIP, 1 - _LOGIT_CLIP)
-    logit = np.log(clipped) - np.log1p(-clipped)
-    if slope:
-        design = np.column_stack([np.ones_like(logit), logit])
-        return float(_logistic_fit(labels, np.zeros_like(logit), design, weight)[1])
-    return float(_logistic_fit(labels, logit, np.ones((logit.size, 1)), weight)[0])
+    return float(logistic_calibration(labels, clipped_logit(s[:, 0]), weight[None, :], slope=slope)[0])
 
 
 def calibration_slope(

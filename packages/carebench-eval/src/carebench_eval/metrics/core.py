@@ -12,7 +12,7 @@ single column for whole-task metrics (`MULTICLASS_SCALARS`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -30,8 +30,12 @@ __all__ = [
     "bin_codes",
 ]
 
-SCORE_METRICS = frozenset({"auroc_score", "auprc_score", "brier_loss", "expected_calibration_error"})
-LABEL_METRICS = frozenset(
+CALIBRATION_FIT_METRICS = ("calibration_slope", "calibration_intercept")
+"""Optional binary metrics (logistic recalibration fit); computed only when requested."""
+SCORE_METRICS = frozenset(
+    {"auroc_score", "auprc_score", "brier_loss", "expected_calibration_error", *CALIBRATION_FIT_METRICS}
+)
+_CONFUSION_METRICS = frozenset(
     {
         "sensitivity_score",
         "specificity_score",
@@ -40,13 +44,16 @@ LABEL_METRICS = frozenset(
         "npv_score",
         "f1_score",
         "positive_rate",
-        "base_rate",
-        "accuracy_score",
-        "kappa_score",
-        "kappa_linear_score",
-        "kappa_quadratic_score",
     }
 )
+"""Binary metrics computed from the weighted confusion counts at the threshold."""
+LABEL_METRICS = _CONFUSION_METRICS | {
+    "base_rate",
+    "accuracy_score",
+    "kappa_score",
+    "kappa_linear_score",
+    "kappa_quadratic_score",
+}
 BINARY_METRICS: tuple[str, ...] = (
     "auroc_score",
     "auprc_score",
@@ -60,6 +67,7 @@ BINARY_METRICS: tuple[str, ...] = (
     "f1_score",
     "base_rate",
     "positive_rate",
+    *CALIBRATION_FIT_METRICS,
 )
 MULTICLASS_METRICS: tuple[str, ...] = (
     "accuracy_score",
@@ -124,6 +132,77 @@ def bin_codes(scores: np.ndarray, *, n_bins: int, strategy: str = "uniform") -> 
     raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
 
 
+LOGIT_CLIP = 1e-15
+"""Scores are clipped to ``[LOGIT_CLIP, 1 − LOGIT_CLIP]`` before the logit of the calibration fits."""
+_NEWTON_TOLERANCE = 1e-12
+_NEWTON_ITERATIONS = 100
+
+
+def clipped_logit(scores: np.ndarray) -> np.ndarray:
+    """``logit(clip(s))`` elementwise (finite for scores of exactly 0 or 1)."""
+    clipped = np.clip(scores, LOGIT_CLIP, 1.0 - LOGIT_CLIP)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
+def logistic_calibration(y: np.ndarray, logit: np.ndarray, weights: np.ndarray, *, slope: bool) -> np.ndarray:
+    """Calibration slope or intercept for each weight row, by unpenalized Newton iterations (eval.md §2.2).
+
+    Fits ``logit Pr(y=1) = α + β·logit(s)`` and returns β (``slope=True``), or ``α + logit(s)`` with β fixed
+    at 1 and returns α. Every row iterates from 0 until its own step is below 1e-12 (so a row's value never
+    depends on the other rows of its batch). NaN where a row has one class, a singular Hessian or no
+    convergence in 100 iterations (e.g. perfectly separated data).
+
+    Args:
+        y: ``[n]`` 0/1 labels.
+        logit: ``[n]`` logits of the scores (see `clipped_logit`).
+        weights: ``[b, n]`` non-negative sample weights.
+        slope: fit the slope (two parameters) or the intercept (one parameter, offset ``logit``).
+
+    Returns:
+        ``[b]`` float64 β or α.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    b = weights.shape[0]
+    positives = weights @ y
+    undefined = (positives == 0) | (positives == weights.sum(axis=1))
+    alpha = np.zeros(b)
+    beta = np.zeros(b) if slope else np.ones(b)
+    active = ~undefined
+    failed = np.zeros(b, dtype=bool)
+    for _ in range(_NEWTON_ITERATIONS):
+        rows = np.flatnonzero(active)
+        if rows.size == 0:
+            break
+        w = weights[rows]
+        probability = 1.0 / (1.0 + np.exp(-(alpha[rows, None] + beta[rows, None] * logit[None, :])))
+        residual = w * (y[None, :] - probability)
+        curvature = w * probability * (1.0 - probability)
+        g0 = residual.sum(axis=1)
+        h00 = curvature.sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if slope:
+                g1 = residual @ logit
+                h01 = curvature @ logit
+                h11 = curvature @ (logit * logit)
+                determinant = h00 * h11 - h01 * h01
+                step0 = (h11 * g0 - h01 * g1) / determinant
+                step1 = (h00 * g1 - h01 * g0) / determinant
+            else:
+                step0 = g0 / h00
+                step1 = np.zeros(rows.size)
+        finite = np.isfinite(step0) & np.isfinite(step1)
+        failed[rows[~finite]] = True
+        alpha[rows] += np.where(finite, step0, 0.0)
+        if slope:
+            beta[rows] += np.where(finite, step1, 0.0)
+        done = ~finite | (np.maximum(np.abs(step0), np.abs(step1)) < _NEWTON_TOLERANCE)
+        active[rows[done]] = False
+    failed |= active
+    value = beta if slope else alpha
+    return np.where(undefined | failed, np.nan, value)
+
+
 def _ece_from_sums(count: np.ndarray, sum_label: np.ndarray, sum_score: np.ndarray) -> np.ndarray:
     """ECE from per-bin weighted sums ``[b, ..., M]``: ``Σ_m |Σy − Σs| / n`` (= Σ n_m/n |ȳ_m − s̄_m|)."""
     total = count.sum(axis=-1)
@@ -134,6 +213,19 @@ def _required(value: np.ndarray | None, what: str) -> np.ndarray:
     if value is None:
         raise ValueError(f"this metric needs {what}")
     return value
+
+
+def _checked_metrics(
+    metrics: Iterable[str], allowed: Sequence[str], kinds: str, *, has_scores: bool
+) -> tuple[str, ...]:
+    """`metrics` as a tuple; raises ValueError for a metric of another kind or a score metric without scores."""
+    names = tuple(metrics)
+    unknown = set(names) - set(allowed)
+    if unknown:
+        raise ValueError(f"metric(s) {sorted(unknown)} do not apply to {kinds} tasks")
+    if not has_scores and set(names) & SCORE_METRICS:
+        raise ValueError(f"metric(s) {sorted(set(names) & SCORE_METRICS)} need scores (y_score)")
+    return names
 
 
 class BinaryEvaluator:
@@ -161,13 +253,10 @@ class BinaryEvaluator:
         n_bins: int = 10,
         strategy: str = "uniform",
     ) -> None:
-        self.metrics = tuple(metrics)
-        unknown = set(self.metrics) - set(BINARY_METRICS)
-        if unknown:
-            raise ValueError(f"metric(s) {sorted(unknown)} do not apply to binary/multilabel tasks")
+        self.metrics = _checked_metrics(
+            metrics, BINARY_METRICS, "binary/multilabel", has_scores=y_score is not None
+        )
         wanted = set(self.metrics)
-        if y_score is None and wanted & SCORE_METRICS:
-            raise ValueError(f"metric(s) {sorted(wanted & SCORE_METRICS)} need scores (y_score)")
         self.y_true = np.asarray(y_true, dtype=np.int8)
         self.n, self.n_targets = self.y_true.shape
         self.column_of = column_of
@@ -189,6 +278,9 @@ class BinaryEvaluator:
         self._confusion_codes: np.ndarray | None = None
         if self._pred_flat is not None:
             self._confusion_codes = self._label_codes * 4 + self._y_flat * 2 + self._pred_flat
+        self._logits: np.ndarray | None = None
+        if y_score is not None and wanted & set(CALIBRATION_FIT_METRICS):
+            self._logits = clipped_logit(np.asarray(y_score, dtype=np.float64))
         self._bin_codes: np.ndarray | None = None
         if y_score is not None and "expected_calibration_error" in wanted:
             bins = [bin_codes(y_score[:, j], n_bins=n_bins, strategy=strategy) for j in range(self.n_targets)]
@@ -209,18 +301,53 @@ class BinaryEvaluator:
             metric name -> ``[b, L]`` float64 (NaN where undefined).
         """
         out: dict[str, np.ndarray] = {}
-        wanted = set(self.metrics)
-        b = columns.shape[0]
         if self._ranks:
+            b = columns.shape[0]
             auroc = np.empty((b, self.n_targets))
             auprc = np.empty((b, self.n_targets))
             rank_columns = _kernels.compact_weights(columns, self.n)
             for j, index in enumerate(self._ranks):
                 auroc[:, j], auprc[:, j] = _kernels.rank_metrics(index, rank_columns, self.column_of)
-            if "auroc_score" in wanted:
-                out["auroc_score"] = auroc
-            if "auprc_score" in wanted:
-                out["auprc_score"] = auprc
+            out.update(self._rank_outputs(auroc, auprc))
+        return self._with_other_values(columns, out)
+
+    def complement_values(self, columns: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """`values` of 0/1 weight rows ``W`` and of their complements ``1 − W`` (bit-identical to two calls).
+
+        The rank metrics share one pass (`carebench_eval._kernels.rank_metrics_complement`); this is the
+        inner loop of the paired permutation test, where the two models' pooled weights are complements.
+
+        Args:
+            columns: ``[b, k]`` integer weights, each 0 or 1.
+
+        Returns:
+            ``(values of W, values of 1 − W)``, each metric name -> ``[b, L]``.
+        """
+        direct: dict[str, np.ndarray] = {}
+        complement: dict[str, np.ndarray] = {}
+        if self._ranks:
+            b = columns.shape[0]
+            rank = np.empty((4, b, self.n_targets))
+            for j, index in enumerate(self._ranks):
+                (rank[0, :, j], rank[1, :, j]), (rank[2, :, j], rank[3, :, j]) = (
+                    _kernels.rank_metrics_complement(index, columns, self.column_of)
+                )
+            direct.update(self._rank_outputs(rank[0], rank[1]))
+            complement.update(self._rank_outputs(rank[2], rank[3]))
+        return self._with_other_values(columns, direct), self._with_other_values(1 - columns, complement)
+
+    def _rank_outputs(self, auroc: np.ndarray, auprc: np.ndarray) -> dict[str, np.ndarray]:
+        wanted = set(self.metrics)
+        return {
+            name: values
+            for name, values in (("auroc_score", auroc), ("auprc_score", auprc))
+            if name in wanted
+        }
+
+    def _with_other_values(self, columns: np.ndarray, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`out` (the rank metrics) completed with every other requested metric, in `metrics` order."""
+        wanted = set(self.metrics)
+        b = columns.shape[0]
         if "brier_loss" in wanted:
             squared_error = (_required(self._score_flat, "y_score") - self._y_flat) ** 2
             out["brier_loss"] = _ratio(
@@ -243,15 +370,20 @@ class BinaryEvaluator:
         if "base_rate" in wanted:
             positives = self._per_label_sum(columns, self._y_flat.astype(float))
             out["base_rate"] = _ratio(positives, self._per_label_sum(columns, None))
-        threshold_metrics = wanted & {
-            "sensitivity_score",
-            "specificity_score",
-            "fpr_error",
-            "ppv_score",
-            "npv_score",
-            "f1_score",
-            "positive_rate",
-        }
+        fits = wanted & set(CALIBRATION_FIT_METRICS)
+        if fits:
+            logits = _required(self._logits, "y_score")
+            sample_weights = _kernels.gather_weights(columns, self.column_of, np.arange(self.n))
+            for name in fits:
+                out[name] = np.column_stack(
+                    [
+                        logistic_calibration(
+                            self.y_true[:, j], logits[:, j], sample_weights, slope=name == "calibration_slope"
+                        )
+                        for j in range(self.n_targets)
+                    ]
+                )
+        threshold_metrics = wanted & _CONFUSION_METRICS
         if threshold_metrics:
             if self._confusion_codes is None:
                 raise ValueError(f"metric(s) {sorted(threshold_metrics)} need predictions (y_pred)")
@@ -315,12 +447,9 @@ class MulticlassEvaluator:
         n_bins: int = 10,
         strategy: str = "uniform",
     ) -> None:
-        self.metrics = tuple(metrics)
-        unknown = set(self.metrics) - set(MULTICLASS_METRICS)
-        if unknown:
-            raise ValueError(f"metric(s) {sorted(unknown)} do not apply to multiclass tasks")
-        if y_score is None and set(self.metrics) & SCORE_METRICS:
-            raise ValueError(f"metric(s) {sorted(set(self.metrics) & SCORE_METRICS)} need scores (y_score)")
+        self.metrics = _checked_metrics(
+            metrics, MULTICLASS_METRICS, "multiclass", has_scores=y_score is not None
+        )
         self.y_true = np.asarray(y_true, dtype=np.int64)
         scores = np.zeros((self.y_true.size, 0)) if y_score is None else np.asarray(y_score, dtype=np.float64)
         if n_classes is None and y_score is None:

@@ -1,0 +1,33 @@
+import io
+import json
+
+from rich.console import Console
+
+import carebench_data.synthetic as synthetic
+from carebench_cli.config import CACHE_ENV, cache_dir
+from carebench_cli.demo import demo_paths, ensure_demo_dataset
+
+
+def test_demo_dataset_is_built_once_then_reused(tmp_path, monkeypatch):
+    console = Console(file=io.StringIO())
+    dataset = ensure_demo_dataset(console=console, cache=tmp_path / "cache", scale="tiny")
+    raw, expected = demo_paths(tmp_path / "cache")
+    assert dataset == expected
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["source"]["kind"] == "synthetic"
+    assert (raw / "mimiciv" / "2.2").is_dir()
+    stamp = (dataset / "manifest.json").stat().st_mtime_ns
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cached demo must not be generated again")
+
+    monkeypatch.setattr(synthetic, "generate_synthetic", refuse)
+    assert ensure_demo_dataset(console=console, cache=tmp_path / "cache", scale="tiny") == dataset
+    assert (dataset / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_cache_directory_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    assert str(cache_dir()) == ".carebench"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    assert demo_paths()[1] == tmp_path / "demo" / "dataset"
