@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -27,8 +28,35 @@ def test_table_output() -> None:
         app, ["eval", str(ce.example_predictions_path()), "--bootstrap", "20"], env={"COLUMNS": "200"}
     )
     assert result.exit_code == 0, result.output
-    assert "auroc_score" in result.output and "medfuse" in result.output
+    assert "AUROC" in result.output and "medfuse" in result.output
     assert "rows shown" in result.output
+
+
+def test_table_fits_an_80_column_terminal() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(ce.example_predictions_path()),
+            "--bootstrap",
+            "20",
+            "--by",
+            "sex",
+            "--compare",
+            "medfuse",
+            "lstm",
+        ],
+        env={"COLUMNS": "80"},
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in result.output
+    # Short metric names, keys shared by every row in the caption, whole "value [CI]" cells.
+    assert "AUROC" in result.output and "auroc_score" not in result.output
+    assert any(line.strip().startswith("seed=0") for line in lines)
+    assert re.search(r"medfuse +mortality +AUROC +0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]", result.output)
+    assert "Fairness by sex: mortality" in result.output and "Comparisons" in result.output
 
 
 def test_json_output_is_the_results_document() -> None:

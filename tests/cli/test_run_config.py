@@ -126,3 +126,10 @@ def test_missing_and_invalid_toml(tmp_path):
 def test_absolute_paths_in_file_are_kept(tmp_path):
     config = resolve_config(file_values={"dataset": str(tmp_path / "ds")}, base_dir=Path("/elsewhere"))
     assert config.dataset == tmp_path / "ds"
+
+
+def test_threads_setting():
+    assert resolve_config().threads == 0
+    assert resolve_config(file_values={"threads": 4}).threads == 4
+    with pytest.raises(CliError, match="non-negative integer"):
+        resolve_config(file_values={"threads": -1})

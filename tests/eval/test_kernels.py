@@ -120,3 +120,46 @@ def test_compact_weights_never_changes_results() -> None:
     huge = small * 100_000
     assert _kernels.compact_weights(huge, n).dtype == np.int64
     assert _kernels.compact_weights(small.astype(float), n).dtype == np.float64
+
+
+def test_complement_kernel_is_bit_identical_to_two_direct_passes() -> None:
+    """The permutation fast path: values of 0/1 weights W and of 1 − W from one shared pass."""
+    rng = np.random.default_rng(7)
+    n = 500
+    clusters = rng.integers(0, 300, n).astype(str)
+    y = (rng.random(n) < 0.25).astype(int)
+    a = np.round(rng.random(n), 2)
+    b = np.round(np.clip(a + rng.normal(scale=0.3, size=n), 0, 1), 2)
+    universe, (column_of,) = cluster_universe(clusters)
+    m = universe.size
+    pooled_columns = np.concatenate([column_of, column_of + m])
+    index = _kernels.rank_index(np.concatenate([y, y]), np.concatenate([a, b]))
+    flips = rng.integers(0, 2, (30, m))
+    weights = np.concatenate([1 - flips, flips], axis=1).astype(np.int8)
+    direct, complement = _kernels.rank_metrics_complement(index, weights, pooled_columns)
+    for got, expected_weights in ((direct, weights), (complement, 1 - weights)):
+        expected = _kernels.rank_metrics(index, expected_weights.astype(np.int64), pooled_columns)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+    # Swapped score vectors, materialized, give the same values as the complement (model B's side).
+    for row in range(5):
+        swap = flips[row, column_of].astype(bool)
+        swapped_b = np.where(swap, a, b)
+        assert abs(complement[0][row] - skm.roc_auc_score(y, swapped_b)) <= ATOL
+        assert abs(complement[1][row] - skm.average_precision_score(y, swapped_b)) <= ATOL
+
+    labels = (rng.random((2 * n, 3)) < 0.3).astype(int)
+    scores = np.round(rng.random((2 * n, 3)), 2)
+    evaluator = BinaryEvaluator(
+        labels,
+        scores,
+        scores >= 0.5,
+        metrics=("auroc_score", "auprc_score", "sensitivity_score", "expected_calibration_error"),
+        column_of=pooled_columns,
+    )
+    for evaluated in (evaluator, evaluator.micro()):
+        values, values_complement = evaluated.complement_values(weights)
+        for name, expected in evaluated.values(weights.astype(np.int64)).items():
+            np.testing.assert_array_equal(values[name], expected)
+        for name, expected in evaluated.values(1 - weights.astype(np.int64)).items():
+            np.testing.assert_array_equal(values_complement[name], expected)

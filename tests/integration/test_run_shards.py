@@ -38,3 +38,21 @@ def test_two_shards_cover_the_grid(tiny_dataset, tmp_path):
         seen |= now
     assert seen == {spec.run_id for spec in grid}
     assert not (runs / "report").exists()
+
+
+def test_parallel_jobs_split_the_grid_between_child_processes(tiny_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    config = write_run_config(
+        tmp_path / "run.toml", tiny_dataset, runs, models=("lstm",), tasks=("mortality", "los"), seeds=(1, 2)
+    )
+    result = CliRunner().invoke(app, ["run", "--config", str(config), "--jobs", "2", "--no-report"])
+    assert result.exit_code == 0, result.output
+    store = RunStore(runs)
+    assert len(store.run_ids()) == 4
+    assert all(store.status(run_id) is RunStatus.DONE for run_id in store.run_ids())
+    logs = sorted(path.name for path in (runs / "logs").iterdir())
+    assert logs == ["job-0.log", "job-1.log"]
+    # Each child ran its own sub-shard: both logs announce a 2-run shard of the 4-run grid.
+    for name in logs:
+        text = " ".join((runs / "logs" / name).read_text().split())
+        assert "4 runs in the grid, shard" in text and ": 2 runs; 0 finished, 2 to run" in text

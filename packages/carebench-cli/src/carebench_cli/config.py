@@ -115,6 +115,9 @@ class RunConfig:
     """Model and trainer profile: `quick` (CPU-sized) or `paper`."""
     device: str = "auto"
     """`auto` (CUDA when available), `cpu` or `cuda`."""
+    threads: int = 0
+    """CPU threads of torch; 0 = auto: 1 for the quick profile on CPU (its small models train fastest
+    single-threaded, and it stays fast on a shared machine), torch's default otherwise."""
     train: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     """Trainer overrides (fields of `carebench_models.TrainConfig`)."""
     hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
@@ -123,7 +126,7 @@ class RunConfig:
     """Statistics settings of the report written after the grid (defaults follow the profile)."""
 
 
-_SCALAR_KEYS = ("dataset", "out", "profile", "device")
+_SCALAR_KEYS = ("dataset", "out", "profile", "device", "threads")
 _LIST_KEYS = ("models", "tasks", "cohorts", "folds", "seeds", "train_cxr_drop", "test_settings")
 _TABLE_KEYS = ("train", "hparams", "report")
 VALID_KEYS: tuple[str, ...] = _SCALAR_KEYS + _LIST_KEYS + _TABLE_KEYS
@@ -263,6 +266,11 @@ def resolve_config(
             if merged[key] not in valid:
                 raise _usage(f"unknown {key} {merged[key]!r}; valid {key}s: {', '.join(valid)}")
             values[key] = merged[key]
+    if "threads" in merged:
+        threads = merged["threads"]
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise _usage(f"config key 'threads' must be a non-negative integer (0 = auto), got {threads!r}")
+        values["threads"] = threads
     if "models" in merged:
         values["models"] = _strings("models", merged["models"])
     if "tasks" in merged:

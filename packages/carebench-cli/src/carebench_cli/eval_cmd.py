@@ -73,6 +73,7 @@ def _display_rows(results: pl.DataFrame) -> pl.DataFrame:
     )
     return results.filter(
         pl.col("metric").is_in(TABLE_METRICS)
+        & (pl.col("statistic") != "association")
         & (pl.col("target").is_in(["(macro)", "(micro)"]) | pl.col("task").is_in(single_target))
         & (
             (pl.col("group").is_null())
@@ -81,33 +82,147 @@ def _display_rows(results: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _print_table(results: pl.DataFrame, console: Console) -> None:
-    shown = _display_rows(results)
-    columns = [
-        name
-        for name in ("model", "baseline", "seed", "fold", "setting", "group_attribute", "group")
-        if shown[name].null_count() < shown.height
-    ]
-    show_statistic = shown.filter(pl.col("statistic") != "estimate").height > 0
-    show_p = shown["p_value"].null_count() < shown.height
-    show_notes = shown["notes"].null_count() < shown.height
-    headers = [*columns, "task", "metric", "target"]
-    headers += (
-        ["statistic"] * show_statistic + ["value [95% CI]", "n"] + ["p"] * show_p + ["notes"] * show_notes
-    )
-    table = Table(show_lines=False, header_style="bold")
-    for name in headers:
-        table.add_column(
-            name, justify="right" if name in ("n", "p", "value [95% CI]") else "left", no_wrap=name != "notes"
+KEY_COLUMNS = ("model", "baseline", "seed", "fold", "setting", "group_attribute", "group", "statistic")
+"""Row keys shown as columns when they vary between the shown rows, else once in the caption."""
+
+
+def _target_text(task: str, target: str) -> str:
+    """``mortality`` for a single-target task, ``phenotype (macro)`` for an aggregate, else task/target."""
+    if target == task:
+        return task
+    return f"{task} {target}" if target.startswith("(") else f"{task}/{target}"
+
+
+def _caption(shown: pl.DataFrame, constant: list[str]) -> str:
+    """``seed=0 · n=200``: the keys (and sample count) shared by every shown row; the title names the rest."""
+    shared = [f"{name}={shown[name][0]}" for name in constant if name not in ("statistic", "group_attribute")]
+    if shown.height > 1 and shown["n"].n_unique() == 1:
+        shared.append(f"n={shown['n'][0]}")
+    return " · ".join(shared)
+
+
+def _sections(shown: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
+    """Scores, fairness rows per attribute and task, and comparisons, each its own (narrower) table."""
+    comparison = pl.col("baseline").is_not_null()
+    grouped = pl.col("group_attribute").is_not_null()
+    parts = [("Scores", shown.filter(~comparison & ~grouped))]
+    fairness = shown.filter(~comparison & grouped)
+    cells = fairness.select("group_attribute", "task", "target").unique(maintain_order=True)
+    for attribute, task, target in cells.iter_rows():
+        part = fairness.filter(
+            (pl.col("group_attribute") == attribute) & (pl.col("task") == task) & (pl.col("target") == target)
         )
+        parts.append((f"Fairness by {attribute}: {_target_text(task, target)}", part))
+    parts.append(("Comparisons (value = model − baseline)", shown.filter(comparison)))
+    return [(title, part) for title, part in parts if part.height]
+
+
+STATISTIC_ORDER = {
+    name: position
+    for position, name in enumerate(
+        ("estimate", "mean", "seed_sd", "fold_sd", "delong", "gap", "ratio", "worst_group", "best_group")
+    )
+}
+
+
+def _group_text(row: dict[str, Any]) -> str:
+    """One cell for a fairness row: the group of an estimate, else the statistic (``worst F``, ``gap``)."""
+    statistic = str(row["statistic"]).removesuffix("_group")
+    if row["statistic"] == "estimate":
+        return row["group"] or ""
+    return f"{statistic} {row['group']}" if row["group"] is not None else statistic
+
+
+def _print_section(title: str | None, shown: pl.DataFrame, display: dict[str, str], console: Console) -> None:
+    """One table: varying keys as columns, shared ones in the caption, notes as numbered footnotes."""
+    from rich import box
+
+    present = [name for name in KEY_COLUMNS if shown[name].null_count() < shown.height]
+    constant = [name for name in present if shown[name].n_unique() == 1 and shown.height > 1]
+    columns = [name for name in present if name not in constant]
+    show_task = shown.select("task", "target").n_unique() > 1
+    merged = "group" in columns and "statistic" in columns
+    if merged:
+        columns = [name for name in columns if name != "statistic"]
+    show_n = shown.height <= 1 or shown["n"].n_unique() > 1
+    show_p = shown["p_value"].null_count() < shown.height
+    # Notes become short keys explained under the table, so they never squeeze the values.
+    keys: dict[str, str] = {}
+    for notes in shown["notes"].drop_nulls().unique(maintain_order=True).to_list():
+        keys[notes] = str(len(keys) + 1)
+    rows = []
     for row in shown.iter_rows(named=True):
         p_value = row["p_adjusted"] if row["p_adjusted"] is not None else row["p_value"]
-        cells = ["" if row[name] is None else str(row[name]) for name in columns]
-        cells += [row["task"], row["metric"], row["target"]]
-        cells += [row["statistic"]] * show_statistic + [_ci_text(row), str(row["n"])]
-        cells += ["" if p_value is None else f"{p_value:.4g}"] * show_p + [row["notes"] or ""] * show_notes
+        cells = [
+            _group_text(row) if name == "group" and merged else "" if row[name] is None else str(row[name])
+            for name in columns
+        ]
+        cells += [_target_text(row["task"], row["target"])] * show_task + [
+            display.get(row["metric"], row["metric"])
+        ]
+        cells += [_ci_text(row)] + [str(row["n"])] * show_n
+        cells += ["" if p_value is None else f"{p_value:.3g}"] * show_p
+        rows.append(cells + [keys.get(row["notes"], "")] * bool(keys))
+    headers = list(columns)
+    headers += (
+        ["task"] * show_task
+        + ["metric", "value [95% CI]"]
+        + ["n"] * show_n
+        + ["p"] * show_p
+        + ["notes"] * bool(keys)
+    )
+    caption = [_caption(shown, constant)] + [
+        f"{key}: {notes.replace(';', ', ')}" for notes, key in keys.items()
+    ]
+    table = Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        header_style="bold",
+        caption="\n".join(line for line in caption if line) or None,
+        caption_justify="left",
+    )
+    for position, header in enumerate(headers):
+        if header in ("value [95% CI]", "n", "p", "notes"):
+            # Numbers keep their full width; on a narrow terminal the label columns fold instead.
+            width = max([len(header), *(len(cells[position]) for cells in rows)])
+            table.add_column(
+                header, justify="left" if header == "notes" else "right", no_wrap=True, min_width=width
+            )
+        else:
+            table.add_column(header, overflow="fold")
+    for cells in rows:
         table.add_row(*cells)
     console.print(table)
+
+
+def _print_table(results: pl.DataFrame, console: Console) -> None:
+    """Readable tables of the main rows: constant keys go to the caption, metrics get short names (AUROC, TPR)."""
+    from carebench_eval import metric_info
+
+    shown = _display_rows(results)
+    order = {name: position for position, name in enumerate(TABLE_METRICS)}
+    shown = shown.sort(
+        [
+            "model",
+            "baseline",
+            "seed",
+            "fold",
+            "setting",
+            "group_attribute",
+            "task",
+            "target",
+            pl.col("metric").replace_strict(order, default=len(order)),
+            pl.col("statistic").replace_strict(STATISTIC_ORDER, default=len(STATISTIC_ORDER)),
+            "group",
+        ],
+        nulls_last=False,
+    )
+    display = dict(zip(*metric_info().select("name", "display").get_columns(), strict=True))
+    sections = _sections(shown)
+    for title, part in sections:
+        _print_section(title if len(sections) > 1 else None, part, display, console)
     console.print(
         f"[dim]{shown.height} of {results.height} rows shown; "
         "--format csv|json or --out FILE for every row (per label, thresholds, rates).[/]"

@@ -125,6 +125,12 @@ class GridProgress:
         self.progress.reset(self._epochs, total=None, visible=True, detail="")
         self.progress.reset(self._batches, total=None, visible=True, detail="")
 
+    def show_running(self, specs: list[RunSpec]) -> None:
+        """Name the runs that child processes are training now (parallel jobs: no epoch/batch bars)."""
+        names = ", ".join(f"{spec.model}/{spec.task}" for spec in specs[:4])
+        more = f" +{len(specs) - 4}" if len(specs) > 4 else ""
+        self.progress.update(self._runs, detail=f"running: {names}{more}" if specs else "")
+
     def on_epoch(self, done: int, total: int) -> None:
         """Progress callback for epochs of the current run."""
         self.progress.update(self._epochs, completed=done, total=total)

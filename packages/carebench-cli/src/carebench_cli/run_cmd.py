@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,12 +84,23 @@ def preflight(specs: list[RunSpec], task_infos: dict[str, Any], dataset_dir: Pat
         TrainConfig.for_profile(spec.profile, **train_config_values(spec.train))
 
 
-def _cached_row(store: RunStore, spec: RunSpec) -> FinishedRow:
+def set_threads(config: RunConfig, device: str) -> int:
+    """Apply the `threads` setting to torch; returns the thread count in use."""
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    elif config.profile == "quick" and device == "cpu":
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
+def _cached_row(store: RunStore, spec: RunSpec, *, status: str = "cached") -> FinishedRow:
     metrics = json.loads((store.run_dir(spec.run_id) / METRICS_FILE).read_text(encoding="utf-8"))
     primary = metrics.get("primary_metric", "")
     return FinishedRow(
         spec=spec,
-        status="cached",
+        status=status,
         epochs=metrics.get("epochs"),
         val_metric=metrics.get("val", {}).get(primary),
         test_metric=metrics.get("test", {}).get(spec.setting_name("natural"), {}).get(primary),
@@ -94,8 +109,82 @@ def _cached_row(store: RunStore, spec: RunSpec) -> FinishedRow:
     )
 
 
-def run_grid(config: RunConfig, *, shard_spec: str | None, write_report: bool, console: Console) -> Path:
+_ENTRY = "from carebench_cli.main import app; app()"
+_POLL_SECONDS = 0.5
+
+
+def _run_jobs(
+    todo: list[RunSpec],
+    *,
+    jobs: int,
+    child_args: list[str],
+    shard_spec: str | None,
+    store: RunStore,
+    ui: GridProgress,
+) -> None:
+    """Run `todo` in `jobs` child processes, each a sub-shard of this shard; the parent shows progress.
+
+    Children are plain `carebench run --shard ...` processes (no shared state, no pickled objects):
+    shard I of N splits into sub-shards I + N*j of N*jobs, which partition it exactly. Each child
+    logs to `<out>/logs/job-<j>.log`.
+    """
+    index, count = parse_shard(shard_spec) if shard_spec is not None else (0, 1)
+    logs = store.root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    children: list[tuple[int, Path, subprocess.Popen[bytes]]] = []
+    pending = {spec.run_id: spec for spec in todo}
+    try:
+        for job in range(jobs):
+            log = logs / f"job-{job}.log"
+            sub_shard = f"{index + count * job}/{count * jobs}"
+            command = [sys.executable, "-c", _ENTRY, "run", *child_args, "--shard", sub_shard, "--jobs", "1"]
+            with log.open("wb") as handle:
+                process = subprocess.Popen(
+                    [*command, "--no-report"], stdout=handle, stderr=subprocess.STDOUT, env=env
+                )
+            children.append((job, log, process))
+        while True:
+            exited = all(process.poll() is not None for _, _, process in children)
+            for run_id in [run_id for run_id in pending if store.status(run_id) is RunStatus.DONE]:
+                ui.finish_run(_cached_row(store, pending.pop(run_id), status="done"))
+            ui.show_running(
+                [spec for spec in pending.values() if store.status(spec.run_id) is RunStatus.PARTIAL]
+            )
+            if exited:
+                break
+            time.sleep(_POLL_SECONDS)
+    except BaseException:
+        for _, _, process in children:
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+        raise
+    for job, log, process in children:
+        if process.returncode != 0:
+            raise CliError(f"job {job} failed (exit code {process.returncode}); see its log {log}")
+    if pending:
+        raise CliError(f"{len(pending)} run(s) did not finish; see the job logs in {logs}")
+
+
+def run_grid(
+    config: RunConfig,
+    *,
+    shard_spec: str | None,
+    write_report: bool,
+    console: Console,
+    jobs: int = 1,
+    child_args: list[str] | None = None,
+) -> Path:
     """Run (or resume) the grid of `config`, then write the report unless sharded.
+
+    Args:
+        config: the resolved run config.
+        shard_spec: `I/N` to run one shard only.
+        write_report: write `<out>/report` at the end (never for a shard).
+        console: where progress goes.
+        jobs: parallel child processes (each a sub-shard); 1 = train in this process.
+        child_args: the command-line arguments that reproduce `config` in a child (needed when jobs > 1).
 
     Returns:
         The run store directory.
@@ -114,6 +203,7 @@ def run_grid(config: RunConfig, *, shard_spec: str | None, write_report: bool, c
         index, count = parse_shard(shard_spec)
         specs = shard(specs, index, count)
     device = resolve_device(config.device)
+    threads = set_threads(config, device)
     preflight(specs, task_infos, dataset_dir)
 
     store = RunStore(config.out)
@@ -124,11 +214,15 @@ def run_grid(config: RunConfig, *, shard_spec: str | None, write_report: bool, c
     console.print(
         f"[bold]carebench run[/]: {grid_size} runs in the grid{shard_text}; {len(done)} finished, "
         f"{len(todo)} to run ({len(redo)} unfinished to redo); dataset {dataset_dir} ({dataset_hash[:12]}); "
-        f"profile {config.profile}, device {device}; store {config.out}"
+        f"profile {config.profile}, device {device}, {threads} CPU thread(s); store {config.out}"
     )
     with GridProgress(len(specs), console=console) as ui:
         for spec in done:
             ui.finish_run(_cached_row(store, spec))
+        if jobs > 1 and len(todo) > 1:
+            arguments = [*(child_args or []), "--dataset", str(dataset_dir)]
+            _run_jobs(todo, jobs=jobs, child_args=arguments, shard_spec=shard_spec, store=store, ui=ui)
+            todo = []
         for spec in todo:
             ui.start_run(spec)
             result = execute_run(
@@ -191,6 +285,15 @@ def run_command(
         typer.Option("--shard", help="Run only shard I of N (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/8."),
     ] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report when done.")] = True,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Runs trained in parallel, one child process each (CPU: up to one per core).",
+        ),
+    ] = 1,
 ) -> None:
     """Train and evaluate the benchmark grid (resumable), then write the report."""
     flags = _flags(
@@ -198,4 +301,20 @@ def run_command(
     )
     run_config = load_run_config(config, flags)
     console = Console(stderr=True)
-    run_grid(run_config, shard_spec=shard_spec, write_report=report, console=console)
+    child_args = [
+        *(["--config", str(config)] if config is not None else []),
+        *(["--models", ",".join(flags["models"])] if flags["models"] else []),
+        *(["--tasks", ",".join(flags["tasks"])] if flags["tasks"] else []),
+        *(["--profile", profile] if profile else []),
+        *(["--device", device] if device else []),
+        "--out",
+        str(run_config.out),
+    ]
+    run_grid(
+        run_config,
+        shard_spec=shard_spec,
+        write_report=report,
+        console=console,
+        jobs=jobs,
+        child_args=child_args,
+    )

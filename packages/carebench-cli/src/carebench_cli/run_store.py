@@ -133,7 +133,7 @@ class RunWriter:
             frame.write_parquet(temporary, compression="zstd")
 
     def write_train_log(self, records: list[Mapping[str, Any]]) -> None:
-        """Write one JSON line per epoch record, atomically (called after every epoch)."""
+        """Write one JSON line per epoch record, atomically."""
         lines = "".join(json.dumps(dict(record), sort_keys=True) + "\n" for record in records)
         atomic_write_text(self.path / TRAIN_LOG_FILE, lines)
 

@@ -162,7 +162,7 @@ class Scored:
         """
         values = self._evaluator.values(columns)
         micro = self._micro.values(columns) if self._micro is not None else {}
-        return self._cells(columns, values, micro)
+        return self._cells(lambda: columns, values, micro)
 
     def evaluate_complement(
         self, columns: np.ndarray
@@ -183,14 +183,17 @@ class Scored:
         if self._micro is not None:
             micro, micro_complement = self._micro.complement_values(columns)
         return (
-            self._cells(columns, values, micro),
-            self._cells(1 - columns, values_complement, micro_complement),
+            self._cells(lambda: columns, values, micro),
+            self._cells(lambda: 1 - columns, values_complement, micro_complement),
         )
 
     def _cells(
-        self, columns: np.ndarray, values: Mapping[str, np.ndarray], micro: Mapping[str, np.ndarray]
+        self,
+        columns: Callable[[], np.ndarray],
+        values: Mapping[str, np.ndarray],
+        micro: Mapping[str, np.ndarray],
     ) -> dict[Request, np.ndarray]:
-        """The requested cells from per-target `values` and `micro` values of the weight rows `columns`."""
+        """The requested cells from per-target `values` and `micro` values of the weight rows `columns()`."""
         support: np.ndarray | None = None
         out: dict[Request, np.ndarray] = {}
         for metric, target in self.requests:
@@ -201,7 +204,7 @@ class Scored:
                 out[metric, target] = per_target[:, 0]
             elif target in ("(macro)", "(weighted)"):
                 if target == "(weighted)" and support is None:
-                    support = self._evaluator.support(columns)
+                    support = self._evaluator.support(columns())
                 out[metric, target] = average_targets(
                     per_target, average=target[1:-1], defined=self.defined[metric], support=support
                 )
@@ -376,7 +379,10 @@ def paired_statistics(
     for start, stop in chunks(total_perm if n_perm > 0 else 0, max(grid.width, 2 * m)):
         flips = enumerated_flips(m, start, stop) if exact else permutation_flips(m, start, stop, random_state)
         # B's swapped weights [F, 1 − F] are the complement of A's [1 − F, F]: one shared rank pass.
-        for request, value in deltas(np.hstack([1 - flips, flips]), None).items():
+        swapped = np.empty((flips.shape[0], 2 * m), dtype=np.int8)
+        swapped[:, m:] = flips
+        np.subtract(1, swapped[:, m:], out=swapped[:, :m])
+        for request, value in deltas(swapped, None).items():
             perm[request].append(value)
     results: dict[Request, PairedResult] = {}
     for request in requests:

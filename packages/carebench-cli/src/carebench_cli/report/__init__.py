@@ -47,7 +47,7 @@ def _summary(context: ReportContext) -> list[str]:
                 continue
             row = values[best[0]].row(0, named=True)
             lines.append(
-                f"{cohort} cohort, {task}: best test {metric_label(metric)} {best[0]} "
+                f"{cohort} cohort, {task}: highest test {metric_label(metric)}: {best[0]} "
                 f"{fmt_ci(row['value'], row['ci_low'], row['ci_high'])}."
             )
     return lines

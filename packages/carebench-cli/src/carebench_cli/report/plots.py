@@ -197,7 +197,7 @@ def degradation_curves(
         reference: (label, value) of a horizontal line, e.g. the best EHR-only model.
     """
     names = list(panels)
-    figure = Figure(figsize=(5.2 * max(len(names), 1), 4.0))
+    figure = Figure(figsize=(5.2 * max(len(names), 1) + 1.5, 4.0), layout="constrained")
     labels = sorted({curve.label for curves in panels.values() for curve in curves})
     for index, name in enumerate(names):
         axes = figure.add_subplot(1, max(len(names), 1), index + 1)
@@ -216,7 +216,7 @@ def degradation_curves(
         axes.grid(alpha=0.3)
     handles, legend_labels = figure.axes[0].get_legend_handles_labels() if figure.axes else ([], [])
     if handles:
-        figure.legend(handles, legend_labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+        figure.legend(handles, legend_labels, loc="outside right center", fontsize=8)
     figure.suptitle(title, fontsize=11)
     return _png(figure)
 
@@ -237,7 +237,9 @@ def group_dot_plot(panels: Mapping[str, Sequence[GroupPoint]], *, title: str) ->
     names = list(panels)
     groups = sorted({point.group for points in panels.values() for point in points})
     models = sorted({point.model for points in panels.values() for point in points})
-    figure = Figure(figsize=(4.6 * max(len(names), 1), max(3.0, 0.35 * len(groups) + 1.5)))
+    figure = Figure(
+        figsize=(4.6 * max(len(names), 1) + 1.5, max(3.0, 0.35 * len(groups) + 1.5)), layout="constrained"
+    )
     offsets = np.linspace(-0.25, 0.25, max(len(models), 1)) if len(models) > 1 else np.zeros(1)
     for index, name in enumerate(names):
         axes = figure.add_subplot(1, max(len(names), 1), index + 1)
@@ -265,6 +267,6 @@ def group_dot_plot(panels: Mapping[str, Sequence[GroupPoint]], *, title: str) ->
         axes.grid(axis="x", alpha=0.3)
     handles, labels = figure.axes[0].get_legend_handles_labels() if figure.axes else ([], [])
     if handles:
-        figure.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+        figure.legend(handles, labels, loc="outside right center", fontsize=8)
     figure.suptitle(title, fontsize=11)
     return _png(figure)

@@ -110,7 +110,7 @@ def overview_section(context: ReportContext) -> Section:
             "mean epochs": fmt_value(row["epochs"], digits=1),
             "primary metric": metric_label(context.primary(row["task"])),
             "validation score": fmt_value(row["val"]),
-            "train + predict time": f"{row['seconds']:.0f} s",
+            "train + predict time": f"{row['seconds']:.1f} s",
         }
         for row in summary.iter_rows(named=True)
     ]
@@ -653,6 +653,11 @@ def robustness_section(context: ReportContext) -> Section:
                 )
             )
     section.tables.extend(_train_drop_tables(context))
+    if not section.figures and not section.tables:
+        section.paragraphs.append(
+            "No degradation curve: the grid needs a model that reads the CXR and at least one test-time "
+            "MCAR or MNAR setting (test_settings)."
+        )
     return section
 
 

@@ -203,7 +203,7 @@ def chart_chunk(
         19
         + 2.5 * s_t
         + 2 * latent("z_pulmonary", r)
-        + 2.5 * state("overload", r)
+        + 1.8 * state("overload", r)
         + 2 * base("rr", r)
         + rng.normal(0, 2.5, r.size)
     )
@@ -215,7 +215,7 @@ def chart_chunk(
         97
         - 1.2 * s_t
         - 1.5 * latent("z_pulmonary", r)
-        - 1.5 * state("overload", r)
+        - 1.0 * state("overload", r)
         - 0.3 * effusion[stays["admission"][r]]
         + 0.7 * base("spo2", r)
         + rng.normal(0, 1.2, r.size)

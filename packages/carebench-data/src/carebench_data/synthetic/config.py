@@ -114,12 +114,12 @@ class SignalConfig:
     pleurisy_ehr_weight: float = 0.1
     finding_noise_sd: float = 1.4
     chf_interaction: float = 6.0
-    chf_cardiomegaly: float = 3.0
-    chf_overload: float = 1.5
+    chf_cardiomegaly: float = 4.0
+    chf_overload: float = 2.0
     chf_xor: bool = False
-    pneumonia_interaction: float = 4.0
-    pneumonia_consolidation: float = 4.0
-    pneumonia_fever: float = 1.5
+    pneumonia_interaction: float = 0.0
+    pneumonia_consolidation: float = 7.0
+    pneumonia_fever: float = 3.0
     cxr_paired_fraction: float = 0.215
     cxr_severity: float = 1.8
     cxr_ventilated: float = 0.4

@@ -334,6 +334,8 @@ class BinaryEvaluator:
                 )
             direct.update(self._rank_outputs(rank[0], rank[1]))
             complement.update(self._rank_outputs(rank[2], rank[3]))
+        if set(self.metrics) <= {"auroc_score", "auprc_score"}:
+            return direct, complement
         return self._with_other_values(columns, direct), self._with_other_values(1 - columns, complement)
 
     def _rank_outputs(self, auroc: np.ndarray, auprc: np.ndarray) -> dict[str, np.ndarray]:
