@@ -187,8 +187,8 @@ def test_progress_callback() -> None:
 
 def test_mean_ci_is_the_joint_bootstrap_over_the_union_of_clusters() -> None:
     from carebench_eval.api import RunScorer
-    from carebench_eval.runs import split_runs
     from carebench_eval.resampling import bootstrap_counts, cluster_universe, percentile_interval
+    from carebench_eval.runs import split_runs
 
     frame = synthetic_predictions(n_samples=90, tasks=("mortality",), models=("a",), seeds=(1, 2), seed=12)
     # Second seed scored on a subset of stays: the union universe differs from each run's own.

@@ -1,8 +1,9 @@
 """`score`: every metric of every run and task, with clustered bootstrap CIs (eval.md §4, §8.3).
 
-Each (run, task) becomes aligned arrays sorted by ``sample_id`` (so row order never matters), its metrics
-are evaluated by the batched evaluators of `carebench_eval.metrics.core` for one row of ones (the point
-estimate) and for chunks of bootstrap replicates, and the results come back in the tidy schema of §8.1.
+Each (run, task) becomes aligned arrays sorted by ``sample_id`` (`carebench_eval.runs.split_runs`, so row
+order never matters); its cells are evaluated by `carebench_eval.weighted.Scored` (the same batched
+evaluators `compare`, `fairness` and `robustness` use) for one row of ones (the point estimate) and for
+chunks of bootstrap replicates, and the results come back in the tidy schema of §8.1.
 Runs that differ only in the aggregated keys (default: seeds and folds) also get ``mean`` (with a joint
 bootstrap CI over the union of their clusters), ``seed_sd`` and ``fold_sd`` rows; the SDs are model
 variability and are never folded into a CI.
@@ -14,8 +15,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -27,11 +27,7 @@ from carebench_eval.metrics.core import (
     LABEL_METRICS,
     MULTICLASS_METRICS,
     MULTICLASS_SCALARS,
-    BinaryEvaluator,
-    MulticlassEvaluator,
-    average_targets,
 )
-from carebench_eval.metrics.multilabel import UNDEFINED_NOTES
 from carebench_eval.metrics.threshold import Fixed, FromValidation, ThresholdPolicy, TopK
 from carebench_eval.registry import default_metrics, metric_spec
 from carebench_eval.resampling import (
@@ -51,6 +47,7 @@ from carebench_eval.runs import (
     validation_runs,
 )
 from carebench_eval.schema import make_rows, remember
+from carebench_eval.weighted import Scored, undefined_note
 
 __all__ = ["RunScorer", "score"]
 
@@ -61,21 +58,39 @@ AGGREGATE_KEYS = ("seed", "fold")
 Progress = Callable[[int, int], None]
 
 
-@dataclass(frozen=True)
-class Cell:
+class Cell(NamedTuple):
     """One output value of a run: a (metric, target) pair, target possibly an aggregate."""
 
     metric: str
     target: str
 
 
+def run_cells(run: TaskRun, metrics: Sequence[str], averages: Sequence[str]) -> list[Cell]:
+    """The cells `score` reports for a run: per target, plus the requested averages (eval.md §2.5-2.6)."""
+    cells: list[Cell] = []
+    per_target_averages = [average for average in averages if average in ("macro", "weighted")]
+    for metric in metrics:
+        if run.kind == "multiclass" and metric in MULTICLASS_SCALARS:
+            cells.append(Cell(metric, "(micro)"))
+            continue
+        cells.extend(Cell(metric, target) for target in run.targets)
+        # Averages of class prevalences are constants (1/K), so descriptive multiclass rates get none.
+        if len(run.targets) > 1 and not (
+            run.kind == "multiclass" and metric in ("base_rate", "positive_rate")
+        ):
+            cells.extend(Cell(metric, f"({average})") for average in per_target_averages)
+            if run.kind == "multilabel" and "micro" in averages:
+                cells.append(Cell(metric, "(micro)"))
+    return cells
+
+
 class RunScorer:
-    """All requested cells of one run, evaluated for batches of weight rows.
+    """All cells `score` reports for one run, evaluated for batches of weight rows.
 
     Args:
         run: the run.
         metrics: metric names (already filtered to the run's kind).
-        thresholds: ``[L]`` thresholds (binary/multilabel), or None.
+        thresholds: ``[L]`` thresholds (binary/multilabel), or None without label metrics.
         column_of: ``[n]`` weight column (cluster index) of each sample.
         n_columns: number of weight columns.
         n_bins: calibration bins.
@@ -94,87 +109,29 @@ class RunScorer:
         averages: Sequence[str],
     ) -> None:
         self.run = run
-        self.metrics = tuple(metrics)
         self.n_columns = n_columns
-        self.evaluator: BinaryEvaluator | MulticlassEvaluator
-        self.micro: BinaryEvaluator | None = None
-        if run.kind == "multiclass":
-            self.evaluator = MulticlassEvaluator(
-                run.label_of(),
-                run.s,
-                metrics=self.metrics,
-                n_classes=len(run.targets),
-                column_of=column_of,
-                n_bins=n_bins,
-            )
-        else:
-            predictions = None if thresholds is None else predictions_at(run, thresholds)
-            self.evaluator = BinaryEvaluator(
-                run.y, run.s, predictions, metrics=self.metrics, column_of=column_of, n_bins=n_bins
-            )
-            if run.kind == "multilabel" and "micro" in averages:
-                self.micro = self.evaluator.micro()
-        self.undefined_threshold = (
-            np.zeros(len(run.targets), dtype=bool) if thresholds is None else np.isnan(thresholds)
+        self.cells = run_cells(run, metrics, averages)
+        self.scored = Scored(
+            run.kind,
+            run.targets,
+            run.y,
+            run.s,
+            None if thresholds is None else predictions_at(run, thresholds),
+            column_of,
+            self.cells,
+            n_bins=n_bins,
+            undefined=None if thresholds is None else np.isnan(thresholds),
         )
-        point = self._per_target(np.ones((1, n_columns), dtype=np.int64))
-        self.defined = {metric: ~np.isnan(values[0]) for metric, values in point.items()}
-        self.cells: list[Cell] = []
-        per_target_averages = [a for a in averages if a in ("macro", "weighted")]
-        for metric in self.metrics:
-            if run.kind == "multiclass" and metric in MULTICLASS_SCALARS:
-                self.cells.append(Cell(metric, "(micro)"))
-                continue
-            self.cells.extend(Cell(metric, target) for target in run.targets)
-            # Averages of class prevalences are constants (1/K), so descriptive multiclass rates get none.
-            if len(run.targets) > 1 and not (
-                run.kind == "multiclass" and metric in ("base_rate", "positive_rate")
-            ):
-                self.cells.extend(Cell(metric, f"({average})") for average in per_target_averages)
-                if self.micro is not None:
-                    self.cells.append(Cell(metric, "(micro)"))
-
-    def _per_target(self, columns: np.ndarray) -> dict[str, np.ndarray]:
-        values = self.evaluator.values(columns)
-        if self.undefined_threshold.any():
-            for metric in self.metrics:
-                if metric in LABEL_METRICS and metric != "base_rate":
-                    values[metric][:, self.undefined_threshold] = np.nan
-        return values
 
     def values(self, columns: np.ndarray) -> np.ndarray:
         """``[b, len(cells)]`` values for weight rows `columns` ``[b, n_columns]``."""
-        per_target = self._per_target(columns)
-        micro = self.micro.values(columns) if self.micro is not None else {}
-        support = None
-        out = np.empty((columns.shape[0], len(self.cells)))
-        for position, cell in enumerate(self.cells):
-            values = per_target[cell.metric]
-            if cell.target == "(micro)":
-                out[:, position] = values[:, 0] if values.shape[1] == 1 else micro[cell.metric][:, 0]
-            elif cell.target in ("(macro)", "(weighted)"):
-                if cell.target == "(weighted)" and support is None:
-                    support = self.evaluator.support(columns)
-                out[:, position] = average_targets(
-                    values,
-                    average=cell.target[1:-1],
-                    defined=self.defined[cell.metric],
-                    support=support,
-                )
-            else:
-                out[:, position] = values[:, self.run.targets.index(cell.target)]
-        return out
+        values = self.scored.evaluate(columns)
+        return np.column_stack([values[cell] for cell in self.cells])
 
     def notes(self, cell: Cell, value: float) -> list[str]:
         """Note tokens of a point estimate (undefined reason, labels used by an average)."""
-        notes: list[str] = []
-        if math.isnan(value):
-            notes.append(UNDEFINED_NOTES.get(cell.metric, "single_class"))
-        if cell.target in ("(macro)", "(weighted)"):
-            defined = self.defined[cell.metric]
-            if defined.sum() < defined.size:
-                notes.append(f"labels_used={int(defined.sum())}/{defined.size}")
-        return notes
+        notes = [undefined_note(cell.metric)] if math.isnan(value) else []
+        return notes + self.scored.labels_used(*cell)
 
 
 def _replicates(
@@ -518,7 +475,7 @@ def _aggregate_rows(
         value = float(mean_point[position])
         notes = [*base_notes]
         if math.isnan(value):
-            notes.append(UNDEFINED_NOTES.get(cell.metric, "single_class"))
+            notes.append(undefined_note(cell.metric))
         low = high = None
         if replicates is not None:
             low, high, ci_notes = percentile_interval(replicates[:, position], level)

@@ -286,6 +286,7 @@ def pair_cell(
         np.concatenate([cluster_index[take], cluster_index[take] + n_clusters]),
         requests,
         n_bins=n_bins,
+        undefined=np.isnan(thresholds[0]) | np.isnan(thresholds[1]),
     )
 
 
@@ -399,22 +400,43 @@ def _reducer(statistic: str, rates: np.ndarray | None) -> Reducer:
 class CompareOptions:
     """Resolved options of one `compare` call (shared by every comparison cell)."""
 
-    metrics: tuple[str, ...] | None
-    statistic: str
-    attribute: str | None
-    targets: str
     threshold: Any
     validation: list[TaskRun]
+    targets: str
     n_perm: int
     n_boot: int
-    delong: bool
     level: float
-    min_group_n: int
-    include_small: bool
-    age_edges: tuple[float, ...]
     n_bins: int
     random_state: int
     row_bootstrap: bool
+    metrics: tuple[str, ...] | None = None
+    statistic: str = "estimate"
+    attribute: str | None = None
+    delong: bool = False
+    min_group_n: int = 0
+    include_small: bool = True
+    age_edges: tuple[float, ...] = ()
+
+    @classmethod
+    def resolve(
+        cls,
+        threshold: Any,
+        *,
+        frame: pl.DataFrame,
+        cluster: str | None,
+        kinds: Mapping[str, str] | None,
+        classes: Any,
+        metrics: Sequence[str] | None,
+        **fields: Any,
+    ) -> CompareOptions:
+        """Options with the validation runs of `threshold` loaded and the bootstrap unit of `frame` decided."""
+        return cls(
+            threshold=threshold,
+            validation=validation_runs(threshold, kinds=kinds, classes=classes),
+            row_bootstrap=cluster is None or cluster not in frame.columns,
+            metrics=None if metrics is None else tuple(metrics),
+            **fields,
+        )
 
 
 def compare_cell(
@@ -694,13 +716,16 @@ def compare(
     names = (name_a, name_b)
     runs_a = split_runs(frame_a, kinds=kinds, classes=classes, cluster=cluster)
     runs_b = split_runs(frame_b, kinds=kinds, classes=classes, cluster=cluster)
-    options = CompareOptions(
-        metrics=tuple(metrics) if metrics is not None else None,
+    options = CompareOptions.resolve(
+        threshold,
+        frame=frame_a,
+        cluster=cluster,
+        kinds=kinds,
+        classes=classes,
+        metrics=metrics,
         statistic=statistic,
         attribute=attribute,
         targets=targets,
-        threshold=threshold,
-        validation=validation_runs(threshold, kinds=kinds, classes=classes),
         n_perm=n_perm,
         n_boot=n_boot,
         delong=delong,
@@ -710,7 +735,6 @@ def compare(
         age_edges=tuple(age_edges),
         n_bins=n_bins,
         random_state=random_state,
-        row_bootstrap=cluster is None or cluster not in frame_a.columns,
     )
     cells = paired_cells(
         runs_a,

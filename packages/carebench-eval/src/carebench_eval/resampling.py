@@ -227,7 +227,16 @@ class _Batched:
     defined: np.ndarray | None
 
     def __call__(self, columns: np.ndarray) -> np.ndarray:
-        values = self.evaluator.values(columns)[self.name]
+        return self._reduce(self.evaluator.values(columns)[self.name])
+
+    def complement(self, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The statistic at 0/1 weight rows ``W`` and at ``1 − W`` (one shared rank pass when binary)."""
+        if isinstance(self.evaluator, BinaryEvaluator):
+            direct, complement = self.evaluator.complement_values(columns)
+            return self._reduce(direct[self.name]), self._reduce(complement[self.name])
+        return self(columns), self(1 - columns)
+
+    def _reduce(self, values: np.ndarray) -> np.ndarray:
         if values.shape[1] == 1:
             return values[:, 0]
         return average_targets(values, average="macro", defined=self.defined)
@@ -462,17 +471,16 @@ def paired_permutation_test(
     total = 2**n_clusters if exact else n_perm
     stacked_column = np.concatenate([column_of, column_of + n_clusters])
     fast = _batched(statistic, (np.concatenate([y, y]), np.concatenate([a, b])), stacked_column)
-    swapped_b_column = np.concatenate([column_of + n_clusters, column_of])
-    fast_b = _batched(statistic, (np.concatenate([y, y]), np.concatenate([a, b])), swapped_b_column)
     permuted = np.empty(total)
     for start, stop in chunks(total, 2 * n):
         if exact:
             flips = enumerated_flips(n_clusters, start, stop)
         else:
             flips = permutation_flips(n_clusters, start, stop, random_state)
-        if fast is not None and fast_b is not None:
-            weights = np.concatenate([1 - flips, flips], axis=1)
-            permuted[start:stop] = fast(weights) - fast_b(weights)
+        if fast is not None:
+            # Swapped B is weighted [F, 1 − F], the complement of swapped A's [1 − F, F].
+            swapped_a, swapped_b = fast.complement(np.concatenate([1 - flips, flips], axis=1))
+            permuted[start:stop] = swapped_a - swapped_b
             continue
         for row in range(stop - start):
             flip = flips[row, column_of].astype(bool)

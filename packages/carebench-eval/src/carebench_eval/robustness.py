@@ -834,23 +834,19 @@ def modality_contribution(
     runs = split_runs(frame, kinds=kinds, classes=classes, cluster=cluster)
     present = sorted({run.keys["model"] for run in runs}, key=lambda model: (model is not None, model or ""))
     chosen = [model for model in present if model != unimodal_cxr] if models is None else list(models)
-    options = CompareOptions(
-        metrics=tuple(metrics) if metrics is not None else None,
-        statistic="estimate",
-        attribute=None,
+    options = CompareOptions.resolve(
+        threshold,
+        frame=frame,
+        cluster=cluster,
+        kinds=kinds,
+        classes=classes,
+        metrics=metrics,
         targets=targets,
-        threshold=threshold,
-        validation=validation_runs(threshold, kinds=kinds, classes=classes),
         n_perm=n_perm,
         n_boot=n_boot,
-        delong=False,
         level=level,
-        min_group_n=0,
-        include_small=True,
-        age_edges=(),
         n_bins=n_bins,
         random_state=random_state,
-        row_bootstrap=cluster is None or cluster not in frame.columns,
     )
     rows: list[dict[str, Any]] = []
     for model in chosen:
@@ -898,6 +894,13 @@ def modality_contribution(
 
 def _chance_requests(requests: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return [("base_rate", target) for metric, target in requests if metric == "auprc_score"]
+
+
+def _imbalance_row(value: float, boot: np.ndarray, options: CompareOptions) -> dict[str, Any]:
+    """``value``, its percentile CI from the replicates `boot` ``[B]`` and the notes of an imbalance summary."""
+    low, high, ci_notes = percentile_interval(boot, options.level) if options.n_boot else (None, None, [])
+    notes = [*(["row_bootstrap"] if options.row_bootstrap else []), *ci_notes]
+    return {"value": value, "ci_low": low, "ci_high": high, "notes": join_notes(notes)}
 
 
 def _utilization_rows(
@@ -952,21 +955,17 @@ def _utilization_rows(
         with np.errstate(divide="ignore", invalid="ignore"):
             value = results[request].delta / informative_point if informative_point else math.nan
             boot = results[request].replicates / informative_boot
-        low, high, ci_notes = percentile_interval(boot, options.level) if options.n_boot else (None, None, [])
         rows.append(
             {
+                **_imbalance_row(float(value), boot, options),
                 "model": model,
                 "setting": setting,
                 "task": task,
                 "metric": metric,
                 "statistic": "cxr_utilization",
                 "target": target,
-                "value": float(value),
-                "ci_low": low,
-                "ci_high": high,
                 "n": int(universe.size if options.row_bootstrap else cxr_runs[0].n),
                 "n_runs": len(cxr_runs),
-                "notes": join_notes([*(["row_bootstrap"] if options.row_bootstrap else []), *ci_notes]),
             }
         )
     return rows
@@ -994,20 +993,16 @@ def _share_rows(
         value = d_cxr.delta / total if total else math.nan
         with np.errstate(divide="ignore", invalid="ignore"):
             boot = d_cxr.replicates / (d_cxr.replicates + d_ehr.replicates)
-        low, high, ci_notes = percentile_interval(boot, options.level) if options.n_boot else (None, None, [])
         rows.append(
             {
+                **_imbalance_row(float(value), boot, options),
                 "model": model,
                 "setting": setting,
                 "task": task,
                 "metric": metric,
                 "statistic": "cxr_share",
                 "target": target,
-                "value": float(value),
-                "ci_low": low,
-                "ci_high": high,
                 "n": int(cxr_universe.size),
-                "notes": join_notes([*(["row_bootstrap"] if options.row_bootstrap else []), *ci_notes]),
             }
         )
     return rows

@@ -1,7 +1,7 @@
 """Weighted evaluation of (metric, target) cells for batches of weight rows, and the resampling loops.
 
-The machinery that `compare`, `fairness` and `robustness` share (eval.md §3.2, §4.1, §5.1-5.2): one
-sample set's metrics evaluated for whole batches of weight rows (`Scored`), grids of such cells over runs
+The machinery that `score`, `compare`, `fairness` and `robustness` share (eval.md §3.2, §4.1, §5.1-5.2):
+one sample set's metrics evaluated for whole batches of weight rows (`Scored`), grids of such cells over runs
 and units (`CellGrid`: groups or curve points), and the paired (`paired_statistics`) and single-side
 (`single_statistics`) bootstrap and permutation loops over the streams of `carebench_eval.resampling`.
 """
@@ -70,19 +70,21 @@ Request = tuple[str, str]
 class Scored:
     """One sample set's labels, scores and predictions, evaluated for batches of weight rows.
 
-    A thin layer over the evaluators of :mod:`carebench_eval.metrics.core` (the ones `score` uses, so
-    point estimates agree): it picks the requested (metric, target) cells and forms the macro and weighted
-    averages over the targets defined on the whole sample set (the fixed estimand of eval.md §4.3).
+    A thin layer over the evaluators of :mod:`carebench_eval.metrics.core` (`score` reports through it too,
+    so point estimates agree everywhere): it picks the requested (metric, target) cells and forms the macro
+    and weighted averages over the targets defined on the whole sample set (the fixed estimand of §4.3).
 
     Args:
         kind: ``binary``, ``multilabel`` or ``multiclass``.
         targets: ``[L]`` label names, or class names in class order.
         y: ``[n, L]`` 0/1 labels (multiclass: one-hot).
         s: ``[n, L]`` scores.
-        pred: ``[n, L]`` 0/1 predictions at the policy thresholds (multiclass: ignored, argmax is used).
+        pred: ``[n, L]`` 0/1 predictions at the policy thresholds, or None without label metrics
+            (multiclass: ignored, argmax is used).
         column_of: ``[n]`` weight column of each sample.
         requests: the (metric, target) cells to compute.
         n_bins: calibration bins.
+        undefined: ``[L]`` targets whose threshold is undefined (NaN): their label metrics are NaN.
     """
 
     def __init__(
@@ -91,17 +93,22 @@ class Scored:
         targets: tuple[str, ...],
         y: np.ndarray,
         s: np.ndarray,
-        pred: np.ndarray,
+        pred: np.ndarray | None,
         column_of: np.ndarray,
         requests: Sequence[Request],
         *,
         n_bins: int = 10,
+        undefined: np.ndarray | None = None,
     ) -> None:
         self.kind = kind
         self.targets = targets
         self.requests = list(dict.fromkeys(requests))
         self.column_of = np.asarray(column_of, dtype=np.int64)
         metrics = tuple(dict.fromkeys(metric for metric, _ in self.requests))
+        self._undefined = None
+        if kind != "multiclass" and undefined is not None and undefined.any():
+            self._undefined = np.asarray(undefined, dtype=bool)
+        self._masked = [metric for metric in metrics if metric in THRESHOLD_METRICS]
         self._micro: BinaryEvaluator | None = None
         if kind == "multiclass":
             self._evaluator: BinaryEvaluator | MulticlassEvaluator = MulticlassEvaluator(
@@ -126,7 +133,7 @@ class Scored:
             self.column_of.size * len(targets), int(self.column_of.max()) + 1 if self.column_of.size else 1
         )
         ones = np.ones((1, int(self.column_of.max()) + 1 if self.column_of.size else 1), dtype=np.int64)
-        point = self._evaluator.values(ones)
+        point = self._masked_values(self._evaluator.values(ones))
         self.defined = {metric: np.isfinite(values[0]) for metric, values in point.items()}
 
     @classmethod
@@ -149,7 +156,15 @@ class Scored:
             column_of,
             requests,
             n_bins=n_bins,
+            undefined=np.isnan(thresholds),
         )
+
+    def _masked_values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-target `values` with the label metrics of undefined-threshold targets set to NaN."""
+        if self._undefined is not None:
+            for metric in self._masked:
+                values[metric][:, self._undefined] = np.nan
+        return values
 
     def evaluate(self, columns: np.ndarray) -> dict[Request, np.ndarray]:
         """Values of every requested cell for each weight row.
@@ -160,7 +175,7 @@ class Scored:
         Returns:
             (metric, target) -> ``[b]`` float64, NaN where undefined.
         """
-        values = self._evaluator.values(columns)
+        values = self._masked_values(self._evaluator.values(columns))
         micro = self._micro.values(columns) if self._micro is not None else {}
         return self._cells(lambda: columns, values, micro)
 
@@ -177,7 +192,7 @@ class Scored:
         """
         if not isinstance(self._evaluator, BinaryEvaluator):
             return self.evaluate(columns), self.evaluate(1 - columns)
-        values, values_complement = self._evaluator.complement_values(columns)
+        values, values_complement = map(self._masked_values, self._evaluator.complement_values(columns))
         micro: dict[str, np.ndarray] = {}
         micro_complement: dict[str, np.ndarray] = {}
         if self._micro is not None:

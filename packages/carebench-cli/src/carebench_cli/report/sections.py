@@ -540,6 +540,7 @@ def robustness_section(context: ReportContext) -> Section:
     )
     for cohort in context.cohorts:
         summary_rows: list[dict[str, str]] = []
+        area_rows: list[dict[str, str]] = []
         for task in context.tasks(cohort):
             frame = context.test(cohort, task=task, natural=False)
             mechanisms = sorted(
@@ -633,6 +634,7 @@ def robustness_section(context: ReportContext) -> Section:
                         ),
                     )
                 )
+            area_rows.extend(_area_versus_reference(context, frame, cohort, task, tuple(mechanisms)))
         if summary_rows:
             section.tables.append(
                 _table(
@@ -652,6 +654,16 @@ def robustness_section(context: ReportContext) -> Section:
                     ),
                 )
             )
+        if area_rows:
+            section.tables.append(
+                _table(
+                    f"robustness_area_{cohort}",
+                    f"Table 3b ({cohort} cohort). Δ relative area vs {AREA_REFERENCE} (paired bootstrap CI, "
+                    "permutation p, Holm across models per task and mechanism)",
+                    area_rows,
+                    list(area_rows[0]),
+                )
+            )
     section.tables.extend(_train_drop_tables(context))
     if not section.figures and not section.tables:
         section.paragraphs.append(
@@ -659,6 +671,51 @@ def robustness_section(context: ReportContext) -> Section:
             "MCAR or MNAR setting (test_settings)."
         )
     return section
+
+
+AREA_REFERENCE = "latefusion"
+"""Simple concatenation: the complete-modality reference that robustness areas are compared with."""
+
+
+def _area_versus_reference(
+    context: ReportContext, frame: pl.DataFrame, cohort: str, task: str, mechanisms: tuple[str, ...]
+) -> list[dict[str, str]]:
+    """Δ relative area (model − LateFusion) of every other fusion model, per mechanism (eval.md §9 Q3)."""
+    import carebench_eval as ce
+
+    models = [model for model in context.fused(cohort, task) if model != AREA_REFERENCE]
+    if AREA_REFERENCE not in context.models(cohort, task) or not models:
+        return []
+    metric = context.primary(task)
+    context.status(f"robustness areas vs {AREA_REFERENCE}: {cohort} / {task}")
+    parts = [
+        ce.compare(
+            (frame, model),
+            (frame, AREA_REFERENCE),
+            statistic="relative_area",
+            metrics=[metric],
+            mechanisms=mechanisms,
+            n_perm=context.config.n_perm,
+            n_boot=context.config.n_boot,
+            random_state=context.config.random_state,
+        )
+        for model in models
+    ]
+    deltas = ce.adjust_pvalues(pl.concat(parts, how="vertical"), method="holm")
+    context.results[f"robustness_area_{cohort}_{task}"] = deltas
+    return [
+        {
+            "task": task,
+            "model": str(row["model"]),
+            "group": group_title(context.collection.model_groups.get(str(row["model"]), "unknown")),
+            "mechanism": str(row["setting"]).rsplit("_", 1)[-1].upper(),
+            "metric": metric_label(metric),
+            "Δ relative area [95% CI]": fmt_ci(row["value"], row["ci_low"], row["ci_high"], signed=True),
+            "p": fmt_p(row["p_value"]),
+            "p (Holm)": fmt_p(row["p_adjusted"]),
+        }
+        for row in deltas.sort("setting", "model").iter_rows(named=True)
+    ]
 
 
 def _ehr_reference(context: ReportContext, cohort: str, task: str) -> tuple[str, float] | None:
@@ -736,7 +793,8 @@ def fairness_section(context: ReportContext) -> Section:
     section.paragraphs.append(
         "Thresholds are chosen on validation predictions (Youden's J) per run. Groups with fewer than 30 "
         "stays are shown with the note small_group and left out of gaps. A gap CI above 0 does not by "
-        "itself prove a disparity (the plug-in gap is biased upward in small groups). Δgap = gap of the "
+        "itself prove a disparity (the plug-in gap is biased upward in small groups); the gap p comes from "
+        "a permutation test that shuffles the attribute among patients. Δgap = gap of the "
         "best fusion model − gap of the best unimodal model, paired bootstrap CI and permutation p, "
         "Holm-corrected per task."
     )
@@ -760,7 +818,10 @@ def fairness_section(context: ReportContext) -> Section:
                 attributes=attributes,
                 intersections=intersections,
                 threshold=threshold,
+                targets="aggregate",
                 n_boot=config.n_boot,
+                test_gaps=True,
+                n_perm=gap_permutations(config.n_perm),
                 random_state=config.random_state,
             )
             context.results[f"fairness_{cohort}_{task}"] = fair
@@ -772,6 +833,7 @@ def fairness_section(context: ReportContext) -> Section:
             for model in context.models(cohort, task):
                 for attribute in attributes:
                     pick = functools.partial(_pick, fair, model=model, attribute=attribute, target=target)
+                    gap = pick(metric="sensitivity_score", statistic="gap")
                     worst = pick(metric="sensitivity_score", statistic="worst_group")
                     eod = pick(metric="equalized_odds_difference", statistic="estimate")
                     gap_rows.append(
@@ -779,9 +841,10 @@ def fairness_section(context: ReportContext) -> Section:
                             "task": task,
                             "model": model,
                             "attribute": attribute,
-                            "TPR gap": _ci_text(pick(metric="sensitivity_score", statistic="gap")),
+                            "TPR gap": _ci_text(gap),
+                            "gap p": fmt_p(gap["p_value"]) if gap else "-",  # type: ignore[arg-type]
                             "worst group (TPR)": f"{worst['group']} ({fmt_value(_float(worst['value']))})"
-                            if worst
+                            if worst and worst["group"] is not None
                             else "-",
                             "FPR gap": _ci_text(pick(metric="fpr_error", statistic="gap")),
                             "EOD": _ci_text(eod),
@@ -835,6 +898,11 @@ def fairness_section(context: ReportContext) -> Section:
                 )
             )
     return section
+
+
+def gap_permutations(n_perm: int) -> int:
+    """Permutations of the gap test: a tenth of the paired-test count (paper profile: 1000, eval.md §6.4)."""
+    return max(1, n_perm // 10)
 
 
 def _pick(
