@@ -8,7 +8,14 @@ from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from carebench_cli.errors import CliError, handle_errors
 
@@ -19,15 +26,24 @@ _console = Console(stderr=True, highlight=False)
 def synth_command(
     out: Annotated[Path, typer.Option("--out", help="Directory to create (must not exist or be empty).")],
     scale: Annotated[
-        str, typer.Option("--scale", help="Preset: tiny (200 stays), demo (2,000 stays) or perf10 (7,318 stays, full charting).")
+        str,
+        typer.Option(
+            "--scale",
+            help="Preset: tiny (200 stays), demo (2,000 stays) or perf10 (7,318 stays, full charting).",
+        ),
     ] = "demo",
-    stays: Annotated[int | None, typer.Option("--stays", help="Number of ICU stays (overrides the preset).", min=10)] = None,
+    stays: Annotated[
+        int | None, typer.Option("--stays", help="Number of ICU stays (overrides the preset).", min=10)
+    ] = None,
     mimic_version: Annotated[
         str, typer.Option("--mimic-version", help="MIMIC-IV version whose vocabularies to mimic: 2.2 or 3.1.")
     ] = "2.2",
-    seed: Annotated[int, typer.Option("--seed", help="Root seed; the same seed gives byte-identical files.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Root seed; the same seed gives byte-identical files.")
+    ] = 0,
     image_size: Annotated[
-        int | None, typer.Option("--image-size", help="Side of the JPEGs in pixels (64-2048; default 256, tiny 64).")
+        int | None,
+        typer.Option("--image-size", help="Side of the JPEGs in pixels (64-2048; default 256, tiny 64)."),
     ] = None,
 ) -> None:
     """Write a MIMIC-shaped raw tree (mimiciv/<version>/, mimic-cxr-jpg/2.0.0/, _synthetic_truth/) under --out."""

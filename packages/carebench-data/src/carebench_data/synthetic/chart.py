@@ -191,7 +191,7 @@ def chart_chunk(
         86
         + 8 * s_t
         + 6 * latent("z_infection", r)
-        + 4 * state("fever", r)
+        + 6 * state("fever_grade", r)
         + 8 * base("hr", r)
         + rng.normal(0, 5, r.size)
     )
@@ -240,7 +240,7 @@ def chart_chunk(
     celsius = (
         36.9
         + 0.3 * latent("z_infection", r)
-        + 0.6 * state("fever", r)
+        + 1.0 * state("fever_grade", r)
         + 0.25 * base("temp", r)
         + rng.normal(0, 0.3, r.size)
     )

@@ -90,9 +90,9 @@ class SignalConfig:
         chf_cardiomegaly: weight of cardiomegaly alone in CHF.
         chf_overload: weight of overload alone in CHF.
         chf_xor: make CHF an XOR of cardiomegaly and overload instead of the additive + interaction form.
-        pneumonia_interaction: weight of consolidation × fever in pneumonia.
+        pneumonia_interaction: weight of consolidation × fever grade in pneumonia.
         pneumonia_consolidation: weight of consolidation alone.
-        pneumonia_fever: weight of fever alone (a high WBC adds a fixed 0.5).
+        pneumonia_fever: weight of the fever grade alone (a high WBC adds a fixed 0.5).
         cxr_paired_fraction: target share of cohort stays with a CXR in the window (γ0 is calibrated to it).
         cxr_severity: CXR availability weight of S.
         cxr_ventilated: CXR availability weight of mechanical ventilation.
@@ -101,16 +101,16 @@ class SignalConfig:
         cxr_surgical: CXR availability weight of a surgical ICU (routine post-operative films).
     """
 
-    mortality_intercept: float = -2.4
+    mortality_intercept: float = -2.5
     mortality_severity: float = 1.1
     mortality_shock: float = 1.5
     mortality_resp_failure: float = 0.6
     mortality_age_per_year: float = 0.04
     mortality_effusion: float = 0.3
-    mortality_surgical: float = -2.3
+    mortality_surgical: float = -1.8
     cxr_presence_mortality: float = 0.0
     icu_death_fraction: float = 0.72
-    pleurisy_weight: float = 16.0
+    pleurisy_weight: float = 20.0
     pleurisy_ehr_weight: float = 0.1
     finding_noise_sd: float = 1.4
     chf_interaction: float = 6.0
@@ -118,8 +118,8 @@ class SignalConfig:
     chf_overload: float = 2.0
     chf_xor: bool = False
     pneumonia_interaction: float = 0.0
-    pneumonia_consolidation: float = 7.0
-    pneumonia_fever: float = 3.0
+    pneumonia_consolidation: float = 6.5
+    pneumonia_fever: float = 5.5
     cxr_paired_fraction: float = 0.215
     cxr_severity: float = 1.8
     cxr_ventilated: float = 0.4

@@ -312,7 +312,10 @@ def metadata_frame(plan: CxrPlan) -> pl.DataFrame:
     rows = {"AP": 2539, "PA": 3056, "LATERAL": 3056, "LL": 3056}
     cols = {"AP": 3050, "PA": 2544, "LATERAL": 2544, "LL": 2544}
     true_view = im["true_view"]
-    orientation = np.where(portable, np.where(im["dicom_id"].astype(str) < "8", "Recumbent", None), "Erect")
+    # Portable films: Recumbent or not recorded; PA/lateral studies: Erect.
+    orientation = np.full(true_view.size, None, dtype=object)
+    orientation[~portable] = "Erect"
+    orientation[portable & (im["dicom_id"].astype(str) < "8")] = "Recumbent"
     return pl.DataFrame(
         {
             "dicom_id": im["dicom_id"].astype(str),

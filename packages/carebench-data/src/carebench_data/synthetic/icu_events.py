@@ -163,7 +163,7 @@ def procedure_frame(population: Population, plan: CxrPlan, rng: np.random.Genera
             "storetime": to_datetime(end + 600, "storetime"),
             "itemid": itemid.astype(np.int32),
             "value": np.round(minutes, 0),
-            "valueuom": np.where(itemid == 225459, None, "min"),
+            "valueuom": pl.Series("valueuom", np.where(itemid == 225459, "", "min")).replace("", None),
             "location": pl.Series("location", [None] * n, dtype=pl.String),
             "locationcategory": pl.Series("locationcategory", [None] * n, dtype=pl.String),
             "orderid": order,

@@ -132,7 +132,7 @@ def _findings(
 ) -> Arrays:
     sd = config.signal.finding_noise_sd
     n = z.shape[0]
-    s, c, p, _, i, _ = z.T
+    s, c, p = z[:, 0], z[:, 1], z[:, 2]
     common = rng.normal(0, sd, size=n)
     eff_left = sigmoid(-1.4 + 0.6 * c + 0.4 * p + 0.2 * s + common + rng.normal(0, 0.7, size=n))
     eff_right = sigmoid(-1.4 + 0.6 * c + 0.4 * p + 0.2 * s + common + rng.normal(0, 0.7, size=n))
@@ -163,7 +163,9 @@ def _states(rng: np.random.Generator, z: np.ndarray, careunit: np.ndarray, age: 
     shock = draw(-3.4 + 1.5 * s + 0.6 * i)
     resp_fail = draw(-2.4 + 1.2 * s + 1.2 * p)
     ventilated = resp_fail | draw(-1.9 + 0.6 * s + 0.4 * p + np.isin(careunit, list(vocab.SURGICAL_UNITS)))
-    fever = draw(-1.5 + 1.6 * i)
+    # Fever grade in [0, 1] (how high and how long); a fever is a grade above .5.
+    fever_grade = sigmoid(-1.5 + 1.6 * i + rng.normal(0, 1.0, size=n))
+    fever = fever_grade > 0.5
     wbc_high = draw(-1.2 + 1.4 * i)
     neuro_unit = np.isin(careunit, list(vocab.NEURO_UNITS))
     return {
@@ -173,6 +175,7 @@ def _states(rng: np.random.Generator, z: np.ndarray, careunit: np.ndarray, age: 
         "overload": draw(-1.0 + 1.2 * c + 0.5 * r),
         "aki": draw(-1.9 + 1.3 * r + 0.6 * s),
         "fever": fever,
+        "fever_grade": fever_grade,
         "wbc_high": wbc_high,
         "febrile": fever | wbc_high,
         "neuro": rng.random(n) < np.where(neuro_unit, 0.6, 0.05),
@@ -202,9 +205,9 @@ def _phenotype_linear(
         )
     q = fi["consolidation"]
     pneumonia = (
-        sig.pneumonia_interaction * q * f["fever"]
+        sig.pneumonia_interaction * q * f["fever_grade"]
         + sig.pneumonia_consolidation * q
-        + sig.pneumonia_fever * f["fever"]
+        + sig.pneumonia_fever * f["fever_grade"]
         + 0.5 * f["wbc_high"]
     )
     terms = {

@@ -168,7 +168,7 @@ class TemplateCache:
             lungs = self.lungs[p.base]
             for side, level in ((0, p.effusion_left), (1, p.effusion_right)):
                 if level >= 0:
-                    img += 0.5 * self.effusions[side, level] * lungs[side]
+                    img += 0.6 * self.effusions[side, level] * lungs[side]
             lung_any = np.maximum(lungs[0], lungs[1])
             if p.edema > 0:
                 img += p.edema * self.edema * lung_any

@@ -25,6 +25,7 @@ STATE_COLUMNS = (
     "overload",
     "aki",
     "fever",
+    "fever_grade",
     "febrile",
     "neuro",
     "central_line",
