@@ -1,6 +1,6 @@
 """Planted signal is recoverable from the raw files (data.md §13.8 A8-A12); the truth only scores.
 
-One 8,000-stay tree with 64 px images. Features: 48 h chartevents summaries and 16×16 pooled pixels
+One 10,000-stay tree with 64 px images. Features: 48 h chartevents summaries and 16×16 pooled pixels
 of the image the default CXR rule selects; models: ridge logistic regression with out-of-fold
 predictions over 5 stay-id folds; late fusion stacks the two unimodal out-of-fold scores.
 """
@@ -42,7 +42,7 @@ def test_numpy_auroc_and_logistic_match_scikit_learn() -> None:
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("signal") / "raw"
-    return generate_synthetic(out, SyntheticConfig(n_stays=8000, image_size=64, seed=0, scale="custom"))
+    return generate_synthetic(out, SyntheticConfig(n_stays=10_000, image_size=64, seed=0, scale="custom"))
 
 
 @pytest.fixture(scope="module")
