@@ -7,12 +7,14 @@ writes `runs/report/`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,15 +86,20 @@ def preflight(specs: list[RunSpec], task_infos: dict[str, Any], dataset_dir: Pat
         TrainConfig.for_profile(spec.profile, **train_config_values(spec.train))
 
 
-def set_threads(config: RunConfig, device: str) -> int:
-    """Apply the `threads` setting to torch; returns the thread count in use."""
+@contextlib.contextmanager
+def torch_threads(config: RunConfig, device: str) -> Iterator[int]:
+    """Apply the `threads` setting to torch for the block (yields the count in use), then restore it."""
     import torch
 
+    previous = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     elif config.profile == "quick" and device == "cpu":
         torch.set_num_threads(1)
-    return torch.get_num_threads()
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _cached_row(store: RunStore, spec: RunSpec, *, status: str = "cached") -> FinishedRow:
@@ -203,54 +210,56 @@ def run_grid(
         index, count = parse_shard(shard_spec)
         specs = shard(specs, index, count)
     device = resolve_device(config.device)
-    threads = set_threads(config, device)
-    preflight(specs, task_infos, dataset_dir)
+    with torch_threads(config, device) as threads:
+        preflight(specs, task_infos, dataset_dir)
 
-    store = RunStore(config.out)
-    done = [spec for spec in specs if store.status(spec.run_id) is RunStatus.DONE]
-    todo = [spec for spec in specs if store.status(spec.run_id) is not RunStatus.DONE]
-    redo = [spec for spec in todo if store.status(spec.run_id) is not RunStatus.ABSENT]
-    shard_text = f", shard {shard_spec}: {len(specs)} runs" if shard_spec is not None else ""
-    console.print(
-        f"[bold]carebench run[/]: {grid_size} runs in the grid{shard_text}; {len(done)} finished, "
-        f"{len(todo)} to run ({len(redo)} unfinished to redo); dataset {dataset_dir} ({dataset_hash[:12]}); "
-        f"profile {config.profile}, device {device}, {threads} CPU thread(s); store {config.out}"
-    )
-    with GridProgress(len(specs), console=console) as ui:
-        for spec in done:
-            ui.finish_run(_cached_row(store, spec))
-        if jobs > 1 and len(todo) > 1:
-            arguments = [*(child_args or []), "--dataset", str(dataset_dir)]
-            _run_jobs(todo, jobs=jobs, child_args=arguments, shard_spec=shard_spec, store=store, ui=ui)
-            todo = []
-        for spec in todo:
-            ui.start_run(spec)
-            result = execute_run(
-                spec,
-                store=store,
-                dataset_dir=dataset_dir,
-                task_info=task_infos[spec.task],
-                device=device,
-                hooks=RunHooks(on_epoch=ui.on_epoch, on_batch=ui.on_batch, on_phase=ui.set_phase),
-            )
-            ui.finish_run(
-                FinishedRow(
-                    spec=spec,
-                    status="done",
-                    epochs=result.epochs,
-                    val_metric=result.val_metric,
-                    test_metric=result.test_metric,
-                    test_metric_name=result.test_metric_name,
-                    seconds=result.seconds,
+        store = RunStore(config.out)
+        done = [spec for spec in specs if store.status(spec.run_id) is RunStatus.DONE]
+        todo = [spec for spec in specs if store.status(spec.run_id) is not RunStatus.DONE]
+        redo = [spec for spec in todo if store.status(spec.run_id) is not RunStatus.ABSENT]
+        shard_text = f", shard {shard_spec}: {len(specs)} runs" if shard_spec is not None else ""
+        console.print(
+            f"[bold]carebench run[/]: {grid_size} runs in the grid{shard_text}; {len(done)} finished, "
+            f"{len(todo)} to run ({len(redo)} unfinished to redo); dataset {dataset_dir} ({dataset_hash[:12]}); "
+            f"profile {config.profile}, device {device}, {threads} CPU thread(s); store {config.out}"
+        )
+        with GridProgress(len(specs), console=console) as ui:
+            for spec in done:
+                ui.finish_run(_cached_row(store, spec))
+            if jobs > 1 and len(todo) > 1:
+                arguments = [*(child_args or []), "--dataset", str(dataset_dir)]
+                _run_jobs(todo, jobs=jobs, child_args=arguments, shard_spec=shard_spec, store=store, ui=ui)
+                todo = []
+            for spec in todo:
+                ui.start_run(spec)
+                result = execute_run(
+                    spec,
+                    store=store,
+                    dataset_dir=dataset_dir,
+                    task_info=task_infos[spec.task],
+                    device=device,
+                    hooks=RunHooks(on_epoch=ui.on_epoch, on_batch=ui.on_batch, on_phase=ui.set_phase),
                 )
-            )
-    if write_report and shard_spec is None:
-        from carebench_cli.report_cmd import write_report as build_report
+                ui.finish_run(
+                    FinishedRow(
+                        spec=spec,
+                        status="done",
+                        epochs=result.epochs,
+                        val_metric=result.val_metric,
+                        test_metric=result.test_metric,
+                        test_metric_name=result.test_metric_name,
+                        seconds=result.seconds,
+                    )
+                )
+        if write_report and shard_spec is None:
+            from carebench_cli.report_cmd import write_report as build_report
 
-        report_dir = build_report(config.out, report_config=config.report, console=console)
-        console.print(f"report: {report_dir / 'index.html'}")
-    elif shard_spec is not None:
-        console.print(f"shard {shard_spec} finished; when every shard is done: carebench report {config.out}")
+            report_dir = build_report(config.out, report_config=config.report, console=console)
+            console.print(f"report: {report_dir / 'index.html'}")
+        elif shard_spec is not None:
+            console.print(
+                f"shard {shard_spec} finished; when every shard is done: carebench report {config.out}"
+            )
     return config.out
 
 
