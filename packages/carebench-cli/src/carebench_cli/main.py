@@ -30,7 +30,7 @@ def main(
         typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
     ] = False,
 ) -> None:
-    """carebench: when does fusing the EHR with a chest X-ray help a clinical prediction?"""
+    """Carebench: when does fusing the EHR with a chest X-ray help a clinical prediction."""
 
 
 def _register() -> None:
