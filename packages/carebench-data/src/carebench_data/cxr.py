@@ -10,7 +10,7 @@ once, with JPEG draft (DCT-scaled) decoding, resized and center-cropped to S × 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -103,6 +103,13 @@ def image_path(root: Path, *, subject_id: int, study_id: int, dicom_id: str, lay
     return root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study_id}" / f"{dicom_id}.jpg"
 
 
+def row_image_path(root: Path, row: Mapping[str, Any], *, layout: str) -> Path:
+    """`image_path` of one metadata row (a mapping with `subject_id`, `study_id` and `dicom_id`)."""
+    return image_path(
+        root, subject_id=row["subject_id"], study_id=row["study_id"], dicom_id=row["dicom_id"], layout=layout
+    )
+
+
 def decode_image(path: Path, *, size: int) -> np.ndarray:
     """Decode a JPEG to uint8 [size, size] grayscale (spec/data.md §6.3).
 
@@ -172,13 +179,7 @@ def select_and_decode(
             attempts = []
             for row, rank in sorted(pending.items()):
                 candidate = by_row[(row,)].row(rank, named=True)
-                path = image_path(
-                    root,
-                    subject_id=candidate["subject_id"],
-                    study_id=candidate["study_id"],
-                    dicom_id=candidate["dicom_id"],
-                    layout=layout,
-                )
+                path = row_image_path(root, candidate, layout=layout)
                 attempts.append((row, rank, candidate, pool.submit(_try_decode, path, size)))
             next_pending: dict[int, int] = {}
             for row, rank, candidate, future in attempts:
@@ -232,22 +233,10 @@ def _preflight(candidates: pl.DataFrame, *, root: Path, layout: str) -> None:
     if not probe.height:
         return
     for candidate in probe.iter_rows(named=True):
-        path = image_path(
-            root,
-            subject_id=candidate["subject_id"],
-            study_id=candidate["study_id"],
-            dicom_id=candidate["dicom_id"],
-            layout=layout,
-        )
+        path = row_image_path(root, candidate, layout=layout)
         if path.is_file():
             return
-    example = image_path(
-        root,
-        subject_id=probe["subject_id"][0],
-        study_id=probe["study_id"][0],
-        dicom_id=probe["dicom_id"][0],
-        layout=layout,
-    )
+    example = row_image_path(root, probe.row(0, named=True), layout=layout)
     raise CxrError(
         f"none of the first {probe.height} candidate images exists (e.g. {example}); check --mimic-cxr "
         f"(the folder holding files/) and cxr.layout = {layout!r}"

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from carebench_data.phenotype_tables import COMPAT_FILE, GEM_CCS_FILE
+from carebench_data.phenotype_tables import COMPAT_FILE, COMPAT_SCHEMA, GEM_CCS_FILE
 
 LOS_EDGES_DAYS = (2, 3, 4, 5, 6, 7, 14)
 LOS_CLASS_NAMES = ("2-3d", "3-4d", "4-5d", "5-6d", "6-7d", "7-14d", "14+d")
@@ -54,14 +54,7 @@ def compat_map() -> pl.DataFrame:
     """`carebench_compat`: code → ccs_id with icd_version ignored and the last write (file order) winning."""
     table = pl.read_csv(
         io.BytesIO(_resource_bytes(COMPAT_FILE)),
-        schema={
-            "group": pl.String,
-            "ccs_id": pl.Int16,
-            "type": pl.String,
-            "use_in_benchmark": pl.Boolean,
-            "code": pl.String,
-            "file_order": pl.Int32,
-        },
+        schema=COMPAT_SCHEMA,
     )
     return (
         table.sort("file_order")

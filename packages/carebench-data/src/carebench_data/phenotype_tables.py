@@ -23,6 +23,17 @@ RESOURCES = Path(__file__).parent / "resources"
 GEM_CCS_FILE = "phenotype_gem_ccs.csv.gz"
 COMPAT_FILE = "phenotype_carebench_compat.csv.gz"
 
+DEFINITION_SCHEMA: dict[str, type[pl.DataType]] = {
+    "group": pl.String,
+    "ccs_id": pl.Int16,
+    "type": pl.String,
+    "use_in_benchmark": pl.Boolean,
+    "code": pl.String,
+}
+"""Columns of a flattened phenotype definitions file, one row per code."""
+COMPAT_SCHEMA = {**DEFINITION_SCHEMA, "file_order": pl.Int32}
+"""Columns of the bundled `carebench_compat` table (`COMPAT_FILE`): the definitions in file order."""
+
 _HCUP_BLOCK = re.compile(
     r'^"(?P<title>.+)":\n  use_in_benchmark: (?P<use>\w+)\n  type: "(?P<type>\w+)"\n  id: (?P<id>\d+)\n  codes: \[(?P<codes>.*)\]',
     re.MULTILINE,
@@ -39,13 +50,7 @@ def parse_hcup_definitions(text: str) -> pl.DataFrame:
         ]
     return pl.DataFrame(
         rows,
-        schema={
-            "group": pl.String,
-            "ccs_id": pl.Int16,
-            "type": pl.String,
-            "use_in_benchmark": pl.Boolean,
-            "code": pl.String,
-        },
+        schema=DEFINITION_SCHEMA,
         orient="row",
     )
 
@@ -82,14 +87,7 @@ def parse_carebench_definitions(text: str) -> pl.DataFrame:
         flush()
     return pl.DataFrame(
         rows,
-        schema={
-            "group": pl.String,
-            "ccs_id": pl.Int16,
-            "type": pl.String,
-            "use_in_benchmark": pl.Boolean,
-            "code": pl.String,
-            "file_order": pl.Int32,
-        },
+        schema=COMPAT_SCHEMA,
         orient="row",
     )
 

@@ -15,13 +15,15 @@ import queue
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
 import polars as pl
 
+from carebench_data import mimic_schemas
 from carebench_data.errors import CarebenchDataError
+from carebench_data.mimic_schemas import CHEXPERT_FINDINGS
 
 try:  # the optional [fast] extra: ISA-L inflates gzip about twice as fast as zlib, same API
     from isal import isal_zlib as inflate_backend
@@ -68,167 +70,98 @@ class TableSpec:
     required: bool = True
 
 
-_ID = pl.Int64()
-_TS = pl.Datetime("us")
-_STR = pl.String()
+def _read_spec(name: str, folder: str, columns: tuple[str, ...], *, required: bool = True) -> TableSpec:
+    """The `TableSpec` reading `columns` of `<folder>/<name>` with the dtypes of its real header."""
+    header = (
+        mimic_schemas.MIMIC_IV_TABLES[f"{folder}/{name}"] if folder else mimic_schemas.MIMIC_CXR_TABLES[name]
+    )
+    return TableSpec(name, folder, {column: header[column] for column in columns}, required=required)
+
 
 MIMIC_IV_TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
-        TableSpec(
+        _read_spec(
             "patients",
             "hosp",
-            {
-                "subject_id": _ID,
-                "gender": _STR,
-                "anchor_age": pl.Int16(),
-                "anchor_year": pl.Int16(),
-                "anchor_year_group": _STR,
-                "dod": pl.Date(),
-            },
+            ("subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod"),
         ),
-        TableSpec(
+        _read_spec(
             "admissions",
             "hosp",
-            {
-                "subject_id": _ID,
-                "hadm_id": _ID,
-                "admittime": _TS,
-                "dischtime": _TS,
-                "deathtime": _TS,
-                "admission_type": _STR,
-                "insurance": _STR,
-                "race": _STR,
-                "hospital_expire_flag": pl.Int8(),
-            },
+            (
+                "subject_id",
+                "hadm_id",
+                "admittime",
+                "dischtime",
+                "deathtime",
+                "admission_type",
+                "insurance",
+                "race",
+                "hospital_expire_flag",
+            ),
         ),
-        TableSpec(
+        _read_spec(
             "icustays",
             "icu",
-            {
-                "subject_id": _ID,
-                "hadm_id": _ID,
-                "stay_id": _ID,
-                "first_careunit": _STR,
-                "last_careunit": _STR,
-                "intime": _TS,
-                "outtime": _TS,
-                "los": pl.Float64(),
-            },
+            (
+                "subject_id",
+                "hadm_id",
+                "stay_id",
+                "first_careunit",
+                "last_careunit",
+                "intime",
+                "outtime",
+                "los",
+            ),
         ),
-        TableSpec(
+        _read_spec(
             "chartevents",
             "icu",
-            {
-                "stay_id": _ID,
-                "charttime": _TS,
-                "storetime": _TS,
-                "itemid": pl.Int32(),
-                "value": _STR,
-                "valuenum": pl.Float64(),
-                "valueuom": _STR,
-            },
+            ("stay_id", "charttime", "storetime", "itemid", "value", "valuenum", "valueuom"),
         ),
-        TableSpec(
+        _read_spec(
             "labevents",
             "hosp",
-            {
-                "subject_id": _ID,
-                "hadm_id": _ID,
-                "itemid": pl.Int32(),
-                "charttime": _TS,
-                "storetime": _TS,
-                "value": _STR,
-                "valuenum": pl.Float64(),
-                "valueuom": _STR,
-            },
+            ("subject_id", "hadm_id", "itemid", "charttime", "storetime", "value", "valuenum", "valueuom"),
         ),
-        TableSpec(
+        _read_spec(
             "outputevents",
             "icu",
-            {
-                "stay_id": _ID,
-                "charttime": _TS,
-                "storetime": _TS,
-                "itemid": pl.Int32(),
-                "value": pl.Float64(),
-                "valueuom": _STR,
-            },
+            ("stay_id", "charttime", "storetime", "itemid", "value", "valueuom"),
             required=False,
         ),
-        TableSpec(
-            "d_items",
-            "icu",
-            {"itemid": pl.Int32(), "label": _STR, "linksto": _STR, "category": _STR, "unitname": _STR},
-        ),
-        TableSpec(
-            "d_labitems", "hosp", {"itemid": pl.Int32(), "label": _STR, "fluid": _STR, "category": _STR}
-        ),
-        TableSpec(
-            "diagnoses_icd",
-            "hosp",
-            {
-                "subject_id": _ID,
-                "hadm_id": _ID,
-                "seq_num": pl.Int16(),
-                "icd_code": _STR,
-                "icd_version": pl.Int8(),
-            },
-        ),
-        TableSpec(
-            "d_icd_diagnoses",
-            "hosp",
-            {"icd_code": _STR, "icd_version": pl.Int8(), "long_title": _STR},
-            required=False,
-        ),
+        _read_spec("d_items", "icu", ("itemid", "label", "linksto", "category", "unitname")),
+        _read_spec("d_labitems", "hosp", ("itemid", "label", "fluid", "category")),
+        _read_spec("diagnoses_icd", "hosp", ("subject_id", "hadm_id", "seq_num", "icd_code", "icd_version")),
+        _read_spec("d_icd_diagnoses", "hosp", ("icd_code", "icd_version", "long_title"), required=False),
     )
 }
 
-CHEXPERT_FINDINGS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
+_METADATA = _read_spec(
+    "mimic-cxr-2.0.0-metadata",
+    "",
+    (
+        "dicom_id",
+        "subject_id",
+        "study_id",
+        "ViewPosition",
+        "StudyDate",
+        "StudyTime",
+        "ViewCodeSequence_CodeMeaning",
+    ),
 )
-"""The 14 CheXpert findings of mimic-cxr-2.0.0-chexpert (1.0 positive, 0.0 negative, −1.0 uncertain)."""
 
 CXR_TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
-        TableSpec(
-            "mimic-cxr-2.0.0-metadata",
-            "",
-            {
-                "dicom_id": _STR,
-                "subject_id": _ID,
-                "study_id": _ID,
-                "ViewPosition": _STR,
-                "StudyDate": _STR,
-                "StudyTime": _STR,
-                "ViewCodeSequence_CodeMeaning": _STR,
-            },
+        # StudyDate is read as text, not as the Int32 of its header: cxr.py parses `YYYYMMDD` (and `YYYYMMDD.0`).
+        replace(_METADATA, columns={**_METADATA.columns, "StudyDate": pl.String()}),
+        _read_spec(
+            "mimic-cxr-2.0.0-chexpert", "", ("subject_id", "study_id", *CHEXPERT_FINDINGS), required=False
         ),
-        TableSpec(
-            "mimic-cxr-2.0.0-chexpert",
-            "",
-            {"subject_id": _ID, "study_id": _ID, **dict.fromkeys(CHEXPERT_FINDINGS, pl.Float32())},
-            required=False,
-        ),
-        TableSpec(
-            "mimic-cxr-2.0.0-split",
-            "",
-            {"dicom_id": _STR, "study_id": _ID, "subject_id": _ID, "split": _STR},
-            required=False,
+        _read_spec(
+            "mimic-cxr-2.0.0-split", "", ("dicom_id", "study_id", "subject_id", "split"), required=False
         ),
     )
 }

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from carebench_data.cxr import image_path
+from carebench_data.cxr import row_image_path
 from carebench_data.errors import CarebenchDataError
 from carebench_data.labels import LOS_EDGES_DAYS
 from carebench_data.manifest import MANIFEST, sha256_file
@@ -350,16 +350,7 @@ def _probe_images(root: Path) -> list[str]:
     assert metadata is not None
     frame, _ = read_small_table(metadata, columns=["dicom_id", "subject_id", "study_id"])
     probe = frame.head(100)
-    found = sum(
-        image_path(
-            root,
-            subject_id=row["subject_id"],
-            study_id=row["study_id"],
-            dicom_id=row["dicom_id"],
-            layout="mimic",
-        ).is_file()
-        for row in probe.iter_rows(named=True)
-    )
+    found = sum(row_image_path(root, row, layout="mimic").is_file() for row in probe.iter_rows(named=True))
     if probe.height and not found:
         return [f"none of the first {probe.height} metadata images exists under {root / 'files'}"]
     return []

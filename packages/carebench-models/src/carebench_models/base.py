@@ -90,7 +90,7 @@ class FusionModel(nn.Module):
 
     def forward(self, batch: Batch) -> ModelOutput:
         """Logits float32 [B, K] and weighted aux losses for one batch (see `Batch` for the keys)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement forward(batch)")
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(batch)")  # abstract
 
     def total_loss(self, output: ModelOutput, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Task loss plus every aux term, and the detached terms for logging.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -162,17 +163,17 @@ def fusion_section(context: ReportContext) -> Section:
             metric = context.primary(task)
             context.status(f"fusion gain: {cohort} / {task}")
             test, val = context.test(cohort, task=task), context.val(cohort, task=task)
-            gain = ce.fusion_gain(
-                test,
-                fused=fused,
-                unimodal=unimodal,
-                metrics=[metric],
-                select_on=val,
-                correction="holm",
-                n_perm=config.n_perm,
-                n_boot=config.n_boot,
-                random_state=config.random_state,
-            )
+            gain_options: dict[str, Any] = {
+                "fused": fused,
+                "unimodal": unimodal,
+                "metrics": [metric],
+                "select_on": val,
+                "correction": "holm",
+                "n_perm": config.n_perm,
+                "n_boot": config.n_boot,
+                "random_state": config.random_state,
+            }
+            gain = ce.fusion_gain(test, **gain_options)
             context.results[f"fusion_gain_{cohort}_{task}"] = gain
             scores = context.headline_values(context.score(cohort), task=task, metric=metric)
             target = summary_target(gain, task=task, metric=metric)
@@ -192,18 +193,7 @@ def fusion_section(context: ReportContext) -> Section:
                     }
                 )
             if cohort == "base" and "has_cxr" in test.columns:
-                by = ce.fusion_gain(
-                    test,
-                    fused=fused,
-                    unimodal=unimodal,
-                    metrics=[metric],
-                    select_on=val,
-                    by="has_cxr",
-                    correction="holm",
-                    n_perm=config.n_perm,
-                    n_boot=config.n_boot,
-                    random_state=config.random_state,
-                )
+                by = ce.fusion_gain(test, by="has_cxr", **gain_options)
                 context.results[f"fusion_gain_by_cxr_{cohort}_{task}"] = by
                 for model in fused:
                     cells = {"task": task, "model": model, "metric": metric_label(metric)}

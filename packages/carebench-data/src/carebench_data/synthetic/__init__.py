@@ -4,6 +4,7 @@
 >>> generate_synthetic(tmp_path / "raw", SyntheticConfig.tiny(seed=1))  # doctest: +SKIP
 """
 
+from carebench_data.mimic_schemas import CHEXPERT_FINDINGS, MIMIC_CXR_TABLES, MIMIC_IV_TABLES
 from carebench_data.synthetic.config import (
     SignalConfig,
     SubgroupEffect,
@@ -12,7 +13,6 @@ from carebench_data.synthetic.config import (
 )
 from carebench_data.synthetic.generate import SyntheticOutputError, generate_synthetic
 from carebench_data.synthetic.phenotypes import PHENOTYPE_COLUMNS
-from carebench_data.synthetic.schemas import CHEXPERT_FINDINGS, MIMIC_CXR_TABLES, MIMIC_IV_TABLES
 
 __all__ = [
     "CHEXPERT_FINDINGS",

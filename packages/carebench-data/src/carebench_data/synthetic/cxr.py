@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from carebench_data.mimic_schemas import CHEXPERT_FINDINGS
 from carebench_data.synthetic.config import SyntheticConfig
 from carebench_data.synthetic.latent import Population, age_bins, subgroup_factor
 from carebench_data.synthetic.render import (
@@ -28,7 +29,6 @@ from carebench_data.synthetic.render import (
     TemplateCache,
 )
 from carebench_data.synthetic.rng import SECONDS_PER_DAY, SECONDS_PER_HOUR, rng_for, unique_ids
-from carebench_data.synthetic.schemas import CHEXPERT_FINDINGS
 from carebench_data.synthetic.vocab import CXR_ERA_GROUPS, EMERGENCY_TYPES
 
 FINDINGS = ("eff_left", "eff_right", "cardiomegaly", "edema", "consolidation", "pneumothorax", "atelectasis")

@@ -14,6 +14,7 @@ import polars as pl
 
 import carebench_data
 from carebench_data.errors import CarebenchDataError
+from carebench_data.mimic_schemas import MIMIC_CXR_TABLES, MIMIC_IV_TABLES
 from carebench_data.synthetic import cxr, hosp
 from carebench_data.synthetic.chart import DIRT_KINDS, chart_chunk
 from carebench_data.synthetic.config import SyntheticConfig
@@ -21,7 +22,6 @@ from carebench_data.synthetic.icu_events import input_chunk, output_chunk, proce
 from carebench_data.synthetic.labs import lab_chunk
 from carebench_data.synthetic.latent import sample_population
 from carebench_data.synthetic.rng import rng_for
-from carebench_data.synthetic.schemas import MIMIC_CXR_TABLES, MIMIC_IV_TABLES
 from carebench_data.synthetic.truth import findings_truth, stays_truth
 from carebench_data.synthetic.writer import CsvGzWriter, write_checksums, write_json, write_table
 

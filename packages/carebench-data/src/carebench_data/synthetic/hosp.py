@@ -8,12 +8,12 @@ from importlib import resources
 import numpy as np
 import polars as pl
 
+from carebench_data.mimic_schemas import MIMIC_IV_TABLES
 from carebench_data.synthetic import vocab
 from carebench_data.synthetic.config import SyntheticConfig
 from carebench_data.synthetic.latent import Population
 from carebench_data.synthetic.phenotypes import PHENOTYPE_COLUMNS, icd_code_table
 from carebench_data.synthetic.rng import SECONDS_PER_DAY, rng_for, unique_ids
-from carebench_data.synthetic.schemas import MIMIC_IV_TABLES
 from carebench_data.synthetic.trajectory import to_date, to_datetime
 
 _ALNUM = np.array(list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"))

@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from carebench_data.synthetic.schemas import Schema
+from carebench_data.mimic_schemas import Schema
 
 DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 DATE_FORMAT = "%Y-%m-%d"

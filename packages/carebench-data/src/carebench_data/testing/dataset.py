@@ -28,6 +28,7 @@ import polars as pl
 
 from carebench_data import __version__
 from carebench_data.errors import CarebenchDataError
+from carebench_data.manifest import sha256_file
 from carebench_data.normalization import compute_fold_stats, write_fold_stats
 from carebench_data.registry import load_registry
 from carebench_data.splits import N_FOLDS, fold_parts, split_of
@@ -175,14 +176,6 @@ def _draw_images(rng: np.random.Generator, severity: np.ndarray, size: int) -> n
     images = 90 * body - 50 * lungs + 110 * weight * opacity
     images = images + 8 * rng.standard_normal((severity.size, size, size)) + 60
     return np.clip(np.round(images), 0, 255).astype(np.uint8)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_text(content: Any) -> str:
@@ -340,7 +333,7 @@ def write_tiny_dataset(
             "splits": {"salt": "v1"},
         }
         files = {
-            file.relative_to(staging).as_posix(): {"sha256": _sha256(file), "bytes": file.stat().st_size}
+            file.relative_to(staging).as_posix(): {"sha256": sha256_file(file), "bytes": file.stat().st_size}
             for file in sorted(staging.rglob("*"))
             if file.is_file()
         }

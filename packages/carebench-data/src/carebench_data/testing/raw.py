@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from carebench_data.mimic_schemas import MIMIC_CXR_TABLES, MIMIC_IV_TABLES
 from carebench_data.registry import load_registry
 
 T0 = datetime(2180, 3, 1, 10, 0, 0)
@@ -69,108 +70,25 @@ class _Tables:
         self.rows.setdefault(table, []).append(row)
 
 
+_REAL_HEADERS = {**MIMIC_IV_TABLES, **MIMIC_CXR_TABLES}
 HEADERS = {
-    "hosp/patients": ["subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod"],
-    "hosp/admissions": [
-        "subject_id",
-        "hadm_id",
-        "admittime",
-        "dischtime",
-        "deathtime",
-        "admission_type",
-        "admit_provider_id",
-        "admission_location",
-        "discharge_location",
-        "insurance",
-        "language",
-        "marital_status",
-        "race",
-        "edregtime",
-        "edouttime",
-        "hospital_expire_flag",
-    ],
-    "hosp/diagnoses_icd": ["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"],
-    "hosp/d_icd_diagnoses": ["icd_code", "icd_version", "long_title"],
-    "hosp/labevents": [
-        "labevent_id",
-        "subject_id",
-        "hadm_id",
-        "specimen_id",
-        "itemid",
-        "order_provider_id",
-        "charttime",
-        "storetime",
-        "value",
-        "valuenum",
-        "valueuom",
-        "ref_range_lower",
-        "ref_range_upper",
-        "flag",
-        "priority",
-        "comments",
-    ],
-    "hosp/d_labitems": ["itemid", "label", "fluid", "category"],
-    "icu/icustays": [
-        "subject_id",
-        "hadm_id",
-        "stay_id",
-        "first_careunit",
-        "last_careunit",
-        "intime",
-        "outtime",
-        "los",
-    ],
-    "icu/chartevents": [
-        "subject_id",
-        "hadm_id",
-        "stay_id",
-        "caregiver_id",
-        "charttime",
-        "storetime",
-        "itemid",
-        "value",
-        "valuenum",
-        "valueuom",
-        "warning",
-    ],
-    "icu/outputevents": [
-        "subject_id",
-        "hadm_id",
-        "stay_id",
-        "caregiver_id",
-        "charttime",
-        "storetime",
-        "itemid",
-        "value",
-        "valueuom",
-    ],
-    "icu/d_items": [
-        "itemid",
-        "label",
-        "abbreviation",
-        "linksto",
-        "category",
-        "unitname",
-        "param_type",
-        "lownormalvalue",
-        "highnormalvalue",
-    ],
-    "mimic-cxr-2.0.0-metadata": [
-        "dicom_id",
-        "subject_id",
-        "study_id",
-        "PerformedProcedureStepDescription",
-        "ViewPosition",
-        "Rows",
-        "Columns",
-        "StudyDate",
-        "StudyTime",
-        "ProcedureCodeSequence_CodeMeaning",
-        "ViewCodeSequence_CodeMeaning",
-        "PatientOrientationCodeSequence_CodeMeaning",
-    ],
-    "mimic-cxr-2.0.0-split": ["dicom_id", "study_id", "subject_id", "split"],
+    table: list(_REAL_HEADERS[table])
+    for table in (
+        "hosp/patients",
+        "hosp/admissions",
+        "hosp/diagnoses_icd",
+        "hosp/d_icd_diagnoses",
+        "hosp/labevents",
+        "hosp/d_labitems",
+        "icu/icustays",
+        "icu/chartevents",
+        "icu/outputevents",
+        "icu/d_items",
+        "mimic-cxr-2.0.0-metadata",
+        "mimic-cxr-2.0.0-split",
+    )
 }
+"""The written tables with their real headers (`carebench_data.mimic_schemas`), in writing order."""
 
 
 def _write_table(path_without_suffix: Path, header: list[str], rows: list[dict[str, Any]], fmt: str) -> None:

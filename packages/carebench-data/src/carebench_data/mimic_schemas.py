@@ -1,4 +1,7 @@
-"""Real column names, order and dtypes of every emitted table (MIMIC-IV 2.2 / 3.1, MIMIC-CXR-JPG 2.0.0).
+"""Real column names, order and dtypes of every MIMIC-IV 2.2 / 3.1 and MIMIC-CXR-JPG 2.0.0 table used.
+
+The one source of truth for the raw headers: the build (`carebench_data.raw`) reads a subset of these
+columns, and the synthetic generator (`carebench_data.synthetic`) writes them all.
 
 The MIMIC-IV columns follow the official 2.2 schema (mimic-code `buildmimic/postgres/create.sql`);
 v3.1 renamed or removed no column (data.md §1.4), so both versions share these headers and differ
