@@ -10,11 +10,12 @@ from carebench_cli.demo import demo_paths, ensure_demo_dataset
 
 def test_demo_dataset_is_built_once_then_reused(tmp_path, monkeypatch):
     console = Console(file=io.StringIO())
-    dataset = ensure_demo_dataset(console=console, cache=tmp_path / "cache", scale="tiny")
-    raw, expected = demo_paths(tmp_path / "cache")
+    dataset = ensure_demo_dataset(console=console, cache=tmp_path / "cache", scale="tiny", n_stays=120)
+    raw, expected = demo_paths(tmp_path / "cache", scale="tiny", n_stays=120)
     assert dataset == expected
     manifest = json.loads((dataset / "manifest.json").read_text())
     assert manifest["source"]["kind"] == "synthetic"
+    assert manifest["source"]["synthetic"]["row_counts"]["icu/icustays"] == 120
     assert (raw / "mimiciv" / "2.2").is_dir()
     stamp = (dataset / "manifest.json").stat().st_mtime_ns
 
@@ -22,12 +23,27 @@ def test_demo_dataset_is_built_once_then_reused(tmp_path, monkeypatch):
         raise AssertionError("the cached demo must not be generated again")
 
     monkeypatch.setattr(synthetic, "generate_synthetic", refuse)
-    assert ensure_demo_dataset(console=console, cache=tmp_path / "cache", scale="tiny") == dataset
+    assert (
+        ensure_demo_dataset(console=console, cache=tmp_path / "cache", scale="tiny", n_stays=120) == dataset
+    )
     assert (dataset / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_demo_cache_path_names_size_seed_and_generator_version(tmp_path):
+    import carebench_data
+
+    default = demo_paths(tmp_path)[1]
+    assert default == tmp_path / f"demo-demo-5000-seed0-v{carebench_data.__version__}" / "dataset"
+    others = {
+        demo_paths(tmp_path, n_stays=2000)[1],
+        demo_paths(tmp_path, seed=1)[1],
+        demo_paths(tmp_path, scale="tiny")[1],
+    }
+    assert default not in others and len(others) == 3
 
 
 def test_cache_directory_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv(CACHE_ENV, raising=False)
     assert str(cache_dir()) == ".carebench"
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
-    assert demo_paths()[1] == tmp_path / "demo" / "dataset"
+    assert demo_paths()[1].parent.parent == tmp_path

@@ -137,7 +137,12 @@ def test_config_overrides_beat_bundled_defaults_and_enter_the_id():
 
     config = check_names(
         resolve_config(
-            file_values={"models": ["lstm"], "hparams": {"lstm": {"beta": 2.0}}, "train": {"max_epochs": 3}}
+            file_values={
+                "models": ["lstm"],
+                "profile": "paper",
+                "hparams": {"lstm": {"beta": 2.0}},
+                "train": {"max_epochs": 3},
+            }
         ),
         known_models=MODELS,
         known_tasks=TASKS,
@@ -148,3 +153,17 @@ def test_config_overrides_beat_bundled_defaults_and_enter_the_id():
     assert dict(specs["los"].train) == {"lr": 4e-4, "max_epochs": 3}
     without = {spec.task: spec for spec in expand_grid(config, dataset_hash="h")}
     assert without["los"].run_id != specs["los"].run_id
+
+
+def test_quick_profile_keeps_its_learning_rate_over_bundled_trainer_defaults():
+    def defaults(model, task, cohort):
+        return {"alpha": 0.7}, {"lr": 4e-4}
+
+    config = check_names(
+        resolve_config(file_values={"models": ["lstm"], "profile": "quick", "train": {"max_epochs": 3}}),
+        known_models=MODELS,
+        known_tasks=TASKS,
+    )
+    spec = expand_grid(config, dataset_hash="h", defaults=defaults)[0]
+    assert dict(spec.hparams) == {"alpha": 0.7}
+    assert dict(spec.train) == {"max_epochs": 3}

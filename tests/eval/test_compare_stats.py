@@ -8,7 +8,7 @@ from carebench_eval.compare import compare, compare_grid, delong_components, del
 from carebench_eval.io import from_arrays
 from carebench_eval.multiplicity import holm
 from carebench_eval.resampling import bootstrap_counts
-from carebench_eval.schema import RESULT_SCHEMA, check_notes
+from carebench_eval.testing import assert_result_table
 
 
 def _scores(rng: np.random.Generator, y: np.ndarray, strength: float) -> np.ndarray:
@@ -48,11 +48,6 @@ def _binary(
 def _arrays(frame: pl.DataFrame, model: str) -> tuple[np.ndarray, np.ndarray]:
     part = frame.filter(pl.col("model") == model).sort(pl.col("sample_id").cast(pl.Int64))
     return part["y_true"].to_numpy(), part["y_score"].to_numpy()
-
-
-def _assert_schema(frame: pl.DataFrame) -> None:
-    assert dict(frame.schema) == RESULT_SCHEMA
-    check_notes(frame)
 
 
 # DeLong
@@ -112,7 +107,7 @@ def test_identical_models_give_p_one_and_zero_delta() -> None:
     frame = _binary(80, {"a": 1.0}, n_subjects=60)
     twin = frame.with_columns(pl.lit("b").alias("model"))
     out = compare(frame, twin, n_perm=500, n_boot=100)
-    _assert_schema(out)
+    assert_result_table(out)
     assert out["value"].to_list() == [0.0, 0.0]
     assert out["p_value"].to_list() == [1.0, 1.0]
     assert out["ci_low"].to_list() == [0.0, 0.0] and out["ci_high"].to_list() == [0.0, 0.0]
@@ -187,7 +182,7 @@ def test_exact_enumeration_and_materialized_bootstrap() -> None:
 def test_delong_row_and_cluster_note() -> None:
     frame = _binary(100, {"a": 1.0, "b": 0.5}, n_subjects=70)
     out = compare((frame, "a"), (frame, "b"), metric="auroc_score", delong=True, n_perm=200, n_boot=50)
-    _assert_schema(out)
+    assert_result_table(out)
     row = out.filter(pl.col("statistic") == "delong")
     y, a = _arrays(frame, "a")
     _, b = _arrays(frame, "b")
@@ -240,7 +235,7 @@ def test_multilabel_and_multiclass_comparisons() -> None:
         frames.append(from_arrays(y_class, proba, task="los", kind="multiclass", targets=classes, model=m))
     frame = pl.concat(frames, how="diagonal_relaxed")
     out = compare((frame, "a"), (frame, "b"), n_perm=200, n_boot=100, targets="all")
-    _assert_schema(out)
+    assert_result_table(out)
     phenotype = out.filter(pl.col("task") == "phenotype")
     assert set(phenotype["target"]) == {"(macro)", *labels}
 
@@ -284,7 +279,7 @@ def test_gap_comparison_is_antisymmetric() -> None:
         n_perm=300,
         n_boot=100,
     )
-    _assert_schema(ab)
+    assert_result_table(ab)
     assert ab["group_attribute"][0] == "sex" and ab["statistic"][0] == "gap"
     assert ab["value"][0] == pytest.approx(-ba["value"][0], abs=1e-15)
     assert ab["p_value"][0] == ba["p_value"][0]
@@ -297,7 +292,7 @@ def test_compare_grid_vs_best_unimodal_with_holm() -> None:
     test = _binary(150, {"fused1": 1.6, "fused2": 1.4, "fused3": 0.9, "lstm": 1.0, "resnet": 0.4}, seed=2)
     # The default unimodal candidates are the registry's lstm, transformer and resnet.
     out = compare_grid(test, metrics=["auroc_score"], n_perm=500, n_boot=50)
-    _assert_schema(out)
+    assert_result_table(out)
     assert out["model"].to_list() == ["fused1", "fused2", "fused3"]
     assert set(out["baseline"]) == {"lstm"}
     assert set(out["notes"]) == {"row_bootstrap;best_unimodal;selected_on_test"}

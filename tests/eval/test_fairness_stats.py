@@ -14,12 +14,7 @@ from carebench_eval.fairness import (
 )
 from carebench_eval.io import from_arrays
 from carebench_eval.metrics.threshold import Fixed
-from carebench_eval.schema import RESULT_SCHEMA, check_notes
-
-
-def _assert_schema(frame: pl.DataFrame) -> None:
-    assert dict(frame.schema) == RESULT_SCHEMA
-    check_notes(frame)
+from carebench_eval.testing import assert_result_table, select_rows
 
 
 def _frame(
@@ -36,12 +31,6 @@ def _frame(
         attributes=attributes,
         model="fusion",
     )
-
-
-def _rows(out: pl.DataFrame, **equal: str | None) -> pl.DataFrame:
-    for column, value in equal.items():
-        out = out.filter(pl.col(column).is_null() if value is None else pl.col(column) == value)
-    return out
 
 
 # Array layer against fairlearn
@@ -102,20 +91,20 @@ def _planted(n: int = 600, seed: int = 0) -> tuple[pl.DataFrame, dict[str, np.nd
 def test_worst_group_follows_the_metric_direction() -> None:
     frame, _ = _planted()
     out = fairness(frame, attributes=["site"], intersections=None, n_boot=100)
-    _assert_schema(out)
-    worst = _rows(out, group_attribute="site", statistic="worst_group")
-    best = _rows(out, group_attribute="site", statistic="best_group")
+    assert_result_table(out)
+    worst = select_rows(out, group_attribute="site", statistic="worst_group")
+    best = select_rows(out, group_attribute="site", statistic="best_group")
     by_metric = dict(zip(worst["metric"], worst["group"], strict=True))
     assert by_metric["fpr_error"] == "high_fpr"  # lower is better: the argmax
     assert by_metric["sensitivity_score"] == "low_tpr"  # higher is better: the argmin
     assert by_metric["expected_calibration_error"] in ("high_fpr", "low_tpr")
     assert dict(zip(best["metric"], best["group"], strict=True))["fpr_error"] != "high_fpr"
     assert not ({"base_rate", "positive_rate"} & set(worst["metric"]))  # descriptive: no worst group
-    fpr = _rows(out, group_attribute="site", metric="fpr_error", statistic="estimate")
+    fpr = select_rows(out, group_attribute="site", metric="fpr_error", statistic="estimate")
     fpr_by_group = dict(zip(fpr["group"], fpr["value"], strict=True))
-    worst_fpr = _rows(worst, metric="fpr_error")
+    worst_fpr = select_rows(worst, metric="fpr_error")
     assert worst_fpr["value"][0] == max(fpr_by_group.values())
-    gap = _rows(out, group_attribute="site", metric="fpr_error", statistic="gap")
+    gap = select_rows(out, group_attribute="site", metric="fpr_error", statistic="gap")
     assert gap["value"][0] == pytest.approx(max(fpr_by_group.values()) - min(fpr_by_group.values()))
     assert gap["ci_low"][0] > 0  # a large planted gap
 
@@ -124,15 +113,15 @@ def test_group_metrics_match_sklearn_and_parity_matches_fairlearn() -> None:
     metrics = pytest.importorskip("fairlearn.metrics")
     frame, data = _planted(seed=1)
     out = fairness(frame, attributes=["site"], intersections=None, n_boot=0, include_small=True)
-    auroc = _rows(out, metric="auroc_score", statistic="estimate")
+    auroc = select_rows(out, metric="auroc_score", statistic="estimate")
     for group, value, n in zip(auroc["group"], auroc["value"], auroc["n"], strict=True):
         mask = data["site"] == group
         assert value == pytest.approx(roc_auc_score(data["y"][mask], data["s"][mask]), abs=1e-12)
         assert n == mask.sum()
     assert auroc["ci_low"].null_count() == auroc.height  # n_boot=0: no CI
     y_pred = (data["s"] >= 0.5).astype(int)
-    dpd = _rows(out, metric="demographic_parity_difference")
-    eod = _rows(out, metric="equalized_odds_difference")
+    dpd = select_rows(out, metric="demographic_parity_difference")
+    eod = select_rows(out, metric="equalized_odds_difference")
     assert dpd["value"][0] == pytest.approx(
         metrics.demographic_parity_difference(data["y"], y_pred, sensitive_features=data["site"]), abs=1e-12
     )
@@ -156,17 +145,17 @@ def test_small_groups_are_reported_and_flagged_not_dropped() -> None:
     s[-3:] = [0.99, 0.01, 0.99]  # the tiny group looks terrible
     frame = _frame(y, s, {"race": race})
     out = fairness(frame, attributes=["race"], intersections=None, n_boot=50, min_group_n=30)
-    tiny = _rows(out, group="ASIAN", metric="auroc_score")
+    tiny = select_rows(out, group="ASIAN", metric="auroc_score")
     assert tiny.height == 1 and tiny["n"][0] == 3
     assert "small_group" in tiny["notes"][0].split(";")
     assert not np.isnan(tiny["value"][0])
-    gap = _rows(out, metric="auroc_score", statistic="gap")
-    groups = _rows(out, metric="auroc_score", statistic="estimate")
+    gap = select_rows(out, metric="auroc_score", statistic="gap")
+    groups = select_rows(out, metric="auroc_score", statistic="estimate")
     large = groups.filter(pl.col("n") >= 30)["value"].to_numpy()
     assert gap["value"][0] == pytest.approx(large.max() - large.min())
     assert "small_group" in gap["notes"][0].split(";")
     included = fairness(frame, attributes=["race"], intersections=None, n_boot=0, include_small=True)
-    all_gap = _rows(included, metric="auroc_score", statistic="gap")["value"][0]
+    all_gap = select_rows(included, metric="auroc_score", statistic="gap")["value"][0]
     assert all_gap == pytest.approx(groups["value"].max() - groups["value"].min())
 
 
@@ -175,9 +164,9 @@ def test_too_few_groups_and_single_class_group() -> None:
     s = np.linspace(0.01, 0.99, 80)
     frame = _frame(y, s, {"unit": np.array(["MICU"] * 40 + ["SICU"] * 40)})
     out = fairness(frame, attributes=["unit"], intersections=None, n_boot=20)
-    sicu = _rows(out, group="SICU", metric="auroc_score")
+    sicu = select_rows(out, group="SICU", metric="auroc_score")
     assert np.isnan(sicu["value"][0]) and "single_class" in sicu["notes"][0].split(";")
-    gap = _rows(out, metric="auroc_score", statistic="gap")
+    gap = select_rows(out, metric="auroc_score", statistic="gap")
     assert np.isnan(gap["value"][0]) and "too_few_groups" in gap["notes"][0].split(";")
 
 
@@ -188,17 +177,17 @@ def test_age_group_derivation_intersections_and_has_cxr() -> None:
         pl.Series("has_cxr", np.arange(600) % 3 != 0),
     )
     out = fairness(frame, attributes=["age_group", "race", "has_cxr", "sex"], n_boot=0, min_group_n=5)
-    _assert_schema(out)
+    assert_result_table(out)
     attributes = out["group_attribute"].drop_nulls().unique().to_list()
     assert {"age_group", "race", "has_cxr", "sex", "age_group|race", "age_group|sex", "race|sex"} == set(
         attributes
     )
-    age = _rows(out, group_attribute="age_group", metric="base_rate", statistic="estimate")
+    age = select_rows(out, group_attribute="age_group", metric="base_rate", statistic="estimate")
     expected = dict(zip(*np.unique(age_groups(data["age"]), return_counts=True), strict=True))
     assert dict(zip(age["group"], age["n"], strict=True)) == expected
-    cxr = _rows(out, group_attribute="has_cxr", metric="base_rate", statistic="estimate")
+    cxr = select_rows(out, group_attribute="has_cxr", metric="base_rate", statistic="estimate")
     assert dict(zip(cxr["group"], cxr["n"], strict=True)) == {"false": 200, "true": 400}
-    pair = _rows(out, group_attribute="age_group|race", metric="base_rate", statistic="estimate")
+    pair = select_rows(out, group_attribute="age_group|race", metric="base_rate", statistic="estimate")
     assert all("|" in group for group in pair["group"])
 
 
@@ -228,11 +217,11 @@ def test_gap_permutation_test_detects_a_planted_disparity() -> None:
         test_gaps=True,
         n_perm=199,
     )
-    site = _rows(out, group_attribute="site", statistic="gap")
-    sex = _rows(out, group_attribute="sex", statistic="gap")
+    site = select_rows(out, group_attribute="site", statistic="gap")
+    sex = select_rows(out, group_attribute="sex", statistic="gap")
     assert site["p_value"][0] == pytest.approx(1 / 200)
     assert sex["p_value"][0] > 0.05
-    assert _rows(out, statistic="estimate", group="base")["p_value"].null_count() == 1
+    assert select_rows(out, statistic="estimate", group="base")["p_value"].null_count() == 1
 
 
 def test_threshold_policy_is_recorded() -> None:
@@ -245,7 +234,7 @@ def test_threshold_policy_is_recorded() -> None:
         threshold=Fixed(0.3),
         n_boot=0,
     )
-    notes = _rows(out, metric="sensitivity_score", statistic="estimate")["notes"].to_list()
+    notes = select_rows(out, metric="sensitivity_score", statistic="estimate")["notes"].to_list()
     assert all("policy=fixed:0.3" in note.split(";") for note in notes)
 
 
@@ -264,13 +253,13 @@ def test_planted_weak_group_from_the_library_generator_is_the_worst() -> None:
     out = fairness(
         preds, attributes=["sex"], intersections=None, metrics=["auroc_score", "brier_loss"], n_boot=200
     )
-    _assert_schema(out)
-    worst = _rows(out, statistic="worst_group", metric="auroc_score")
+    assert_result_table(out)
+    worst = select_rows(out, statistic="worst_group", metric="auroc_score")
     assert worst["group"][0] == "F"
-    assert _rows(out, statistic="gap", metric="auroc_score")["ci_low"][0] > 0.1
-    assert _rows(out, statistic="estimate", group="F", metric="auroc_score")["value"][0] == pytest.approx(
-        0.5, abs=0.1
-    )
+    assert select_rows(out, statistic="gap", metric="auroc_score")["ci_low"][0] > 0.1
+    assert select_rows(out, statistic="estimate", group="F", metric="auroc_score")["value"][
+        0
+    ] == pytest.approx(0.5, abs=0.1)
 
 
 def test_association_with_missing_cxr_share() -> None:
@@ -286,10 +275,10 @@ def test_association_with_missing_cxr_share() -> None:
     out = fairness(
         frame, attributes=["unit", "has_cxr"], intersections=None, metrics=["auroc_score"], n_boot=100
     )
-    association = _rows(out, statistic="association")
+    association = select_rows(out, statistic="association")
     assert association["group_attribute"].to_list() == ["unit"]  # never for has_cxr itself
     auroc = (
-        _rows(out, group_attribute="unit", metric="auroc_score", statistic="estimate")
+        select_rows(out, group_attribute="unit", metric="auroc_score", statistic="estimate")
         .sort("group")["value"]
         .to_numpy()
     )
@@ -303,7 +292,7 @@ def test_association_with_missing_cxr_share() -> None:
         metrics=["auroc_score"],
         n_boot=0,
     )
-    row = _rows(complete, statistic="association")
+    row = select_rows(complete, statistic="association")
     assert np.isnan(row["value"][0]) and "no_missing_modality" in row["notes"][0].split(";")
 
 
@@ -320,11 +309,11 @@ def test_validation_threshold_policy_and_threshold_rows() -> None:
         threshold=FromValidation(validation, rule="youden"),
         n_boot=0,
     )
-    threshold = _rows(out, metric="threshold")
+    threshold = select_rows(out, metric="threshold")
     expected = choose_threshold(val_data["y"], val_data["s"], rule="youden")
     assert threshold["value"][0] == pytest.approx(expected)
     assert threshold["notes"][0] == "policy=validation:youden" and threshold["group_attribute"][0] is None
-    sensitivity = _rows(out, metric="sensitivity_score", statistic="estimate", group="F")
+    sensitivity = select_rows(out, metric="sensitivity_score", statistic="estimate", group="F")
     positives = (data["sex"] == "F") & (data["y"] == 1)
     assert sensitivity["value"][0] == pytest.approx((data["s"][positives] >= expected).mean())
     other_model = validation.with_columns(pl.lit("other").alias("model"))
@@ -351,23 +340,23 @@ def test_worst_group_is_the_argmax_for_calibration_losses() -> None:
     )
     worst = dict(
         zip(
-            _rows(out, statistic="worst_group")["metric"],
-            _rows(out, statistic="worst_group")["group"],
+            select_rows(out, statistic="worst_group")["metric"],
+            select_rows(out, statistic="worst_group")["group"],
             strict=True,
         )
     )
     best = dict(
         zip(
-            _rows(out, statistic="best_group")["metric"],
-            _rows(out, statistic="best_group")["group"],
+            select_rows(out, statistic="best_group")["metric"],
+            select_rows(out, statistic="best_group")["group"],
             strict=True,
         )
     )
     assert worst["expected_calibration_error"] == "miscalibrated"
     assert worst["brier_loss"] == "miscalibrated"
     assert best["brier_loss"] != "miscalibrated"
-    ece = _rows(out, metric="expected_calibration_error", statistic="estimate")
+    ece = select_rows(out, metric="expected_calibration_error", statistic="estimate")
     assert (
-        _rows(out, metric="expected_calibration_error", statistic="worst_group")["value"][0]
+        select_rows(out, metric="expected_calibration_error", statistic="worst_group")["value"][0]
         == ece["value"].max()
     )

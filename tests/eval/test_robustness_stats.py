@@ -14,20 +14,9 @@ from carebench_eval.robustness import (
     parse_setting,
     robustness,
 )
-from carebench_eval.schema import RESULT_SCHEMA, check_notes
+from carebench_eval.testing import assert_result_table, select_rows
 
 RATES = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def _assert_schema(frame: pl.DataFrame) -> None:
-    assert dict(frame.schema) == RESULT_SCHEMA
-    check_notes(frame)
-
-
-def _rows(out: pl.DataFrame, **equal: str | None) -> pl.DataFrame:
-    for column, value in equal.items():
-        out = out.filter(pl.col(column).is_null() if value is None else pl.col(column) == value)
-    return out
 
 
 def test_parse_setting_grammar() -> None:
@@ -97,15 +86,15 @@ def _degradation(
 def test_robustness_recovers_a_planted_degradation() -> None:
     frame, scores, y = _degradation()
     out = robustness(frame, metrics=["auroc_score"], n_boot=200)
-    _assert_schema(out)
+    assert_result_table(out)
     fusion_points = [roc_auc_score(y, scores["fusion", rate]) for rate in RATES]
     assert fusion_points[0] - fusion_points[-1] > 0.1  # the plant works
-    points = _rows(out, model="fusion", metric="auroc_score", statistic="estimate").sort("setting")
+    points = select_rows(out, model="fusion", metric="auroc_score", statistic="estimate").sort("setting")
     assert points.height == len(RATES)  # the rate-0 point is reported once
     by_setting = dict(zip(points["setting"], points["value"], strict=True))
     assert by_setting["natural"] == pytest.approx(fusion_points[0], abs=1e-12)
     assert by_setting["test_cxr_mcar_0.5"] == pytest.approx(fusion_points[2], abs=1e-12)
-    curve = _rows(out, model="fusion", setting="test_cxr_mcar")
+    curve = select_rows(out, model="fusion", setting="test_cxr_mcar")
     stats = dict(zip(curve["statistic"], curve["value"], strict=True))
     area = curve_area(np.array(RATES), np.array([fusion_points]))[0]
     assert stats["area"] == pytest.approx(area, abs=1e-12)
@@ -115,13 +104,13 @@ def test_robustness_recovers_a_planted_degradation() -> None:
     assert stats["break_even_rate"] == pytest.approx(
         break_even_rate(np.array(RATES), np.array(fusion_points), lstm_auroc), abs=1e-12
     )
-    area_row = _rows(curve, statistic="area")
+    area_row = select_rows(curve, statistic="area")
     assert area_row["ci_low"][0] < area < area_row["ci_high"][0]
-    assert _rows(curve, statistic="relative_area")["ci_high"][0] < 1.0  # significant degradation
-    lstm = _rows(out, model="lstm", setting="test_cxr_mcar")
+    assert select_rows(curve, statistic="relative_area")["ci_high"][0] < 1.0  # significant degradation
+    lstm = select_rows(out, model="lstm", setting="test_cxr_mcar")
     lstm_stats = dict(zip(lstm["statistic"], lstm["value"], strict=True))
     assert lstm_stats["retention"] == pytest.approx(1.0) and lstm_stats["relative_area"] == pytest.approx(1.0)
-    missing = _rows(out, model="fusion", metric="cxr_missing_rate").sort("setting")
+    missing = select_rows(out, model="fusion", metric="cxr_missing_rate").sort("setting")
     assert missing["value"].to_list() == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
     assert missing["notes"].null_count() == missing.height  # observed = nominal: no rate_mismatch
 
@@ -143,7 +132,7 @@ def test_curve_areas_compare_between_models() -> None:
     out = compare(
         (frame, "fusion"), (frame, "lstm"), statistic="area", metric="auroc_score", n_perm=200, n_boot=100
     )
-    _assert_schema(out)
+    assert_result_table(out)
     fusion_area = curve_area(
         np.array(RATES), np.array([[roc_auc_score(y, scores["fusion", r]) for r in RATES]])
     )[0]
@@ -185,10 +174,10 @@ def _gain(n: int = 300, seed: int = 0) -> pl.DataFrame:
 def test_fusion_gain_recovers_a_planted_gain() -> None:
     frame = _gain()
     out = fusion_gain(frame, metrics=["auroc_score"], n_perm=500, n_boot=200)
-    _assert_schema(out)
+    assert_result_table(out)
     assert set(out["baseline"]) == {"lstm"}
     assert set(out["notes"]) == {"best_unimodal;selected_on_test"}
-    drfuse = _rows(out, model="drfuse")
+    drfuse = select_rows(out, model="drfuse")
     assert drfuse["target"].to_list() == ["(macro)"]
     assert drfuse["value"][0] > 0.05 and drfuse["ci_low"][0] > 0
     assert drfuse["p_adjusted"][0] <= 2 * drfuse["p_value"][0] + 1e-12  # Holm over 2 fused models
@@ -247,15 +236,15 @@ def test_modality_contribution_and_utilization() -> None:
     preds = pl.concat([frame, cxr_only])
     # unimodal_cxr defaults to the registry's CXR-only baseline, "resnet".
     out = modality_contribution(preds, metrics=["auroc_score"], n_perm=300, n_boot=200)
-    _assert_schema(out)
-    drop = _rows(out, model="fusion", statistic="modality_drop")
+    assert_result_table(out)
+    drop = select_rows(out, model="fusion", statistic="modality_drop")
     expected = roc_auc_score(y, scores["fusion", 0.0]) - roc_auc_score(y, scores["fusion", 1.0])
     assert drop["value"][0] == pytest.approx(expected, abs=1e-12)
     assert drop["setting"][0] == "test_cxr_mcar_1.0" and drop["baseline"][0] is None
     assert drop["ci_low"][0] > 0 and drop["p_value"][0] < 0.01
-    lstm = _rows(out, model="lstm", statistic="modality_drop")
+    lstm = select_rows(out, model="lstm", statistic="modality_drop")
     assert lstm["value"][0] == 0.0 and lstm["p_value"][0] == 1.0
-    utilization = _rows(out, model="fusion", statistic="cxr_utilization")
+    utilization = select_rows(out, model="fusion", statistic="cxr_utilization")
     cxr_auroc = roc_auc_score(y, cxr_only.sort(pl.col("sample_id").cast(pl.Int64))["y_score"].to_numpy())
     assert utilization["value"][0] == pytest.approx(expected / (cxr_auroc - 0.5), abs=1e-12)
     assert utilization["ci_low"][0] < utilization["value"][0] < utilization["ci_high"][0]
@@ -281,16 +270,16 @@ def test_cxr_share_needs_both_drops() -> None:
     )
     drops = dict(
         zip(
-            _rows(out, statistic="modality_drop")["setting"],
-            _rows(out, statistic="modality_drop")["value"],
+            select_rows(out, statistic="modality_drop")["setting"],
+            select_rows(out, statistic="modality_drop")["value"],
             strict=True,
         )
     )
-    share = _rows(out, statistic="cxr_share")
+    share = select_rows(out, statistic="cxr_share")
     assert share["value"][0] == pytest.approx(
         drops["test_cxr_mcar_1"] / (drops["test_cxr_mcar_1"] + drops["test_ehr_withheld"])
     )
-    assert _rows(out, statistic="modality_drop")["p_value"].null_count() == 2
+    assert select_rows(out, statistic="modality_drop")["p_value"].null_count() == 2
 
 
 def test_fusion_gain_on_library_synthetic_predictions_with_seeds() -> None:
@@ -305,7 +294,7 @@ def test_fusion_gain_on_library_synthetic_predictions_with_seeds() -> None:
         seed=3,
     )
     out = fusion_gain(preds, n_perm=300, n_boot=100)
-    _assert_schema(out)
+    assert_result_table(out)
     assert set(out["baseline"]) == {"transformer"}
     assert (out["n_runs"] == 2).all() and out["seed"].null_count() == out.height  # averaged over 2 seeds
     primary = out.filter(

@@ -8,8 +8,7 @@ import pytest
 from sklearn import metrics as skm
 
 import carebench_eval as ce
-from carebench_eval.schema import RESULT_SCHEMA, check_notes
-from carebench_eval.testing import synthetic_predictions
+from carebench_eval.testing import assert_result_table, synthetic_predictions
 
 ATOL = 1e-12
 
@@ -30,8 +29,7 @@ def estimate(table: pl.DataFrame, **where: object) -> pl.DataFrame:
 
 def test_schema_exact_and_notes_known(preds: pl.DataFrame) -> None:
     table = ce.score(preds, n_boot=50)
-    assert dict(table.schema) == RESULT_SCHEMA
-    check_notes(table)
+    assert_result_table(table)
     assert table.filter(pl.col("value").is_null()).height == 0
     assert set(table["task"].unique()) == {"mortality", "phenotype", "los"}
     sort_columns = ["model", "baseline", "seed", "fold", "setting", "task", "metric", "statistic", "target"]

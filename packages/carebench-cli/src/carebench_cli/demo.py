@@ -1,11 +1,15 @@
 """The synthetic demo dataset behind `carebench run` without `--dataset`: generated and built once, cached.
 
-Layout under the cache directory (`$CAREBENCH_CACHE`, default `./.carebench`)::
+The default run uses 5,000 stays, not the 2,000 of `SyntheticConfig.demo()` (data.md §13.1): with
+2,000 stays only about 50 test stays have a CXR, too few for the per-label fusion gain of Q1 to
+separate from zero. Layout under the cache directory (`$CAREBENCH_CACHE`, default `./.carebench`)::
 
-    demo/raw/        synthetic MIMIC-IV 2.2 + MIMIC-CXR-JPG 2.0.0 raw tree (seed 0, `demo` scale)
-    demo/dataset/    the benchmark dataset built from it by `carebench_data.build_dataset`
+    demo-<scale>-<stays>-seed<seed>-v<generator version>/raw/       synthetic MIMIC-IV 2.2 + MIMIC-CXR-JPG 2.0.0
+    demo-<scale>-<stays>-seed<seed>-v<generator version>/dataset/   built by `carebench_data.build_dataset`
 
-Both steps write atomically, so an interrupted first run leaves no half-built cache.
+The folder name carries everything that changes the data, so a cache of another size, seed or
+generator version is never reused. Both steps write atomically, so an interrupted first run leaves no
+half-built cache.
 """
 
 from __future__ import annotations
@@ -18,22 +22,37 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from carebench_cli.config import cache_dir
 
 DEMO_SEED = 0
+DEMO_STAYS = 5000
 MIMIC_IV_VERSION = "2.2"
 
 
-def demo_paths(cache: Path | None = None) -> tuple[Path, Path]:
-    """(raw tree, dataset directory) of the cached demo."""
-    root = (cache or cache_dir()) / "demo"
+def demo_paths(
+    cache: Path | None = None, *, scale: str = "demo", n_stays: int = DEMO_STAYS, seed: int = DEMO_SEED
+) -> tuple[Path, Path]:
+    """(raw tree, dataset directory) of the cached demo of this preset, size, seed and generator version."""
+    import carebench_data
+
+    name = f"demo-{scale}-{n_stays}-seed{seed}-v{carebench_data.__version__}"
+    root = (cache or cache_dir()) / name
     return root / "raw", root / "dataset"
 
 
-def ensure_demo_dataset(*, console: Console, cache: Path | None = None, scale: str = "demo") -> Path:
-    """The cached demo dataset directory; generates and builds it on first use (seconds on 2 cores).
+def ensure_demo_dataset(
+    *,
+    console: Console,
+    cache: Path | None = None,
+    scale: str = "demo",
+    n_stays: int = DEMO_STAYS,
+    seed: int = DEMO_SEED,
+) -> Path:
+    """The cached demo dataset directory; generates and builds it on first use (about a minute on 2 cores).
 
     Args:
         console: where progress is shown.
         cache: cache directory (default `cache_dir()`).
         scale: synthetic preset (`demo`; `tiny` for tests).
+        n_stays: ICU stays to generate (overrides the preset's size).
+        seed: generator seed.
 
     Returns:
         The dataset directory (DESIGN §1).
@@ -42,11 +61,12 @@ def ensure_demo_dataset(*, console: Console, cache: Path | None = None, scale: s
     from carebench_data.config import BuildConfig
     from carebench_data.synthetic import SyntheticConfig, generate_synthetic
 
-    raw, dataset = demo_paths(cache)
+    raw, dataset = demo_paths(cache, scale=scale, n_stays=n_stays, seed=seed)
     if (dataset / "manifest.json").is_file():
         return dataset
     console.print(
-        f"first run: generating the synthetic demo dataset under {raw.parent} (cached for next time)"
+        f"first run: generating the synthetic demo dataset ({n_stays:,} stays) under {raw.parent}"
+        " (cached for next time)"
     )
     with Progress(
         TextColumn("[bold]{task.description:<18}"),
@@ -58,7 +78,7 @@ def ensure_demo_dataset(*, console: Console, cache: Path | None = None, scale: s
             generating = progress.add_task("synthetic raw tree", total=None)
             generate_synthetic(
                 raw,
-                SyntheticConfig.preset(scale, seed=DEMO_SEED),
+                SyntheticConfig.preset(scale, seed=seed, n_stays=n_stays),
                 progress=lambda done, total: progress.update(generating, completed=done, total=total),
             )
         building = progress.add_task("build dataset", total=None)

@@ -98,6 +98,9 @@ class RunSpec:
         )
 
 
+BUNDLED_TRAIN_PROFILES = ("paper",)
+"""Profiles that take the bundled per-model trainer overrides (tuned under CareBench's protocol)."""
+
 DefaultsFn = Callable[[str, str, str], tuple[Mapping[str, Any], Mapping[str, Any]]]
 """`defaults(model, task, cohort) -> (model config overrides, trainer overrides)` bundled with the models."""
 
@@ -106,7 +109,9 @@ def expand_grid(config: RunConfig, *, dataset_hash: str, defaults: DefaultsFn | 
     """Every run of the grid, in a fixed order (model, task, cohort, fold, seed, train drop).
 
     Hyperparameters are resolved here, so that the run id covers them: the config's `[hparams.<model>]`
-    and `[train]` overrides beat the bundled per-task defaults returned by `defaults`.
+    and `[train]` overrides beat the bundled per-task defaults returned by `defaults`. The bundled
+    trainer overrides (e.g. `lstm`'s lr 4e-4) were tuned for CareBench's protocol and apply to the
+    `paper` profile only; the `quick` profile keeps its own learning rate and epoch budget.
 
     Args:
         config: a config whose model list is filled (`config.check_names`).
@@ -123,6 +128,8 @@ def expand_grid(config: RunConfig, *, dataset_hash: str, defaults: DefaultsFn | 
         config.models, config.tasks, config.cohorts, config.folds, config.seeds, config.train_cxr_drop
     ):
         model_defaults, train_defaults = defaults(model, task, cohort) if defaults else ({}, {})
+        if config.profile not in BUNDLED_TRAIN_PROFILES:
+            train_defaults = {}
         specs.append(
             RunSpec(
                 model=model,

@@ -31,6 +31,17 @@ from carebench_cli.report.tidy import headline, ordered, summary_target, value_o
 SIGNIFICANCE = 0.05
 PAPER_PHENOTYPES: tuple[str, ...] = ("chf", "heart failure", "copd", "obstructive", "pneumonia")
 """Substrings of the phenotype labels the paper singles out (CHF, COPD, pneumonia)."""
+Q1_LABELS: tuple[str, ...] = (
+    "chf_nonhypertensive",
+    "pneumonia",
+    "pleurisy_pneumothorax_collapse",
+    "copd_bronchiectasis",
+)
+"""Phenotype labels named in CareBench's Q1 finding, always listed in the per-label table when present."""
+TOP_LABELS = 3
+"""Per fusion model, how many further labels with the largest |Δ| (CXR present) the per-label table lists."""
+EHR_ENCODER_REFERENCE = "transformer"
+"""The EHR-only model with the Transformer encoder that most fusion models share (a second reference)."""
 FAIRNESS_ATTRIBUTES: tuple[str, ...] = ("sex", "age_group", "race", "insurance", "admission_type", "has_cxr")
 GAP_METRICS: tuple[str, ...] = ("sensitivity_score", "fpr_error", "auroc_score")
 
@@ -50,9 +61,14 @@ def _float(value: object) -> float:
 
 
 def _table(
-    key: str, caption: str, rows: list[dict[str, str]], columns: Sequence[str], note: str = ""
+    key: str, caption: str, rows: list[dict[str, str]], columns: Sequence[str] | None = None, note: str = ""
 ) -> Table:
-    """A display table; every row must have every column (a missing cell is a bug, not a blank)."""
+    """A display table; every row must have every column (a missing cell is a bug, not a blank).
+
+    `columns` defaults to the keys of the first row, in their order.
+    """
+    if columns is None:
+        columns = list(rows[0]) if rows else []
     for row in rows:
         missing = [column for column in columns if column not in row]
         if missing:
@@ -115,8 +131,7 @@ def overview_section(context: ReportContext) -> Section:
         }
         for row in summary.iter_rows(named=True)
     ]
-    columns = list(rows[0]) if rows else []
-    section.tables.append(_table("runs", "Finished runs per model and task", rows, columns))
+    section.tables.append(_table("runs", "Finished runs per model and task", rows))
     return section
 
 
@@ -124,7 +139,9 @@ def overview_section(context: ReportContext) -> Section:
 # Q1: when does fusion help?
 
 
-def _forest_rows(frame: pl.DataFrame) -> list[plots.Interval]:
+def _forest_rows(
+    frame: pl.DataFrame, *, also_highlighted: frozenset[str] = frozenset()
+) -> list[plots.Interval]:
     rows = []
     for row in frame.sort("value", descending=True, nulls_last=True).iter_rows(named=True):
         label = str(row["target"])
@@ -135,10 +152,122 @@ def _forest_rows(frame: pl.DataFrame) -> list[plots.Interval]:
                 low=_float(row["ci_low"]),
                 high=_float(row["ci_high"]),
                 marked=row["p_adjusted"] is not None and row["p_adjusted"] < SIGNIFICANCE,
-                highlighted=any(key in label.lower().replace("_", " ") for key in PAPER_PHENOTYPES),
+                highlighted=label in also_highlighted
+                or any(key in label.lower().replace("_", " ") for key in PAPER_PHENOTYPES),
             )
         )
     return rows
+
+
+def _undefined(row: dict[str, object] | None) -> bool:
+    """A gain whose estimate or CI is NaN (e.g. a label without positives among the stays)."""
+    if row is None:
+        return False
+    return any(isinstance(row[key], float) and math.isnan(row[key]) for key in ("value", "ci_low", "ci_high"))  # type: ignore[arg-type]
+
+
+def _gain_text(row: dict[str, object] | None) -> str:
+    """`+0.120 [+0.023, +0.253]`, or `undefined at n=101` where the metric or its CI is NaN."""
+    if _undefined(row):
+        assert row is not None
+        return f"undefined at n={row['n']}"
+    return _ci_text(row, signed=True)
+
+
+def _ci_excludes_zero(row: dict[str, object] | None) -> int:
+    """+1 when the 95% CI lies above zero, -1 below, 0 when it covers zero or is undefined."""
+    if row is None or _undefined(row) or row["ci_low"] is None or row["ci_high"] is None:
+        return 0
+    low, high = float(row["ci_low"]), float(row["ci_high"])  # type: ignore[arg-type]
+    return 1 if low > 0 else -1 if high < 0 else 0
+
+
+def _label_gains(
+    context: ReportContext, cohort: str, task: str, fused: list[str], unimodal: list[str]
+) -> pl.DataFrame:
+    """Per-label Δ AUROC and Δ AUPRC of every fused model vs the best unimodal one, on CXR-present test stays.
+
+    Returns:
+        The headline rows of group `has_cxr == true` (cached in `results`, BH across the fused models).
+    """
+    import carebench_eval as ce
+
+    key = f"fusion_gain_per_label_by_cxr_{cohort}_{task}"
+    if key not in context.results:
+        context.status(f"per-label fusion gain by CXR availability: {cohort} / {task}")
+        context.results[key] = ce.fusion_gain(
+            context.test(cohort, task=task),
+            fused=fused,
+            unimodal=unimodal,
+            metrics=["auroc_score", "auprc_score"],
+            targets="per_label",
+            by="has_cxr",
+            select_on=context.val(cohort, task=task),
+            correction="bh",
+            n_perm=context.config.n_perm,
+            n_boot=context.config.n_boot,
+            random_state=context.config.random_state,
+        )
+    frame = headline(where(context.results[key], group_attribute="has_cxr", group="true"))
+    return frame.filter(~pl.col("target").str.starts_with("("))
+
+
+def _label_gain_table(cohort: str, task: str, gains: pl.DataFrame) -> Table | None:
+    """Table 1c: per fusion model, the Q1 labels of the paper and the labels with the largest |Δ AUROC|."""
+    rows: list[dict[str, str]] = []
+    present = set(gains["target"].to_list())
+    for model in sorted(gains["model"].unique().to_list()):
+        auroc = where(gains, model=model, metric="auroc_score")
+        magnitude = {
+            str(row["target"]): abs(_float(row["value"]))
+            for row in auroc.iter_rows(named=True)
+            if not _undefined(row)
+        }
+        paper = [label for label in Q1_LABELS if label in present]
+        largest = [label for label in ordered(list(magnitude), by=magnitude) if label not in paper][
+            :TOP_LABELS
+        ]
+        for label in [*paper, *largest]:
+            cells = {"model": model, "label": label}
+            verdicts = []
+            for metric in ("auroc_score", "auprc_score"):
+                row = _row(where(gains, model=model, metric=metric, target=label))
+                name = metric_label(metric)
+                cells["best unimodal"] = str(row["baseline"]) if row else "-"
+                cells["n"] = str(row["n"]) if row else "-"
+                cells[f"Δ {name} [95% CI]"] = _gain_text(row)
+                cells[f"p, {name}"] = fmt_p(row["p_value"]) if row else "-"  # type: ignore[arg-type]
+                direction = _ci_excludes_zero(row)
+                if direction:
+                    verdicts.append(f"{name} {'gain' if direction > 0 else 'loss'}")
+            cells["95% CI excludes 0"] = ", ".join(verdicts) or "no"
+            cells["listed as"] = "paper (Q1)" if label in paper else "largest |Δ|"
+            rows.append(cells)
+    if not rows:
+        return None
+    columns = [
+        "model",
+        "label",
+        "listed as",
+        "best unimodal",
+        "n",
+        "Δ AUROC [95% CI]",
+        "p, AUROC",
+        "Δ AUPRC [95% CI]",
+        "p, AUPRC",
+        "95% CI excludes 0",
+    ]
+    return _table(
+        f"fusion_gain_labels_{cohort}_{task}",
+        f"Table 1c ({cohort} cohort, {task}). Per-label fusion gain on the test stays with a CXR",
+        rows,
+        columns,
+        note=(
+            "Gain criterion: the paired cluster-bootstrap 95% CI of Δ excludes zero; p = two-sided paired "
+            "permutation p (unadjusted; BH-adjusted values across the fused models are in results/). "
+            f"Labels: the paper's Q1 labels, then the {TOP_LABELS} labels with the largest |Δ AUROC| per model."
+        ),
+    )
 
 
 def fusion_section(context: ReportContext) -> Section:
@@ -147,15 +276,27 @@ def fusion_section(context: ReportContext) -> Section:
 
     config = context.config
     section = Section("Q1. When does multimodal fusion help?")
-    section.paragraphs.append(
-        "Δ = fused model − best unimodal baseline (chosen per task on validation predictions) on the "
-        "task's primary metric, with a paired cluster-bootstrap 95% CI and a paired permutation p, "
-        "Holm-corrected across the fused models of a task. The paper's finding: fusion helps when both "
-        "modalities are present, and the gain shrinks on the base cohort, where most stays lack a CXR."
+    section.paragraphs.extend(
+        [
+            "Δ = fused model − best unimodal baseline (chosen per task on validation predictions) on the "
+            "task's primary metric, with a paired cluster-bootstrap 95% CI and a paired permutation p, "
+            "Holm-corrected across the fused models of a task. The paper's finding: fusion helps when both "
+            "modalities are present, and the gain shrinks on the base cohort, where most stays lack a CXR.",
+            f"Most fusion models use the Transformer EHR encoder, so Table 1 also compares each with "
+            f"`{EHR_ENCODER_REFERENCE}`: a fusion model can add image information to its own EHR encoder "
+            "(Δ vs transformer > 0) and still trail the best unimodal model when another EHR encoder (e.g. the "
+            "LSTM) is stronger on that task.",
+            "A macro over every label and every stay dilutes a gain that the image brings to a few labels on the "
+            "stays that have one. Table 1c therefore looks at single labels on the test stays with a CXR: the "
+            "labels of the paper's Q1 finding (CHF, pneumonia, pleurisy/pneumothorax/collapse, COPD) and the "
+            "labels with the largest |Δ| per fusion model.",
+        ]
     )
     for cohort in context.cohorts:
         rows: list[dict[str, str]] = []
         split_rows: list[dict[str, str]] = []
+        label_tables: list[Table] = []
+        cxr_gains: dict[str, pl.DataFrame] = {}
         for task in context.tasks(cohort):
             fused, unimodal = context.fused(cohort, task), context.unimodal(cohort, task)
             if not fused or not unimodal:
@@ -175,11 +316,24 @@ def fusion_section(context: ReportContext) -> Section:
             }
             gain = ce.fusion_gain(test, **gain_options)
             context.results[f"fusion_gain_{cohort}_{task}"] = gain
+            versus = pl.DataFrame()
+            if EHR_ENCODER_REFERENCE in unimodal:
+                versus = ce.fusion_gain(test, **{**gain_options, "unimodal": [EHR_ENCODER_REFERENCE]})
+                context.results[f"fusion_gain_vs_{EHR_ENCODER_REFERENCE}_{cohort}_{task}"] = versus
             scores = context.headline_values(context.score(cohort), task=task, metric=metric)
             target = summary_target(gain, task=task, metric=metric)
             summary = where(gain, task=task, metric=metric, target=target, group_attribute=None)
             for model in fused:
                 row = _row(headline(summary.filter(pl.col("model") == model)))
+                reference = (
+                    _row(
+                        headline(
+                            where(versus, model=model, metric=metric, target=target, group_attribute=None)
+                        )
+                    )
+                    if versus.height
+                    else None
+                )
                 rows.append(
                     {
                         "task": task,
@@ -190,6 +344,8 @@ def fusion_section(context: ReportContext) -> Section:
                         "Δ [95% CI]": _ci_text(row, signed=True),
                         "p": fmt_p(row["p_value"]) if row else "-",  # type: ignore[arg-type]
                         "p (Holm)": fmt_p(row["p_adjusted"]) if row else "-",  # type: ignore[arg-type]
+                        f"Δ vs {EHR_ENCODER_REFERENCE} [95% CI]": _ci_text(reference, signed=True),
+                        f"p vs {EHR_ENCODER_REFERENCE}": fmt_p(reference["p_value"]) if reference else "-",  # type: ignore[arg-type]
                     }
                 )
             if cohort == "base" and "has_cxr" in test.columns:
@@ -210,22 +366,25 @@ def fusion_section(context: ReportContext) -> Section:
                                 )
                             )
                         )
-                        cells[f"Δ {label}"] = _ci_text(row, signed=True)
+                        cells[f"Δ {label}"] = _gain_text(row)
                         cells[f"p (Holm), {label}"] = fmt_p(row["p_adjusted"]) if row else "-"  # type: ignore[arg-type]
                         cells[f"n, {label}"] = str(row["n"]) if row else "-"
                     split_rows.append(cells)
+            if "has_cxr" in test.columns and context.kinds[task] == "multilabel":
+                cxr_gains[task] = _label_gains(context, cohort, task, fused, unimodal)
+                label_table = _label_gain_table(cohort, task, cxr_gains[task])
+                if label_table is not None:
+                    label_tables.append(label_table)
         if not rows:
             section.paragraphs.append(
                 f"{cohort} cohort: fusion gain needs at least one unimodal baseline and one fusion model per task."
             )
             continue
-        columns = list(rows[0])
         section.tables.append(
             _table(
                 f"fusion_gain_{cohort}",
                 f"Table 1 ({cohort} cohort). Fused model vs best unimodal baseline, primary metric",
                 rows,
-                columns,
             )
         )
         if split_rows:
@@ -234,15 +393,23 @@ def fusion_section(context: ReportContext) -> Section:
                     f"fusion_gain_by_cxr_{cohort}",
                     f"Table 1b ({cohort} cohort). Fusion gain split by CXR availability at test time",
                     split_rows,
-                    list(split_rows[0]),
+                    note="A cell reads `undefined at n=…` where the metric is undefined on that subset (e.g. a "
+                    "label without positives among the stays with a CXR, which leaves the macro NaN).",
                 )
             )
-        section.figures.extend(_phenotype_forest(context, cohort))
+        section.tables.extend(label_tables)
+        section.figures.extend(_phenotype_forest(context, cohort, cxr_gains))
     return section
 
 
-def _phenotype_forest(context: ReportContext, cohort: str) -> list[Figure]:
-    """Figure 1: per-label Δ AUPRC of the best fusion model vs the best unimodal model (BH-corrected)."""
+def _phenotype_forest(
+    context: ReportContext, cohort: str, cxr_gains: dict[str, pl.DataFrame] | None = None
+) -> list[Figure]:
+    """Figure 1: per-label Δ AUPRC of the best fusion model vs the best unimodal model (BH-corrected).
+
+    In colour: the paper's CHF, COPD and pneumonia, and every label whose Δ (AUROC or AUPRC) on the
+    CXR-present test stays (`cxr_gains`, task -> `_label_gains` rows) has a 95% CI excluding zero.
+    """
     import carebench_eval as ce
 
     figures = []
@@ -273,15 +440,25 @@ def _phenotype_forest(context: ReportContext, cohort: str) -> list[Figure]:
         if labels.height == 0:
             continue
         baseline = str(labels["baseline"][0])
+        present = (cxr_gains or {}).get(task, pl.DataFrame())
+        clear = frozenset(
+            str(row["target"])
+            for row in (where(present, model=best).iter_rows(named=True) if present.height else [])
+            if _ci_excludes_zero(row)
+        )
         figures.append(
             Figure(
                 key=f"fig1_phenotype_gain_{cohort}",
                 caption=(
                     f"Figure 1 ({cohort} cohort). Per-phenotype Δ AUPRC, {best} − {baseline} (best unimodal), "
-                    "95% CI; filled = BH-adjusted p < 0.05; CHF, COPD and pneumonia in colour."
+                    "all test stays, 95% CI; filled = BH-adjusted p < 0.05. In colour: CHF, COPD and pneumonia "
+                    "(the paper's labels) and labels whose Δ on the CXR-present test stays has a 95% CI "
+                    f"excluding zero (Table 1c){': ' + ', '.join(sorted(clear)) if clear else ': none'}."
                 ),
                 png=plots.forest_plot(
-                    _forest_rows(labels), title=f"{task}: {best} − {baseline}", xlabel="Δ AUPRC"
+                    _forest_rows(labels, also_highlighted=clear),
+                    title=f"{task}: {best} − {baseline}",
+                    xlabel="Δ AUPRC",
                 ),
             )
         )
@@ -507,7 +684,6 @@ def strategies_section(context: ReportContext) -> Section:
                     f"modality_contribution_{cohort}",
                     f"Table 2b ({cohort} cohort). CXR contribution of each fusion model",
                     contribution_rows,
-                    list(contribution_rows[0]),
                 )
             )
     return section
@@ -631,7 +807,6 @@ def robustness_section(context: ReportContext) -> Section:
                     f"robustness_{cohort}",
                     f"Table 3 ({cohort} cohort). Degradation-curve summaries per model and mechanism",
                     summary_rows,
-                    list(summary_rows[0]),
                     note="Rates tested: "
                     + ", ".join(
                         fmt_rate(rate)
@@ -651,7 +826,6 @@ def robustness_section(context: ReportContext) -> Section:
                     f"Table 3b ({cohort} cohort). Δ relative area vs {AREA_REFERENCE} (paired bootstrap CI, "
                     "permutation p, Holm across models per task and mechanism)",
                     area_rows,
-                    list(area_rows[0]),
                 )
             )
     section.tables.extend(_train_drop_tables(context))
@@ -857,7 +1031,6 @@ def fairness_section(context: ReportContext) -> Section:
                         f"Table 5 ({cohort} cohort, {task}). Per-group metrics of the best fusion and best "
                         "unimodal models",
                         group_rows,
-                        list(group_rows[0]),
                     )
                 )
             section.figures.extend(
@@ -875,7 +1048,6 @@ def fairness_section(context: ReportContext) -> Section:
                     f"fairness_gaps_{cohort}",
                     f"Table 6 ({cohort} cohort). Across-group gaps per model and attribute",
                     gap_rows,
-                    list(gap_rows[0]),
                 )
             )
         if delta_rows:
@@ -884,7 +1056,6 @@ def fairness_section(context: ReportContext) -> Section:
                     f"fairness_delta_{cohort}",
                     f"Table 6b ({cohort} cohort). Δgap, best fusion − best unimodal",
                     delta_rows,
-                    list(delta_rows[0]),
                 )
             )
     return section

@@ -113,6 +113,10 @@ class SignalConfig:
     pleurisy_weight: float = 20.0
     pleurisy_ehr_weight: float = 0.1
     finding_noise_sd: float = 1.4
+    cardiomegaly_cardiac: float = 1.4
+    edema_cardiac: float = 1.0
+    edema_overload: float = 0.8
+    consolidation_pulmonary: float = 0.3
     chf_interaction: float = 6.0
     chf_cardiomegaly: float = 4.0
     chf_overload: float = 2.0

@@ -136,9 +136,12 @@ def _findings(
     common = rng.normal(0, sd, size=n)
     eff_left = sigmoid(-1.4 + 0.6 * c + 0.4 * p + 0.2 * s + common + rng.normal(0, 0.7, size=n))
     eff_right = sigmoid(-1.4 + 0.6 * c + 0.4 * p + 0.2 * s + common + rng.normal(0, 0.7, size=n))
-    cardiomegaly = sigmoid(-1.2 + 1.4 * c + 0.02 * (age - 65) + rng.normal(0, sd, size=n))
-    edema = sigmoid(-2.0 + 1.0 * c + 0.8 * states["overload"] + rng.normal(0, sd, size=n))
-    consolidation = sigmoid(-1.2 + 0.3 * p + rng.normal(0, sd, size=n))
+    sig = config.signal
+    cardiomegaly = sigmoid(-1.2 + sig.cardiomegaly_cardiac * c + 0.02 * (age - 65) + rng.normal(0, sd, size=n))
+    edema = sigmoid(
+        -2.0 + sig.edema_cardiac * c + sig.edema_overload * states["overload"] + rng.normal(0, sd, size=n)
+    )
+    consolidation = sigmoid(-1.2 + sig.consolidation_pulmonary * p + rng.normal(0, sd, size=n))
     ptx_present = rng.random(n) < 0.04 * (1 + states["central_line"])
     pneumothorax = np.where(ptx_present, rng.uniform(0.6, 1.0, size=n), rng.uniform(0.0, 0.2, size=n))
     atelectasis = sigmoid(-2.8 + 0.3 * states["ventilated"] + rng.normal(0, sd, size=n))

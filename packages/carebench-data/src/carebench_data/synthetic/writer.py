@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -14,6 +13,7 @@ from typing import Any
 
 import polars as pl
 
+from carebench_data.manifest import sha256_file
 from carebench_data.mimic_schemas import Schema
 
 DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -112,7 +112,7 @@ def write_checksums(root: Path) -> None:
     for path in sorted(
         p for p in root.rglob("*") if p.is_file() and p.suffix != ".jpg" and p.name != "SHA256SUMS.txt"
     ):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_file(path)
         lines.append(f"{digest}  {path.relative_to(root).as_posix()}")
     tmp = root / ".SHA256SUMS.txt.tmp"
     tmp.write_text("\n".join(lines) + "\n")
