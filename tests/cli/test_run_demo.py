@@ -31,9 +31,13 @@ def test_demo_dataset_is_built_once_then_reused(tmp_path, monkeypatch):
 
 def test_demo_cache_path_names_size_seed_and_generator_version(tmp_path):
     import carebench_data
+    from carebench_data.synthetic import SyntheticConfig
 
     default = demo_paths(tmp_path)[1]
-    assert default == tmp_path / f"demo-demo-5000-seed0-v{carebench_data.__version__}" / "dataset"
+    config_hash = SyntheticConfig.demo(n_stays=5000).config_hash()[:8]
+    assert (
+        default == tmp_path / f"demo-demo-5000-seed0-v{carebench_data.__version__}-{config_hash}" / "dataset"
+    )
     others = {
         demo_paths(tmp_path, n_stays=2000)[1],
         demo_paths(tmp_path, seed=1)[1],

@@ -22,6 +22,7 @@ from carebench_data.synthetic.signal import (
     fit_logistic,
     image_features,
     oof_scores,
+    oracle_aurocs,
 )
 
 pytestmark = pytest.mark.slow
@@ -104,6 +105,24 @@ def test_a10_complementary_labels_need_both_modalities(paired: dict[str, np.ndar
     image, ehr, fused = unimodal_and_fused(paired, label)
     assert min(image, ehr) >= 0.65
     assert fused - max(image, ehr) >= 0.05
+
+
+@pytest.mark.parametrize("label", ["true_chf_nonhypertensive", "true_pneumonia"])
+def test_a10_oracle_needs_both_modalities(cohort: pl.DataFrame, label: str) -> None:
+    """On the truth (no emission noise), EHR and image each carry part and together >= .10 more."""
+    paired = cohort.filter(pl.col("expected_cxr_dicom_id").is_not_null())
+    oracle = oracle_aurocs(paired, label)
+    assert 0.70 <= oracle["ehr"] <= 0.90
+    assert 0.70 <= oracle["cxr"] <= 0.92
+    assert oracle["both"] - max(oracle["ehr"], oracle["cxr"]) >= 0.10
+
+
+def test_a8_oracle_mortality_stays_ehr_dominant(cohort: pl.DataFrame) -> None:
+    paired = cohort.filter(pl.col("expected_cxr_dicom_id").is_not_null())
+    oracle = oracle_aurocs(paired, "expected_mortality")
+    assert oracle["ehr"] >= 0.80
+    assert oracle["cxr"] <= 0.65
+    assert oracle["both"] - oracle["ehr"] <= 0.02
 
 
 def test_a11_cxr_availability_is_missing_not_at_random(cohort: pl.DataFrame) -> None:

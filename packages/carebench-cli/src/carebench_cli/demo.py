@@ -4,11 +4,11 @@ The default run uses 5,000 stays, not the 2,000 of `SyntheticConfig.demo()` (dat
 2,000 stays only about 50 test stays have a CXR, too few for the per-label fusion gain of Q1 to
 separate from zero. Layout under the cache directory (`$CAREBENCH_CACHE`, default `./.carebench`)::
 
-    demo-<scale>-<stays>-seed<seed>-v<generator version>/raw/       synthetic MIMIC-IV 2.2 + MIMIC-CXR-JPG 2.0.0
-    demo-<scale>-<stays>-seed<seed>-v<generator version>/dataset/   built by `carebench_data.build_dataset`
+    demo-<scale>-<stays>-seed<seed>-v<generator version>-<config hash>/raw/      synthetic raw tree
+    demo-<scale>-<stays>-seed<seed>-v<generator version>-<config hash>/dataset/  `build_dataset` output
 
-The folder name carries everything that changes the data, so a cache of another size, seed or
-generator version is never reused. Both steps write atomically, so an interrupted first run leaves no
+The folder name carries everything that changes the data, so a cache of another size, seed, generator
+version or generator config is never reused. Both steps write atomically, so an interrupted first run leaves no
 half-built cache.
 """
 
@@ -29,10 +29,16 @@ MIMIC_IV_VERSION = "2.2"
 def demo_paths(
     cache: Path | None = None, *, scale: str = "demo", n_stays: int = DEMO_STAYS, seed: int = DEMO_SEED
 ) -> tuple[Path, Path]:
-    """(raw tree, dataset directory) of the cached demo of this preset, size, seed and generator version."""
-    import carebench_data
+    """(raw tree, dataset directory) of the cached demo of this preset, size, seed and generator version.
 
-    name = f"demo-{scale}-{n_stays}-seed{seed}-v{carebench_data.__version__}"
+    The folder name ends with the first 8 hex digits of the generator config's hash, so a change of any
+    generator default (e.g. the planted signal strengths) also gets a fresh cache.
+    """
+    import carebench_data
+    from carebench_data.synthetic import SyntheticConfig
+
+    config_hash = SyntheticConfig.preset(scale, seed=seed, n_stays=n_stays).config_hash()[:8]
+    name = f"demo-{scale}-{n_stays}-seed{seed}-v{carebench_data.__version__}-{config_hash}"
     root = (cache or cache_dir()) / name
     return root / "raw", root / "dataset"
 

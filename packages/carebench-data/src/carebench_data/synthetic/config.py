@@ -86,11 +86,18 @@ class SignalConfig:
         pleurisy_weight: weight of max(e_L, e_R, pneumothorax, atelectasis) in the CXR-dominant label.
         pleurisy_ehr_weight: weight of the faint EHR term (severity) in that label.
         finding_noise_sd: SD of the per-stay noise of the finding logits (hides them from the EHR).
-        chf_interaction: weight of cardiomegaly × overload in CHF.
+        cardiomegaly_intercept: cardiomegaly logit intercept (about half of the stays have k > .5).
+        cardiomegaly_cardiac: weight of latent C in cardiomegaly (small: the heart size is image-only).
+        overload_intercept: intercept of the fluid-overload state (EHR-visible).
+        edema_cardiac: weight of latent C in edema.
+        edema_overload: weight of the overload state in edema (small: the image must not restate the EHR).
+        consolidation_intercept: consolidation logit intercept.
+        consolidation_pulmonary: weight of latent P in consolidation.
+        chf_interaction: weight of cardiomegaly × overload in CHF (the AND that makes CHF complementary).
         chf_cardiomegaly: weight of cardiomegaly alone in CHF.
         chf_overload: weight of overload alone in CHF.
         chf_xor: make CHF an XOR of cardiomegaly and overload instead of the additive + interaction form.
-        pneumonia_interaction: weight of consolidation × fever grade in pneumonia.
+        pneumonia_interaction: weight of consolidation × febrile (fever or high WBC) in pneumonia.
         pneumonia_consolidation: weight of consolidation alone.
         pneumonia_fever: weight of the fever grade alone (a high WBC adds a fixed 0.5).
         cxr_paired_fraction: target share of cohort stays with a CXR in the window (γ0 is calibrated to it).
@@ -112,18 +119,21 @@ class SignalConfig:
     icu_death_fraction: float = 0.72
     pleurisy_weight: float = 20.0
     pleurisy_ehr_weight: float = 0.1
-    finding_noise_sd: float = 1.4
-    cardiomegaly_cardiac: float = 1.4
-    edema_cardiac: float = 1.0
-    edema_overload: float = 0.8
+    finding_noise_sd: float = 1.8
+    cardiomegaly_intercept: float = 0.0
+    cardiomegaly_cardiac: float = 0.3
+    overload_intercept: float = -0.2
+    edema_cardiac: float = 0.5
+    edema_overload: float = 0.3
+    consolidation_intercept: float = -0.2
     consolidation_pulmonary: float = 0.3
-    chf_interaction: float = 6.0
-    chf_cardiomegaly: float = 4.0
-    chf_overload: float = 2.0
+    chf_interaction: float = 12.0
+    chf_cardiomegaly: float = 2.0
+    chf_overload: float = 1.0
     chf_xor: bool = False
-    pneumonia_interaction: float = 0.0
-    pneumonia_consolidation: float = 6.5
-    pneumonia_fever: float = 5.5
+    pneumonia_interaction: float = 18.0
+    pneumonia_consolidation: float = 1.0
+    pneumonia_fever: float = 1.0
     cxr_paired_fraction: float = 0.215
     cxr_severity: float = 1.8
     cxr_ventilated: float = 0.4

@@ -137,11 +137,18 @@ def _findings(
     eff_left = sigmoid(-1.4 + 0.6 * c + 0.4 * p + 0.2 * s + common + rng.normal(0, 0.7, size=n))
     eff_right = sigmoid(-1.4 + 0.6 * c + 0.4 * p + 0.2 * s + common + rng.normal(0, 0.7, size=n))
     sig = config.signal
-    cardiomegaly = sigmoid(-1.2 + sig.cardiomegaly_cardiac * c + 0.02 * (age - 65) + rng.normal(0, sd, size=n))
+    cardiomegaly = sigmoid(
+        sig.cardiomegaly_intercept
+        + sig.cardiomegaly_cardiac * c
+        + 0.02 * (age - 65)
+        + rng.normal(0, sd, size=n)
+    )
     edema = sigmoid(
         -2.0 + sig.edema_cardiac * c + sig.edema_overload * states["overload"] + rng.normal(0, sd, size=n)
     )
-    consolidation = sigmoid(-1.2 + sig.consolidation_pulmonary * p + rng.normal(0, sd, size=n))
+    consolidation = sigmoid(
+        sig.consolidation_intercept + sig.consolidation_pulmonary * p + rng.normal(0, sd, size=n)
+    )
     ptx_present = rng.random(n) < 0.04 * (1 + states["central_line"])
     pneumothorax = np.where(ptx_present, rng.uniform(0.6, 1.0, size=n), rng.uniform(0.0, 0.2, size=n))
     atelectasis = sigmoid(-2.8 + 0.3 * states["ventilated"] + rng.normal(0, sd, size=n))
@@ -156,7 +163,9 @@ def _findings(
     }
 
 
-def _states(rng: np.random.Generator, z: np.ndarray, careunit: np.ndarray, age: np.ndarray) -> Arrays:
+def _states(
+    config: SyntheticConfig, rng: np.random.Generator, z: np.ndarray, careunit: np.ndarray, age: np.ndarray
+) -> Arrays:
     n = z.shape[0]
     s, c, p, r, i, _ = z.T
 
@@ -175,7 +184,7 @@ def _states(rng: np.random.Generator, z: np.ndarray, careunit: np.ndarray, age: 
         "shock": shock,
         "resp_fail": resp_fail,
         "ventilated": ventilated,
-        "overload": draw(-1.0 + 1.2 * c + 0.5 * r),
+        "overload": draw(config.signal.overload_intercept + 1.2 * c + 0.5 * r),
         "aki": draw(-1.9 + 1.3 * r + 0.6 * s),
         "fever": fever,
         "fever_grade": fever_grade,
@@ -208,7 +217,7 @@ def _phenotype_linear(
         )
     q = fi["consolidation"]
     pneumonia = (
-        sig.pneumonia_interaction * q * f["fever_grade"]
+        sig.pneumonia_interaction * q * f["febrile"]
         + sig.pneumonia_consolidation * q
         + sig.pneumonia_fever * f["fever_grade"]
         + 0.5 * f["wbc_high"]
@@ -284,7 +293,7 @@ def sample_population(config: SyntheticConfig) -> Population:
     adm["careunit"] = careunit
     adm["admission_type"] = _draw_strings(rng, vocab.ADMISSION_TYPES, n_adm)
     adm["admission_location"] = _draw_strings(rng, vocab.ADMISSION_LOCATIONS, n_adm)
-    states = _states(rng, z, careunit, age_float)
+    states = _states(config, rng, z, careunit, age_float)
     adm.update(states)
     findings = _findings(config, rng, z, states, age_float)
     adm.update(findings)

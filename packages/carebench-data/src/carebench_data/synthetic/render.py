@@ -116,8 +116,9 @@ class TemplateCache:
                 self.effusions[side, level] = (
                     np.clip((yy - meniscus) / 0.03, 0, 1) * (np.abs(xx - cx) < 0.17) * (yy < 0.8)
                 )
+        # Lobar consolidation: a large, smooth opacity over most of one lung field (readable at 64 px).
         self.lobes = np.stack(
-            [_ellipse(yy, xx, 0.30, cx, 0.10, 0.12, 0.5) for cx in (0.5 - 0.19, 0.5 + 0.19)]
+            [_ellipse(yy, xx, 0.40, cx, 0.18, 0.13, 0.6) for cx in (0.5 - 0.18, 0.5 + 0.18)]
         ).astype(np.float32)
         blob_size = max(size // 3, 7)
         g = np.linspace(-2.2, 2.2, blob_size, dtype=np.float32)

@@ -38,6 +38,36 @@ SUMMARY_ITEMS: tuple[tuple[str, tuple[int, ...]], ...] = (
 )
 _STATS = ("mean", "min", "max", "first", "last", "delta", "count")
 
+# Truth columns an oracle may use per modality (the planted ceiling, data.md §13.6): latent state and
+# clinical states stand for the EHR, the seven finding severities for the image.
+ORACLE_EHR_COLUMNS = (
+    "z_severity",
+    "z_cardiac",
+    "z_pulmonary",
+    "z_renal",
+    "z_infection",
+    "z_metabolic",
+    "shock",
+    "resp_fail",
+    "overload",
+    "aki",
+    "fever",
+    "febrile",
+    "ventilated",
+    "central_line",
+    "dysrhythmia",
+    "age",
+)
+ORACLE_CXR_COLUMNS = (
+    "eff_left",
+    "eff_right",
+    "cardiomegaly",
+    "edema",
+    "consolidation",
+    "pneumothorax",
+    "atelectasis",
+)
+
 
 def auroc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     """Rank AUROC (Mann-Whitney U with average ranks for ties); NaN if one class is absent."""
@@ -174,3 +204,32 @@ def image_features(cxr_root: Path, images: pl.DataFrame, *, pooled: int = 16) ->
             )
         out[i] = pixels.reshape(pooled, 4, pooled, 4).mean(axis=(1, 3)).ravel() / 255.0
     return out
+
+
+def oracle_aurocs(stays: pl.DataFrame, label: str, *, l2: float = 1.0) -> dict[str, float]:
+    """Out-of-fold AUROC of logistic regressions on the truth: EHR state, image findings, and both.
+
+    This is the ceiling the planted signal allows (no emission noise): a complementary label needs
+    `both` clearly above the better of `ehr` and `cxr`.
+
+    Args:
+        stays: rows of `_synthetic_truth/stays.parquet` (e.g. cohort stays with a selected CXR), with
+            stay_id, the ORACLE_EHR_COLUMNS, the ORACLE_CXR_COLUMNS and `label`.
+        label: a 0/1 column of `stays` (e.g. `true_pneumonia`, `expected_mortality`).
+        l2: ridge penalty.
+
+    Returns:
+        {"ehr": AUROC, "cxr": AUROC, "both": AUROC}, folds = stay_id mod 5.
+    """
+    y = stays[label].cast(pl.Float64).to_numpy()
+    folds = stays["stay_id"].to_numpy() % 5
+
+    def matrix(columns: tuple[str, ...]) -> np.ndarray:
+        return np.column_stack([stays[c].cast(pl.Float64).to_numpy() for c in columns])
+
+    sets = {
+        "ehr": ORACLE_EHR_COLUMNS,
+        "cxr": ORACLE_CXR_COLUMNS,
+        "both": ORACLE_EHR_COLUMNS + ORACLE_CXR_COLUMNS,
+    }
+    return {name: auroc(y, oof_scores(matrix(columns), y, folds, l2=l2)) for name, columns in sets.items()}
