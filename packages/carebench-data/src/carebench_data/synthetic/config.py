@@ -97,7 +97,7 @@ class SignalConfig:
         chf_cardiomegaly: weight of cardiomegaly alone in CHF.
         chf_overload: weight of overload alone in CHF.
         chf_xor: make CHF an XOR of cardiomegaly and overload instead of the additive + interaction form.
-        pneumonia_interaction: weight of consolidation × febrile (fever or high WBC) in pneumonia.
+        pneumonia_interaction: weight of visible consolidation (q > .5) × febrile (fever or high WBC).
         pneumonia_consolidation: weight of consolidation alone.
         pneumonia_fever: weight of the fever grade alone (a high WBC adds a fixed 0.5).
         cxr_paired_fraction: target share of cohort stays with a CXR in the window (γ0 is calibrated to it).
@@ -131,7 +131,7 @@ class SignalConfig:
     chf_cardiomegaly: float = 2.0
     chf_overload: float = 1.0
     chf_xor: bool = False
-    pneumonia_interaction: float = 18.0
+    pneumonia_interaction: float = 8.0
     pneumonia_consolidation: float = 1.0
     pneumonia_fever: float = 1.0
     cxr_paired_fraction: float = 0.215

@@ -217,7 +217,7 @@ def _phenotype_linear(
         )
     q = fi["consolidation"]
     pneumonia = (
-        sig.pneumonia_interaction * q * f["febrile"]
+        sig.pneumonia_interaction * (q > 0.5) * f["febrile"]
         + sig.pneumonia_consolidation * q
         + sig.pneumonia_fever * f["fever_grade"]
         + 0.5 * f["wbc_high"]
