@@ -120,7 +120,7 @@ def test_a10_oracle_needs_both_modalities(cohort: pl.DataFrame, label: str) -> N
 def test_a8_oracle_mortality_stays_ehr_dominant(cohort: pl.DataFrame) -> None:
     paired = cohort.filter(pl.col("expected_cxr_dicom_id").is_not_null())
     oracle = oracle_aurocs(paired, "expected_mortality")
-    assert oracle["ehr"] >= 0.80
+    assert oracle["ehr"] >= 0.75
     assert oracle["cxr"] <= 0.65
     assert oracle["both"] - oracle["ehr"] <= 0.02
 

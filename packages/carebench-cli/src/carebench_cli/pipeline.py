@@ -223,13 +223,16 @@ def execute_run(
     """
     from carebench_data.torch import CarebenchDataset
     from carebench_models import TaskSpec, create_model, save_weights
-    from carebench_models.training import TrainConfig, Trainer
+    from carebench_models.training import TrainConfig, Trainer, seed_everything
 
     hooks = hooks or RunHooks()
     started = time.perf_counter()
     writer = store.start(spec)
     task = TaskSpec.from_info(task_info)
     overrides = {"ehr_features": feature_count(dataset_dir), **dict(spec.hparams)}
+    # The initial weights come from the run's seed, not from whatever the process drew before
+    # (torch's unseeded start, earlier runs of the grid, preflight); `fit` seeds again for training.
+    seed_everything(spec.seed, deterministic=False)
     model = create_model(spec.model, task=task, profile=spec.profile, **overrides)
     image_size = int(model.config.image_size)
 

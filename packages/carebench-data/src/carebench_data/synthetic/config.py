@@ -133,7 +133,7 @@ class SignalConfig:
     chf_xor: bool = False
     pneumonia_interaction: float = 8.0
     pneumonia_consolidation: float = 1.0
-    pneumonia_fever: float = 1.0
+    pneumonia_fever: float = 4.5
     cxr_paired_fraction: float = 0.215
     cxr_severity: float = 1.8
     cxr_ventilated: float = 0.4
