@@ -119,16 +119,31 @@ def read_predictions(
         PredictionsError: the first violated rule P001–P015.
         FileNotFoundError: a path or pattern matches no file.
     """
+    checked_with = _validation_key(kinds, classes)
     if isinstance(source, pl.LazyFrame):
-        return remember(validate(source.collect(), kinds=kinds, classes=classes), {"inputs": []})
-    if isinstance(source, pl.DataFrame):
-        return remember(validate(source, kinds=kinds, classes=classes), frame_info(source) or {"inputs": []})
-    paths = _expand(source)
-    frames = [_read_file(path) for path in paths]
-    frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
-    inputs = [{"path": str(path), "sha256": _sha256(path)} for path in paths]
-    logger.info("read %d prediction row(s) from %d file(s)", frame.height, len(paths))
-    return remember(validate(frame, kinds=kinds, classes=classes), {"inputs": inputs})
+        frame, info = source.collect(), {"inputs": []}
+    elif isinstance(source, pl.DataFrame):
+        info = frame_info(source) or {"inputs": []}
+        if info.get("validated") == checked_with:
+            return source  # this very frame came out of `read_predictions` with the same overrides
+        frame = source
+    else:
+        paths = _expand(source)
+        frames = [_read_file(path) for path in paths]
+        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+        info = {"inputs": [{"path": str(path), "sha256": _sha256(path)} for path in paths]}
+        logger.info("read %d prediction row(s) from %d file(s)", frame.height, len(paths))
+    return remember(validate(frame, kinds=kinds, classes=classes), {**info, "validated": checked_with})
+
+
+def _validation_key(
+    kinds: Mapping[str, str] | None, classes: Mapping[str, Sequence[str]] | None
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, tuple[str, ...]], ...]]:
+    """The overrides a frame was validated with, in a comparable form."""
+    return (
+        tuple(sorted((kinds or {}).items())),
+        tuple(sorted((task, tuple(names)) for task, names in (classes or {}).items())),
+    )
 
 
 def load_predictions(

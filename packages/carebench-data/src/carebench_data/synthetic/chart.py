@@ -203,7 +203,7 @@ def chart_chunk(
         19
         + 2.5 * s_t
         + 2 * latent("z_pulmonary", r)
-        + 1.8 * state("overload", r)
+        + 4.0 * state("overload", r)
         + 2 * base("rr", r)
         + rng.normal(0, 2.5, r.size)
     )
@@ -215,7 +215,7 @@ def chart_chunk(
         97
         - 1.2 * s_t
         - 1.5 * latent("z_pulmonary", r)
-        - 1.0 * state("overload", r)
+        - 2.0 * state("overload", r)
         - 0.3 * effusion[stays["admission"][r]]
         + 0.7 * base("spo2", r)
         + rng.normal(0, 1.2, r.size)
@@ -322,7 +322,7 @@ def chart_chunk(
     buf.add(r[lbs], t[lbs], 226531, weight[lbs] * 2.20462, decimals=1)
     r, t = series(24.0)
     days = (t - stays["intime"][r]) / SECONDS_PER_DAY
-    slope = np.where(state("overload", r) > 0, 2.0, -0.5)
+    slope = np.where(state("overload", r) > 0, 3.0, -0.5)
     buf.add(r, t, 224639, stays["baseline_weight"][r] + slope * days + rng.normal(0, 0.4, r.size), decimals=1)
     # Height once.
     r, t = once()

@@ -207,7 +207,7 @@ def render_params(plan: CxrPlan, config: SyntheticConfig) -> list[RenderParams]:
     n = im["dicom_id"].size
     size = config.image_size
     ap = im["true_view"] == "AP"
-    ctr = 0.45 + 0.2 * im["cardiomegaly"]
+    ctr = 0.40 + 0.36 * im["cardiomegaly"]
     heart = np.clip(np.searchsorted(HEART_CTR, ctr) + ap, 0, len(HEART_CTR) - 1)
     params = []
     for i in range(n):
@@ -232,7 +232,7 @@ def render_params(plan: CxrPlan, config: SyntheticConfig) -> list[RenderParams]:
                 effusion_left=levels[0],
                 effusion_right=levels[1],
                 blobs=blobs,
-                lobar=float(0.85 * q) if q > 0.35 else 0.0,
+                lobar=float(0.45 + 0.45 * q) if q > 0.5 else 0.0,
                 lobar_side=2 if q > 0.85 else int(rng.integers(0, 2)),
                 edema=float(0.3 * im["edema"][i]) if im["edema"][i] > 0.3 else 0.0,
                 pneumothorax_side=int(rng.integers(0, 2)) if im["pneumothorax"][i] > 0.5 else -1,

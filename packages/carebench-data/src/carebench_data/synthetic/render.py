@@ -20,7 +20,7 @@ N_HEART = 8
 N_EFFUSION = 8
 N_NOISE = 64
 N_GAMMA = 8
-HEART_CTR = np.linspace(0.40, 0.70, N_HEART)
+HEART_CTR = np.linspace(0.38, 0.80, N_HEART)
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,6 @@ class TemplateCache:
             img = self.lateral.copy()
         else:
             img = self.bases[p.base].copy()
-            np.maximum(img, 0.62 * self.hearts[p.heart], out=img)
             lungs = self.lungs[p.base]
             for side, level in ((0, p.effusion_left), (1, p.effusion_right)):
                 if level >= 0:
@@ -190,6 +189,8 @@ class TemplateCache:
                 img += 0.35 * self.pleural_line[p.pneumothorax_side]
             if p.atelectasis > 0:
                 img += p.atelectasis * self.atelectasis
+            # The cardiac silhouette goes over the lung opacities, so its width stays readable.
+            np.maximum(img, 0.9 * self.hearts[p.heart], out=img)
             if p.tube:
                 img = np.maximum(img, 0.95 * self.tube)
             if p.central_line:
