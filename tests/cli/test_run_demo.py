@@ -5,7 +5,7 @@ from rich.console import Console
 
 import carebench_data.synthetic as synthetic
 from carebench_cli.config import CACHE_ENV, cache_dir
-from carebench_cli.demo import demo_paths, ensure_demo_dataset
+from carebench_cli.demo import DEMO_STAYS, demo_paths, ensure_demo_dataset
 
 
 def test_demo_dataset_is_built_once_then_reused(tmp_path, monkeypatch):
@@ -34,9 +34,12 @@ def test_demo_cache_path_names_size_seed_and_generator_version(tmp_path):
     from carebench_data.synthetic import SyntheticConfig
 
     default = demo_paths(tmp_path)[1]
-    config_hash = SyntheticConfig.demo(n_stays=5000).config_hash()[:8]
+    config_hash = SyntheticConfig.demo(n_stays=DEMO_STAYS).config_hash()[:8]
     assert (
-        default == tmp_path / f"demo-demo-5000-seed0-v{carebench_data.__version__}-{config_hash}" / "dataset"
+        default
+        == tmp_path
+        / f"demo-demo-{DEMO_STAYS}-seed0-v{carebench_data.__version__}r{synthetic.GENERATOR_REVISION}-{config_hash}"
+        / "dataset"
     )
     others = {
         demo_paths(tmp_path, n_stays=2000)[1],

@@ -167,3 +167,30 @@ def test_quick_profile_keeps_its_learning_rate_over_bundled_trainer_defaults():
     spec = expand_grid(config, dataset_hash="h", defaults=defaults)[0]
     assert dict(spec.hparams) == {"alpha": 0.7}
     assert dict(spec.train) == {"max_epochs": 3}
+
+
+def test_auto_jobs_one_per_core_for_the_quick_profile_on_cpu_only(monkeypatch):
+    from carebench_cli.run_cmd import MAX_AUTO_JOBS, auto_jobs
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    quick = resolve_config()
+    assert auto_jobs(quick, "cpu") == 2
+    assert auto_jobs(quick, "cuda") == 1
+    assert auto_jobs(resolve_config(file_values={"profile": "paper"}), "cpu") == 1
+    assert auto_jobs(resolve_config(file_values={"threads": 2}), "cpu") == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert auto_jobs(quick, "cpu") == MAX_AUTO_JOBS
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    assert auto_jobs(quick, "cpu") == 1
+
+
+def test_quick_profile_trains_with_a_light_affine_and_paper_with_medfuses():
+    from carebench_cli.pipeline import profile_augmentation
+    from carebench_data.torch import AugmentConfig
+
+    quick, paper = profile_augmentation("quick"), profile_augmentation("paper")
+    assert paper == AugmentConfig(mode="affine")
+    assert (paper.degrees, paper.scale, paper.translate) == (45.0, (0.85, 1.15), 0.15)
+    assert quick.mode == "affine"
+    assert quick.degrees < paper.degrees and quick.translate < paper.translate
+    assert paper.scale[0] < quick.scale[0] <= 1.0 <= quick.scale[1] < paper.scale[1]

@@ -88,3 +88,12 @@ def test_encode_is_deterministic_grayscale_jpeg(cache: TemplateCache) -> None:
     assert first == second
     image = Image.open(io.BytesIO(first))
     assert image.format == "JPEG" and image.mode == "L" and image.size == (64, 64)
+
+
+def test_the_heart_border_stays_visible_under_lung_opacities(cache: TemplateCache) -> None:
+    """Cardiomegaly is drawn over edema and consolidation, so a hazy chest still shows its width."""
+    hazy = dataclasses.replace(plain(), edema=0.3, lobar=0.9, lobar_side=2)
+    small = cache.render(dataclasses.replace(hazy, heart=0)).astype(np.float64)
+    large = cache.render(dataclasses.replace(hazy, heart=7)).astype(np.float64)
+    heart_rows = slice(34, 42)
+    assert (large[heart_rows] > 200).sum() > (small[heart_rows] > 200).sum() + 40

@@ -302,3 +302,28 @@ def test_from_arrays() -> None:
         "seed",
         "sex",
     ]
+
+
+def test_a_validated_frame_is_not_checked_again_unless_the_overrides_change() -> None:
+    checked = ce.read_predictions(base_frame())
+    assert ce.read_predictions(checked) is checked
+    assert ce.read_predictions(checked, kinds={"phenotype": "multilabel"}) is not checked
+
+
+def test_a_row_subset_inherits_validation_only_through_same_samples_subset() -> None:
+    from carebench_eval.io import same_samples_subset
+
+    checked = ce.read_predictions(base_frame())
+    plain = checked.head(2)
+    assert ce.read_predictions(plain) is not plain
+    marked = same_samples_subset(checked.head(2), checked)
+    assert ce.read_predictions(marked) is marked
+    unchecked = base_frame()
+    assert same_samples_subset(unchecked.head(2), unchecked).equals(unchecked.head(2))
+    assert frame_info(same_samples_subset(unchecked.head(2), unchecked)).get("validated") is None
+
+
+def test_a_bad_frame_that_never_went_through_read_predictions_is_still_rejected() -> None:
+    bad = base_frame().with_columns(pl.lit(1.5).alias("y_score"))
+    with pytest.raises(ce.PredictionsError):
+        ce.read_predictions(bad)

@@ -163,3 +163,21 @@ def test_complement_kernel_is_bit_identical_to_two_direct_passes() -> None:
             np.testing.assert_array_equal(values[name], expected)
         for name, expected in evaluated.values(1 - weights.astype(np.int64)).items():
             np.testing.assert_array_equal(values_complement[name], expected)
+
+
+def test_weighted_bincount_counts_exactly_through_the_float_product() -> None:
+    rng = np.random.default_rng(5)
+    n, n_columns, n_codes = 3000, 700, 40
+    codes = rng.integers(0, n_codes, n)
+    column_of = rng.integers(0, n_columns, n)
+    weights = rng.poisson(2.0, size=(60, n_columns)).astype(np.int32)
+    counts = _kernels.weighted_bincount(codes, n_codes, weights, column_of)
+    per_column = np.zeros((n_columns, n_codes), dtype=np.int64)
+    np.add.at(per_column, (column_of, codes), 1)
+    assert counts.dtype == np.int64
+    assert np.array_equal(counts, weights.astype(np.int64) @ per_column)
+    values = rng.random(n)
+    sums = _kernels.weighted_bincount(codes, n_codes, weights, column_of, values=values)
+    per_value = np.zeros((n_columns, n_codes))
+    np.add.at(per_value, (column_of, codes), values)
+    assert np.allclose(sums, weights @ per_value, rtol=0, atol=1e-9)

@@ -45,7 +45,7 @@ def test_killed_grid_resumes(tiny_dataset, tmp_path):
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-c", ENTRY, "run", "--config", str(config), "--no-report"],
+        [sys.executable, "-c", ENTRY, "run", "--config", str(config), "--no-report", "--jobs", "1"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -1,14 +1,14 @@
 """The synthetic demo dataset behind `carebench run` without `--dataset`: generated and built once, cached.
 
-The default run uses 5,000 stays, not the 2,000 of `SyntheticConfig.demo()` (data.md §13.1): with
-2,000 stays only about 50 test stays have a CXR, too few for the per-label fusion gain of Q1 to
-separate from zero. Layout under the cache directory (`$CAREBENCH_CACHE`, default `./.carebench`)::
+The default run uses 10,000 stays, not the 2,000 of `SyntheticConfig.demo()` (data.md §13.1). About
+4,300 of them enter the cohort and 170 test stays have a CXR; with 5,000 stays (about 85 such test
+stays) the per-label fusion gain of Q1 on CHF and pneumonia did not separate from zero. Layout under the cache directory (`$CAREBENCH_CACHE`, default `./.carebench`)::
 
-    demo-<scale>-<stays>-seed<seed>-v<generator version>-<config hash>/raw/      synthetic raw tree
-    demo-<scale>-<stays>-seed<seed>-v<generator version>-<config hash>/dataset/  `build_dataset` output
+    demo-<scale>-<stays>-seed<seed>-v<generator version>r<revision>-<config hash>/raw/      synthetic raw tree
+    demo-<scale>-<stays>-seed<seed>-v<generator version>r<revision>-<config hash>/dataset/  `build_dataset` output
 
 The folder name carries everything that changes the data, so a cache of another size, seed, generator
-version or generator config is never reused. Both steps write atomically, so an interrupted first run leaves no
+version or revision, or generator config is never reused. Both steps write atomically, so an interrupted first run leaves no
 half-built cache.
 """
 
@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from carebench_cli.config import cache_dir
 
 DEMO_SEED = 0
-DEMO_STAYS = 5000
+DEMO_STAYS = 10_000
 MIMIC_IV_VERSION = "2.2"
 
 
@@ -35,10 +35,11 @@ def demo_paths(
     generator default (e.g. the planted signal strengths) also gets a fresh cache.
     """
     import carebench_data
-    from carebench_data.synthetic import SyntheticConfig
+    from carebench_data.synthetic import GENERATOR_REVISION, SyntheticConfig
 
     config_hash = SyntheticConfig.preset(scale, seed=seed, n_stays=n_stays).config_hash()[:8]
-    name = f"demo-{scale}-{n_stays}-seed{seed}-v{carebench_data.__version__}-{config_hash}"
+    version = f"v{carebench_data.__version__}r{GENERATOR_REVISION}"
+    name = f"demo-{scale}-{n_stays}-seed{seed}-{version}-{config_hash}"
     root = (cache or cache_dir()) / name
     return root / "raw", root / "dataset"
 

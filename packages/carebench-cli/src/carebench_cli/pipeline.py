@@ -199,13 +199,21 @@ def quick_metric(frame: pl.DataFrame, *, kind: str) -> float:
     return float("nan") if value is None else value
 
 
-AUGMENT_PROFILES = frozenset({"paper"})
-"""Profiles that train with image augmentation (MedFuse's random affine, models.md §5).
+def profile_augmentation(profile: str) -> Any:
+    """The train-split image augmentation of a profile (`carebench_data.torch.AugmentConfig`).
 
-The quick profile trains without it: measured on the validation split of a 10,000-stay demo, the
-±45° affine crop halves what the 64 px CNN reads of cardiomegaly (val AUROC of the CHF label from
-the CXR alone 0.58 with, 0.68-0.70 without) when it sees a few hundred images for ten epochs.
-"""
+    `paper`: MedFuse's random affine (±45°, scale 0.85-1.15, shift 15 %; models.md §5). `quick`: a
+    light affine (±10°, scale 0.95-1.05, shift 5 %). Measured on the validation split of a
+    10,000-stay demo (one run each, 64 px CNN, ten epochs), the light affine gave the best validation
+    score of the three choices on both tasks checked: CHF from the CXR alone (`resnet`, val AUROC on
+    the stays with a CXR) 0.70 against 0.58 with the paper's affine and 0.68-0.70 without
+    augmentation, and `latefusion` mortality (val AUPRC) 0.732 against 0.724 and 0.709.
+    """
+    from carebench_data.torch import AugmentConfig
+
+    if profile == "quick":
+        return AugmentConfig(mode="affine", degrees=10.0, scale=(0.95, 1.05), translate=0.05)
+    return AugmentConfig(mode="affine")
 
 
 def execute_run(
@@ -253,7 +261,7 @@ def execute_run(
             fold=spec.fold,
             split=split,
             missingness=missingness,
-            augment=split == "train" and spec.profile in AUGMENT_PROFILES,
+            augment=profile_augmentation(spec.profile) if split == "train" else False,
             image_size=image_size,
             seed=seed,
         )

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from carebench_eval.errors import PredictionsError, join_notes, warn_undefined
-from carebench_eval.io import load_predictions
+from carebench_eval.io import load_predictions, same_samples_subset
 from carebench_eval.metrics.core import MULTICLASS_SCALARS
 from carebench_eval.metrics.threshold import Fixed
 from carebench_eval.multiplicity import CORRECTIONS, adjust_pvalues
@@ -873,7 +873,7 @@ def compare_grid(
     parts: list[pl.DataFrame] = []
     tasks = sorted(frame["task"].unique().to_list())
     for done, task in enumerate(tasks, start=1):
-        task_frame = frame.filter(pl.col("task") == task)
+        task_frame = same_samples_subset(frame.filter(pl.col("task") == task), frame)
         task_models = sorted(set(chosen) & set(task_frame["model"].drop_nulls().unique().to_list()))
         notes: list[str] = []
         if pairs == "all":

@@ -34,6 +34,7 @@ __all__ = [
     "from_arrays",
     "load_predictions",
     "read_predictions",
+    "same_samples_subset",
     "to_long",
     "to_wide",
     "validate",
@@ -134,6 +135,19 @@ def read_predictions(
         info = {"inputs": [{"path": str(path), "sha256": _sha256(path)} for path in paths]}
         logger.info("read %d prediction row(s) from %d file(s)", frame.height, len(paths))
     return remember(validate(frame, kinds=kinds, classes=classes), {**info, "validated": checked_with})
+
+
+def same_samples_subset(subset: pl.DataFrame, source: pl.DataFrame) -> pl.DataFrame:
+    """Mark `subset` as validated when `source` was, so statistics on it skip a second full check.
+
+    Only for subsets that keep or drop whole (task, model, sample) groups of `source` (filters on
+    task, model, setting or a per-sample attribute): every rule of `validate` then holds for the
+    subset as it does for the source.
+    """
+    validated = frame_info(source).get("validated")
+    if validated is not None:
+        remember(subset, {**frame_info(source), "validated": validated})
+    return subset
 
 
 def _validation_key(

@@ -34,7 +34,7 @@ from carebench_eval.compare import (
 )
 from carebench_eval.errors import PredictionsError, join_notes
 from carebench_eval.fairness import group_labels
-from carebench_eval.io import load_predictions
+from carebench_eval.io import load_predictions, same_samples_subset
 from carebench_eval.metrics.threshold import Fixed
 from carebench_eval.multiplicity import CORRECTIONS, adjust_pvalues
 from carebench_eval.registry import metric_spec
@@ -690,7 +690,7 @@ def fusion_gain(
             raise ValueError(
                 f"fusion_gain: none of the unimodal models {list(unimodal)} has predictions for task {task!r}"
             )
-        task_frame = frame.filter(pl.col("task") == task)
+        task_frame = same_samples_subset(frame.filter(pl.col("task") == task), frame)
         if by is None:
             subsets: list[tuple[str | None, pl.DataFrame]] = [(None, task_frame)]
         else:
@@ -709,7 +709,7 @@ def fusion_gain(
                 .alias("_group")
             )
             subsets = [
-                (group, keyed.filter(pl.col("_group") == group).drop("_group"))
+                (group, same_samples_subset(keyed.filter(pl.col("_group") == group).drop("_group"), frame))
                 for group in sorted(set(labels.values()))
             ]
         for group, subset in subsets:

@@ -85,6 +85,16 @@ class ReportContext:
     status: Callable[[str], None] = lambda message: None
     results: dict[str, pl.DataFrame] = field(default_factory=dict)
     """Tidy result tables written next to the report (aggregates only, never row-level data)."""
+    _frames: dict[tuple[object, ...], pl.DataFrame] = field(default_factory=dict, repr=False)
+    """Prediction subsets already validated by carebench-eval, so every statistic reuses them unchecked."""
+
+    def _validated(self, key: tuple[object, ...], build: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+        """The subset `key`, built and validated once (`ce.read_predictions` remembers the frame)."""
+        if key not in self._frames:
+            import carebench_eval as ce
+
+            self._frames[key] = ce.read_predictions(build())
+        return self._frames[key]
 
     @cached_property
     def kinds(self) -> dict[str, str]:
@@ -108,6 +118,9 @@ class ReportContext:
 
     def test(self, cohort: str, *, task: str | None = None, natural: bool = True) -> pl.DataFrame:
         """Test predictions of a cohort (no train-time drop): the natural setting, or every test setting."""
+        return self._validated(("test", cohort, task, natural), lambda: self._test(cohort, task, natural))
+
+    def _test(self, cohort: str, task: str | None, natural: bool) -> pl.DataFrame:
         frame = self.collection.test
         settings = frame["setting"].unique().to_list()
         keep = [
@@ -122,8 +135,12 @@ class ReportContext:
 
     def val(self, cohort: str, *, task: str | None = None) -> pl.DataFrame:
         """Validation predictions of a cohort (no train-time drop)."""
-        frame = self.collection.val.filter(pl.col("setting") == self.natural_setting(cohort))
-        return frame if task is None else frame.filter(pl.col("task") == task)
+
+        def build() -> pl.DataFrame:
+            frame = self.collection.val.filter(pl.col("setting") == self.natural_setting(cohort))
+            return frame if task is None else frame.filter(pl.col("task") == task)
+
+        return self._validated(("val", cohort, task), build)
 
     def tasks(self, cohort: str) -> list[str]:
         """Tasks with test predictions in a cohort."""

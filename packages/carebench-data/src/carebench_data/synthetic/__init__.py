@@ -11,11 +11,12 @@ from carebench_data.synthetic.config import (
     SyntheticConfig,
     SyntheticConfigError,
 )
-from carebench_data.synthetic.generate import SyntheticOutputError, generate_synthetic
+from carebench_data.synthetic.generate import GENERATOR_REVISION, SyntheticOutputError, generate_synthetic
 from carebench_data.synthetic.phenotypes import PHENOTYPE_COLUMNS
 
 __all__ = [
     "CHEXPERT_FINDINGS",
+    "GENERATOR_REVISION",
     "MIMIC_CXR_TABLES",
     "MIMIC_IV_TABLES",
     "PHENOTYPE_COLUMNS",

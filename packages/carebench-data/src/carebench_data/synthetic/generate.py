@@ -35,12 +35,21 @@ class SyntheticOutputError(CarebenchDataError):
     """The output directory cannot be written (it exists and is not empty)."""
 
 
+GENERATOR_REVISION = 2
+"""Bumped whenever generator code changes what a seed and config produce (not only the config's knobs).
+
+Revision 2: the heart drawn over the lung opacities with CTR 0.40-0.76, lobar consolidation only when
+q > .5, and a stronger overload in RR, SpO2 and daily weight. Cached demos carry it in their name.
+"""
+
+
 def _marker(config: SyntheticConfig, counts: dict[str, int], dataset: str) -> dict[str, object]:
     return {
         "synthetic": True,
         "dataset": dataset,
         "generator": "carebench_data.synthetic",
         "generator_version": carebench_data.__version__,
+        "generator_revision": GENERATOR_REVISION,
         "seed": config.seed,
         "scale": config.scale,
         "mimic_version": config.mimic_version,
