@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from typer.testing import CliRunner
 
 from carebench_cli.main import app
@@ -80,3 +81,60 @@ def test_killed_grid_resumes(tiny_dataset, tmp_path):
     assert (store.run_dir(partial) / "config.json").stat().st_mtime_ns != partial_config
     assert all(store.status(run_id, verify_hashes=True) is RunStatus.DONE for run_id in store.run_ids())
     assert len(store.run_ids()) == 3
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a dead child may stay unreaped under a container's init)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            state = next(line for line in handle if line.startswith("State:"))
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "Z" not in state.split()[1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_jobs_stop_when_the_parent_is_killed(tiny_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    config = write_run_config(
+        tmp_path / "run.toml",
+        tiny_dataset,
+        runs,
+        models=("lstm",),
+        tasks=("mortality",),
+        seeds=tuple(range(1, 13)),
+        epochs=40,
+    )
+    # every run trains all its epochs, so the jobs have far more than the grace period left to do
+    config.write_text(config.read_text().replace("min_epochs = 1", "min_epochs = 40"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", ENTRY, "run", "--config", str(config), "--no-report", "--jobs", "2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    store = RunStore(runs)
+    try:
+        deadline = time.monotonic() + 150
+        children: list[int] = []
+        while time.monotonic() < deadline and not any(
+            store.status(run_id) is RunStatus.PARTIAL for run_id in store.run_ids()
+        ):
+            time.sleep(0.02)
+        with open(f"/proc/{process.pid}/task/{process.pid}/children", encoding="ascii") as handle:
+            children = [int(pid) for pid in handle.read().split()]
+        assert len(children) == 2
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in children)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

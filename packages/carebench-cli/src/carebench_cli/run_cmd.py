@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -120,6 +121,18 @@ _ENTRY = "from carebench_cli.main import app; app()"
 _POLL_SECONDS = 0.5
 
 
+def _end_with_parent() -> None:
+    """In a job child before exec (Linux): ask the kernel for SIGTERM when the parent `carebench run` dies.
+
+    Without it a SIGKILLed parent would leave its jobs training on; with it they stop, and their
+    unfinished run directories (no `DONE`) are redone by the next `carebench run`.
+    """
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _run_jobs(
     todo: list[RunSpec],
     *,
@@ -148,7 +161,11 @@ def _run_jobs(
             command = [sys.executable, "-c", _ENTRY, "run", *child_args, "--shard", sub_shard, "--jobs", "1"]
             with log.open("wb") as handle:
                 process = subprocess.Popen(
-                    [*command, "--no-report"], stdout=handle, stderr=subprocess.STDOUT, env=env
+                    [*command, "--no-report"],
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    preexec_fn=_end_with_parent if sys.platform == "linux" else None,
                 )
             children.append((job, log, process))
         while True:
