@@ -18,6 +18,18 @@ from .conftest import write_run_config
 ENTRY = "from carebench_cli.main import app; app()"
 
 
+def _start_grid(config, cwd, *, jobs: int) -> subprocess.Popen:
+    """`carebench run --config CONFIG --no-report --jobs N` in a real child process, single-threaded."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", ENTRY, "run", "--config", str(config), "--no-report", "--jobs", str(jobs)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def _wait_for_partial(store: RunStore, process: subprocess.Popen, timeout: float = 150.0) -> tuple[str, str]:
     """Poll until one run is DONE and another has started (a directory without DONE)."""
     deadline = time.monotonic() + timeout
@@ -44,14 +56,7 @@ def test_killed_grid_resumes(tiny_dataset, tmp_path):
         seeds=(1, 2, 3),
         epochs=3,
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-c", ENTRY, "run", "--config", str(config), "--no-report", "--jobs", "1"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = _start_grid(config, tmp_path, jobs=1)
     store = RunStore(runs)
     try:
         finished, partial = _wait_for_partial(store, process)
@@ -107,14 +112,7 @@ def test_jobs_stop_when_the_parent_is_killed(tiny_dataset, tmp_path):
     )
     # every run trains all its epochs, so the jobs have far more than the grace period left to do
     config.write_text(config.read_text().replace("min_epochs = 1", "min_epochs = 40"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-c", ENTRY, "run", "--config", str(config), "--no-report", "--jobs", "2"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = _start_grid(config, tmp_path, jobs=2)
     store = RunStore(runs)
     try:
         deadline = time.monotonic() + 150
