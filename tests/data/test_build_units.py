@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from carebench_data import cohort, cxr, events, labels, raw, registry
+from carebench_data import cohort, cxr, download, events, labels, raw, registry
 from carebench_data.cxr import (
     CxrError,
     check_leakage,
@@ -214,8 +214,15 @@ def test_text_encodings_censored_values_and_unparseable() -> None:
                 "88",
             ],
             "valuenum": [None, None, None, None, None, None, None, 88.0],
+            "comments": [None] * 8,
         },
-        schema={"source": pl.Int16, "encoded": pl.Boolean, "value": pl.String, "valuenum": pl.Float64},
+        schema={
+            "source": pl.Int16,
+            "encoded": pl.Boolean,
+            "value": pl.String,
+            "valuenum": pl.Float64,
+            "comments": pl.String,
+        },
     )
     out = (
         events.parse_values(frame.with_row_index("i"), encodings=encodings, prefixes=prefixes)
@@ -422,7 +429,9 @@ def test_bundled_tables_regenerate_from_the_reference_files() -> None:
     )
 
 
-@pytest.mark.parametrize("module", [cohort, events, labels, cxr, raw, registry], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [cohort, events, labels, cxr, raw, registry, download], ids=lambda m: m.__name__
+)
 def test_docstring_examples_run(module: object) -> None:
     result = doctest.testmod(module)  # type: ignore[arg-type]
     assert result.attempted > 0 and result.failed == 0

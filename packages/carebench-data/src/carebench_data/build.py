@@ -62,6 +62,7 @@ from carebench_data.raw import (
     ResolvedTable,
     TableSpec,
     VersionError,
+    base_version,
     detect_version,
     read_small_table,
     resolve_table,
@@ -179,7 +180,7 @@ def _resolve_inputs(
 
 
 def _check_version(config: BuildConfig, fingerprint: dict[str, Any], *, icustays_rows: int) -> str:
-    detected = str(fingerprint["version"])
+    detected = base_version(str(fingerprint["version"]))
     declared = config.mimic_iv_version
     synthetic = fingerprint["synthetic"]
     if declared != "auto" and detected not in {declared, "unknown"}:
@@ -562,6 +563,7 @@ def _staging_key(
     digest = hashlib.sha256()
     identity = {
         "carebench": carebench_data.__version__,
+        "staging_revision": events_mod.STAGING_REVISION,
         "inputs": [[t.relpath, t.bytes, t.path.stat().st_mtime_ns] for t in event_tables],
         "itemids": {
             table: sorted(registry.item_map(table)["itemid"].to_list()) for table in registry.tables()
@@ -608,6 +610,7 @@ def _labels(
     positives: dict[str, dict[str, int]] = {}
     labelled = stays
     unmapped: list[dict[str, Any]] = []
+    mapping: dict[str, Any] = {}
     for mode in labels_mod.MAPPING_MODES:
         mapped = labels_mod.map_codes(
             cohort_diagnoses.lazy(), mode=mode, parent_fallback=config.labels.icd10_parent_fallback
@@ -616,6 +619,8 @@ def _labels(
         positives[mode] = {
             p.column: int(with_labels.get_column(p.column).sum()) for p in labels_mod.phenotypes()
         }
+        if mode == "gem_ccs":
+            mapping = labels_mod.mapping_counts(mapped, titles=titles)
         if mode == chosen:
             labelled = with_labels
             unmapped = labels_mod.unmapped_report(mapped, titles=titles)
@@ -642,6 +647,7 @@ def _labels(
             for i, name in enumerate(labels_mod.LOS_CLASS_NAMES)
         },
         "phenotype": {"chosen": chosen, "positives": positives},
+        "mapping": mapping,
         "icd_unmapped": unmapped,
     }
     return labelled, counts

@@ -5,6 +5,15 @@ bounded blocks and keeps only registry itemids of cohort stays inside the 48 h w
 reshaping (§11 P1). Each block's survivors are appended to a staged Parquet part in the work
 directory. S3 parses, converts, range-checks and deduplicates the staged rows with counts per
 feature; S4 keeps the last value of each hour and scatters it into a NaN-filled [N, 48, F] array.
+
+Two rules come from real MIMIC-IV rather than from the schema:
+
+- `intime` has seconds but `charttime` only minutes, so the window is compared at minute
+  resolution: an event charted in the minute of intime belongs to hour 0 (the admission height
+  and weight are charted there, seconds "before" intime), and an event charted in the minute of
+  prediction_time is outside the window (it may have happened after it).
+- a lab result beyond the assay's range has null `value` and `valuenum` and its censored value in
+  `comments` (`<0.01.  ...`, `GREATER THAN 500.  VERIFIED.`); `comments` is kept only for such rows.
 """
 
 from __future__ import annotations
@@ -36,8 +45,20 @@ STAGED_SCHEMA: dict[str, pl.DataType] = {
     "value": pl.String(),
     "valuenum": pl.Float64(),
     "valueuom": pl.String(),
+    "comments": pl.String(),
+    "in_intime_minute": pl.Boolean(),
 }
-"""Columns of a staged event row: nothing wider is materialized (§11 P1)."""
+"""Columns of a staged event row: nothing wider is materialized (§11 P1).
+
+`comments` is null unless the raw `value` and `valuenum` are both null (labevents only);
+`in_intime_minute` marks events charted in the minute of intime but seconds before it.
+"""
+
+STAGING_REVISION = 2
+"""Bumped whenever the staged rows of the same inputs change (columns, window rule): part of the cache key.
+
+Revision 2: the `comments` and `in_intime_minute` columns and the minute-resolution window.
+"""
 
 _KEY = {"chartevents": "stay_id", "outputevents": "stay_id", "labevents": "subject_id"}
 _PARQUET_SLICE_ROWS = 4_000_000
@@ -56,6 +77,10 @@ class TableCounts:
     itemid_kept: int = 0
     cohort_kept: int = 0
     window_kept: int = 0
+    intime_minute_kept: int = 0
+    """Window-kept rows charted in the minute of intime, seconds before it (hour 0)."""
+    prediction_minute_dropped: int = 0
+    """Rows charted in the minute of prediction_time, seconds before it (outside the window)."""
     bad_values: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,6 +91,8 @@ class TableCounts:
             "itemid_kept": self.itemid_kept,
             "cohort_kept": self.cohort_kept,
             "window_kept": self.window_kept,
+            "intime_minute_kept": self.intime_minute_kept,
+            "prediction_minute_dropped": self.prediction_minute_dropped,
             "bad_values": dict(sorted(self.bad_values.items())),
         }
 
@@ -80,20 +107,36 @@ def join_windows(events: pl.LazyFrame, *, windows: pl.LazyFrame, key: str) -> pl
 
 
 def keep_in_window(events: pl.LazyFrame) -> pl.LazyFrame:
-    """Keep events with intime ≤ charttime < prediction_time and add the hour bin h = ⌊(t − intime) / 1 h⌋.
+    """Keep events inside the 48 h window at minute resolution and add the hour bin h.
+
+    charttime has whole minutes and intime seconds, so both ends are compared in minutes:
+    intime truncated to the minute ≤ charttime < prediction_time truncated to the minute. The hour
+    is h = ⌊(charttime − intime) / 1 h⌋, and an event charted in the minute of intime, seconds before
+    it, goes to hour 0 (`in_intime_minute` marks it).
 
     >>> from datetime import datetime
-    >>> t0 = datetime(2180, 1, 1)
-    >>> events = pl.LazyFrame({"intime": [t0] * 5, "prediction_time": [datetime(2180, 1, 3)] * 5,
-    ...     "charttime": [datetime(2179, 12, 31, 23), t0, datetime(2180, 1, 1, 0, 59),
+    >>> t0 = datetime(2180, 1, 1, 0, 0, 40)
+    >>> events = pl.LazyFrame({"intime": [t0] * 5, "prediction_time": [datetime(2180, 1, 3, 0, 0, 40)] * 5,
+    ...     "charttime": [datetime(2179, 12, 31, 23, 59), datetime(2180, 1, 1), datetime(2180, 1, 1, 0, 59),
     ...                   datetime(2180, 1, 2, 23, 59), datetime(2180, 1, 3)]})
-    >>> keep_in_window(events).collect().get_column("hour").to_list()
-    [0, 0, 47]
+    >>> window = keep_in_window(events).collect()
+    >>> window.get_column("hour").to_list(), window.get_column("in_intime_minute").to_list()
+    ([0, 0, 47], [True, False, False])
     """
     elapsed = (pl.col("charttime") - pl.col("intime")).dt.total_microseconds()
-    return events.filter(
-        (pl.col("charttime") >= pl.col("intime")) & (pl.col("charttime") < pl.col("prediction_time"))
-    ).with_columns(hour=(elapsed // 3_600_000_000).cast(pl.Int8))
+    start = pl.col("intime").dt.truncate("1m")
+    end = pl.col("prediction_time").dt.truncate("1m")
+    return events.filter((pl.col("charttime") >= start) & (pl.col("charttime") < end)).with_columns(
+        hour=(elapsed // 3_600_000_000).clip(lower_bound=0).cast(pl.Int8),
+        in_intime_minute=pl.col("charttime") < pl.col("intime"),
+    )
+
+
+def in_prediction_minute() -> pl.Expr:
+    """Boolean: charted in the minute of prediction_time, seconds before it (outside the window)."""
+    return (pl.col("charttime") >= pl.col("prediction_time").dt.truncate("1m")) & (
+        pl.col("charttime") < pl.col("prediction_time")
+    )
 
 
 def mark_stored_late(events: pl.LazyFrame) -> pl.LazyFrame:
@@ -126,6 +169,12 @@ def _stage_block(
     if not selected.height:
         return pl.DataFrame(schema=STAGED_SCHEMA)
     counts.null_keys += selected.get_column(key).null_count() + selected.get_column("charttime").null_count()
+    if "comments" in selected.columns:
+        # Only a result without value and valuenum can have its censored value in the comments.
+        no_result = pl.col("value").is_null() & pl.col("valuenum").is_null()
+        selected = selected.with_columns(comments=pl.when(no_result).then(pl.col("comments")))
+    else:
+        selected = selected.with_columns(comments=pl.lit(None, pl.String))
     typed = (
         selected.lazy()
         .pipe(
@@ -146,6 +195,7 @@ def _stage_block(
         typed = typed.rename({"value": "valuenum"}).with_columns(value=pl.lit(None, pl.String))
     in_cohort = typed.lazy().pipe(join_windows, windows=windows.lazy(), key=key).collect()
     counts.cohort_kept += in_cohort.height
+    counts.prediction_minute_dropped += int(in_cohort.select(in_prediction_minute().sum()).item())
     staged = (
         in_cohort.lazy()
         .pipe(keep_in_window)
@@ -154,6 +204,7 @@ def _stage_block(
         .collect()
     )
     counts.window_kept += staged.height
+    counts.intime_minute_kept += int(staged.get_column("in_intime_minute").sum())
     return staged
 
 
@@ -203,6 +254,8 @@ def stage_table(
     if table != "outputevents":
         columns += ["valuenum"]
     columns += ["valueuom"]
+    if table == "labevents":
+        columns += ["comments"]
     table_windows = windows.select(key, "row", "intime", "prediction_time")
     out_dir = staging_dir / table
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,6 +345,8 @@ def attach_sources(events: pl.LazyFrame, *, sources: pl.DataFrame) -> pl.LazyFra
 
 _COMPARATOR = r"^\s*(<=|>=|<|>)\s*(-?[0-9]*\.?[0-9]+)\s*$"
 _PLAIN_NUMBER = r"^\s*(-?[0-9]*\.?[0-9]+)\s*$"
+_COMMENT_COMPARATOR = r"(?i)^\s*(<=|>=|<|>|less\s+than|greater\s+than)\s*(-?[0-9]*\.?[0-9]+)"
+"""A leading comparator, symbolic or spelled, then a number; the rest of the comment is ignored."""
 
 
 def parse_values(
@@ -299,10 +354,13 @@ def parse_values(
 ) -> pl.LazyFrame:
     """Turn text and numbers into one Float64 `x` with a `parse_status` (spec/data.md §4.5 step 2, §4.3).
 
-    Numeric sources use valuenum, then `[<|>|<=|>=] number` in value (`censored`), else `unparseable`.
-    Text sources map lower-cased, trimmed text through the exact `encodings` (source, text, score)
-    or the `prefixes` (source, prefix, score); unknown text falls back to valuenum (status
-    `encoded_fallback`, range-checked later) or becomes `unmatched_text`.
+    Numeric sources use valuenum, then `[<|>|<=|>=] number` in value (`censored`), then a plain
+    number in value; a row without value and valuenum (labevents keeps `comments` only for those)
+    is `censored` when its comment starts with a comparator and a number (`<0.01.  ...`,
+    `GREATER THAN 500.  VERIFIED.`); anything else is `unparseable`. Text sources map lower-cased,
+    trimmed text through the exact `encodings` (source, text, score) or the `prefixes` (source,
+    prefix, score); unknown text falls back to valuenum (status `encoded_fallback`, range-checked
+    later) or becomes `unmatched_text`.
     """
     text = pl.col("value").str.strip_chars().str.to_lowercase()
     prefix_score: pl.Expr = pl.lit(None, pl.Float64)
@@ -314,7 +372,8 @@ def parse_values(
         )
     censored = pl.col("value").str.extract(_COMPARATOR, 2).cast(pl.Float64, strict=False)
     plain = pl.col("value").str.extract(_PLAIN_NUMBER, 1).cast(pl.Float64, strict=False)
-    numeric_x = pl.coalesce(pl.col("valuenum"), censored, plain)
+    commented = pl.col("comments").str.extract(_COMMENT_COMPARATOR, 2).cast(pl.Float64, strict=False)
+    numeric_x = pl.coalesce(pl.col("valuenum"), censored, plain, commented)
     numeric_status = (
         pl.when(pl.col("valuenum").is_not_null())
         .then(pl.lit("numeric"))
@@ -322,6 +381,8 @@ def parse_values(
         .then(pl.lit("censored"))
         .when(plain.is_not_null())
         .then(pl.lit("numeric"))
+        .when(commented.is_not_null())
+        .then(pl.lit("censored"))
         .otherwise(pl.lit("unparseable"))
     )
     encoded_x = pl.coalesce(pl.col("score"), prefix_score)
@@ -453,6 +514,7 @@ class CleanResult:
 
 _COUNTERS = (
     "rows_in_window",
+    "intime_minute",
     "stored_after_prediction",
     "censored",
     "unparseable",
@@ -492,6 +554,7 @@ def clean_events(staged: pl.LazyFrame, *, registry: Registry, availability: str)
     counts: dict[str, dict[str, Any]] = {name: dict.fromkeys(_COUNTERS, 0) for name in names}
     per_feature = events.group_by("feature").agg(
         rows_in_window=pl.len(),
+        intime_minute=pl.col("in_intime_minute").sum(),
         stored_after_prediction=pl.col("stored_late").sum(),
         censored=(pl.col("parse_status") == "censored").sum(),
         unparseable=(pl.col("parse_status") == "unparseable").sum(),

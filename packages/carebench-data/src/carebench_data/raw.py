@@ -40,8 +40,18 @@ INFLATE_BACKEND = inflate_backend.__name__
 
 FORMATS = (".parquet", ".csv", ".csv.gz")
 DATE_FORMAT = "%Y-%m-%d"
-FIRST_CLASS_ICUSTAYS = {73_181: "2.2", 94_458: "3.1", 140: "2.2"}
-"""icustays row counts of the first-class releases (spec/data.md §1.4): v2.2, v3.1, v2.2 demo."""
+FIRST_CLASS_ICUSTAYS = {73_181: "2.2", 94_458: "3.1", 140: "2.2-demo"}
+"""icustays row counts of the first-class releases → their fingerprint: v2.2, v3.1 and the open v2.2 demo."""
+DEMO_SUFFIX = "-demo"
+
+
+def base_version(fingerprint: str) -> str:
+    """The MIMIC-IV version of a fingerprint: `2.2-demo` → `2.2` (the demo is a 100-patient 2.2 subset).
+
+    >>> base_version("2.2-demo"), base_version("3.1")
+    ('2.2', '3.1')
+    """
+    return fingerprint.removesuffix(DEMO_SUFFIX)
 
 
 class MissingTableError(CarebenchDataError):
@@ -123,7 +133,17 @@ MIMIC_IV_TABLES: dict[str, TableSpec] = {
         _read_spec(
             "labevents",
             "hosp",
-            ("subject_id", "hadm_id", "itemid", "charttime", "storetime", "value", "valuenum", "valueuom"),
+            (
+                "subject_id",
+                "hadm_id",
+                "itemid",
+                "charttime",
+                "storetime",
+                "value",
+                "valuenum",
+                "valueuom",
+                "comments",
+            ),
         ),
         _read_spec(
             "outputevents",
@@ -208,6 +228,8 @@ def resolve_table(root: Path, spec: TableSpec, *, folder: str | None = None) -> 
         hint = ""
         if "race" in missing and "ethnicity" in header:
             hint = " (it has `ethnicity`: this looks like MIMIC-IV v1.0; set mimic_iv_version = '1.0')"
+        elif missing == ["comments"] and fmt == "parquet":
+            hint = " (a Parquet copy from an older `carebench data convert`: convert the raw tables again)"
         raise MissingColumnError(f"{path}: missing column(s) {', '.join(missing)}{hint}")
     return ResolvedTable(
         table=spec.name,
@@ -495,7 +517,8 @@ def detect_version(
 ) -> dict[str, object]:
     """Fingerprint the MIMIC-IV release (spec/data.md §1.4).
 
-    Returns {"version": "2.2" | "3.1" | "1.0" | "2.0/2.1" | "unknown", "synthetic": dict | None, "evidence": [...]}.
+    Returns {"version": "2.2" | "2.2-demo" | "3.1" | "1.0" | "2.0/2.1" | "unknown", "synthetic": dict | None,
+    "evidence": [...]}; `2.2-demo` is the open 100-patient demo of v2.2 (140 ICU stays).
     """
     evidence: list[str] = []
     marker = mimic_iv / "SYNTHETIC.json"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -12,13 +14,19 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from carebench_data.config import CohortConfig
 from carebench_data.cxr import row_image_path
+from carebench_data.download import parse_sums
 from carebench_data.errors import CarebenchDataError
 from carebench_data.labels import LOS_EDGES_DAYS
 from carebench_data.manifest import MANIFEST, sha256_file
 from carebench_data.raw import (
     CXR_TABLES,
+    FORMATS,
     MIMIC_IV_TABLES,
+    ResolvedTable,
+    TableSpec,
+    base_version,
     count_rows,
     detect_version,
     read_small_table,
@@ -54,7 +62,7 @@ EXPECTED_ROWS: dict[str, dict[str, int]] = {
         "d_labitems": 1_650,
         "d_icd_diagnoses": 112_107,
     },
-    "demo": {
+    "2.2-demo": {
         "patients": 100,
         "admissions": 275,
         "icustays": 140,
@@ -69,8 +77,16 @@ EXPECTED_ROWS: dict[str, dict[str, int]] = {
 }
 """Exact raw row counts of the first-class releases (spec/data.md §10.1)."""
 
-COHORT_RANGES = {"2.2": ((29_000, 37_000), (0.22, 0.28)), "3.1": ((38_000, 47_000), (0.16, 0.22))}
-"""Default cohort N and has_cxr fraction estimates (§10.2): outside them, `verify` warns."""
+COHORT_RANGES: dict[str, tuple[tuple[int, int], tuple[float, float] | None]] = {
+    "2.2": ((29_000, 37_000), (0.22, 0.28)),
+    "3.1": ((38_000, 47_000), (0.16, 0.22)),
+    "2.2-demo": ((74, 74), None),
+}
+"""Default-cohort N and has_cxr fraction per fingerprint: outside them, `verify` warns.
+
+v2.2 and v3.1 are estimates; the demo's 74 stays are measured (it has no CXR counterpart, so no
+fraction).
+"""
 
 
 class VerificationError(CarebenchDataError):
@@ -206,16 +222,7 @@ def verify_dataset(path: Path, *, raise_on_error: bool = True) -> VerifyReport:
         problems.append("fold_part differs from the recomputed subject hash")
     report.checked.append("fold parts")
 
-    version = manifest["source"].get("mimic_iv_version")
-    if manifest["source"].get("kind") == "mimic" and version in COHORT_RANGES:
-        (low_n, high_n), (low_f, high_f) = COHORT_RANGES[version]
-        if not low_n <= n <= high_n:
-            report.warnings.append(f"cohort N = {n} outside the expected {low_n}–{high_n} for v{version}")
-        fraction = m / max(n, 1)
-        if not low_f <= fraction <= high_f:
-            report.warnings.append(
-                f"has_cxr fraction {fraction:.3f} outside the expected {low_f}–{high_f} for v{version}"
-            )
+    report.warnings += _cohort_warnings(manifest, n_stays=n, n_with_cxr=m)
     report.info = {
         "stays": n,
         "with_cxr": m,
@@ -225,6 +232,33 @@ def verify_dataset(path: Path, *, raise_on_error: bool = True) -> VerifyReport:
     if raise_on_error:
         report.raise_if_failed(str(path))
     return report
+
+
+def _cohort_warnings(manifest: dict[str, Any], *, n_stays: int, n_with_cxr: int) -> list[str]:
+    """Cohort size and has_cxr fraction against the expectations of the release the build fingerprinted.
+
+    The expectations describe the default cohort rules, so other rules are not compared; the CXR
+    fraction is not compared for an EHR-only build.
+    """
+    source = manifest["source"]
+    release = str(source.get("fingerprint", {}).get("detected") or source.get("mimic_iv_version"))
+    if source.get("kind") != "mimic" or release not in COHORT_RANGES:
+        return []
+    if manifest["config"].get("cohort") != dataclasses.asdict(CohortConfig()):
+        return []
+    (low_n, high_n), cxr_range = COHORT_RANGES[release]
+    warnings = []
+    if not low_n <= n_stays <= high_n:
+        expected = f"{low_n}" if low_n == high_n else f"{low_n}–{high_n}"
+        warnings.append(f"cohort N = {n_stays}, expected {expected} for MIMIC-IV {release}")
+    if cxr_range is not None and manifest["config"]["cxr"]["enabled"]:
+        low_f, high_f = cxr_range
+        fraction = n_with_cxr / max(n_stays, 1)
+        if not low_f <= fraction <= high_f:
+            warnings.append(
+                f"has_cxr fraction {fraction:.3f} outside the expected {low_f}–{high_f} for MIMIC-IV {release}"
+            )
+    return warnings
 
 
 def verify_raw(
@@ -244,7 +278,8 @@ def verify_raw(
         version: `auto`, `2.2`, `3.1` or `1.0`; a contradiction with the fingerprint is a problem.
         mimic_cxr: MIMIC-CXR-JPG root; probes the image layout on the first 100 metadata rows.
         counts: compare exact row counts (§10.1, or SYNTHETIC.json) for every table (streams them).
-        checksums: check `SHA256SUMS.txt` in each root.
+        checksums: check `SHA256SUMS.txt` in each root on the files carebench reads; the other listed
+            files are skipped and named in `info["checksums"]["skipped"]`.
         registry: feature registry validated against the dictionaries.
         raise_on_error: raise `VerificationError` when a problem is found (else only report it).
     """
@@ -274,11 +309,11 @@ def verify_raw(
         )
         detected = str(fingerprint["version"])
         report.info["fingerprint"] = fingerprint
-        if version != "auto" and detected not in {version, "unknown"}:
+        if version != "auto" and base_version(detected) not in {version, "unknown"}:
             report.problems.append(f"declared version {version} but the files look like {detected}")
         report.checked.append("version fingerprint")
         if counts:
-            expected = _expected_counts(fingerprint, icustays_rows=icustays_rows)
+            expected = _expected_counts(fingerprint)
             if expected is None:
                 report.warnings.append(
                     f"no exact row counts known for version {detected}; counts not checked"
@@ -293,9 +328,25 @@ def verify_raw(
                             )
                 report.checked.append("row counts")
     if checksums:
-        for base in (root, mimic_cxr):
-            if base is not None:
-                report.problems += _check_sums(base)
+        roots = [(root, MIMIC_IV_TABLES, resolved)]
+        if mimic_cxr is not None:
+            cxr_root = Path(mimic_cxr)
+            cxr_tables = {}
+            for name, spec in CXR_TABLES.items():
+                with contextlib.suppress(CarebenchDataError):  # a missing table is reported by the probe
+                    table = resolve_table(cxr_root, spec)
+                    if table is not None:
+                        cxr_tables[name] = table
+            roots.append((cxr_root, CXR_TABLES, cxr_tables))
+        checked: list[str] = []
+        skipped: list[str] = []
+        for base, specs, tables in roots:
+            sums = check_sums(base, specs=specs, tables=tables)
+            report.problems += sums.problems
+            report.warnings += sums.warnings
+            checked += [f"{base / relpath}" for relpath in sums.checked]
+            skipped += [f"{base / relpath}" for relpath in sums.skipped]
+        report.info["checksums"] = {"checked": checked, "skipped": skipped}
         report.checked.append("checksums")
     if "d_items" in resolved and "d_labitems" in resolved:
         try:
@@ -315,31 +366,60 @@ def verify_raw(
     return report
 
 
-def _expected_counts(fingerprint: dict[str, Any], *, icustays_rows: int) -> dict[str, int] | None:
+def _expected_counts(fingerprint: dict[str, Any]) -> dict[str, int] | None:
     synthetic = fingerprint.get("synthetic")
     if synthetic is not None:
         rows = synthetic.get("row_counts") or synthetic.get("rows") or {}
         return {name.rsplit("/", 1)[-1].split(".")[0]: int(value) for name, value in rows.items()}
-    if icustays_rows == 140:
-        return EXPECTED_ROWS["demo"]
     return EXPECTED_ROWS.get(str(fingerprint["version"]))
 
 
-def _check_sums(base: Path) -> list[str]:
+@dataclass
+class SumsCheck:
+    """The outcome of `check_sums` on one root: relpaths checked and skipped, problems and warnings."""
+
+    checked: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_sums(base: Path, *, specs: dict[str, TableSpec], tables: dict[str, ResolvedTable]) -> SumsCheck:
+    """Judge `base/SHA256SUMS.txt` (`sha256sum` format) on the files carebench reads, and only those.
+
+    A release lists every file it ships; carebench reads a few tables (`tables`, resolved from
+    `specs`). Those are hashed and must match. A listed table file that is absent, while no other
+    format of the table is present, is a problem. A read file that is not listed is a warning.
+    Everything else that is listed (other tables, images, README) is skipped, not judged missing.
+    """
+    result = SumsCheck()
     sums = base / "SHA256SUMS.txt"
     if not sums.is_file():
-        return [f"{sums} not found"]
-    problems = []
-    for line in sums.read_text().splitlines():
-        if not line.strip():
-            continue
-        digest, relpath = line.split(maxsplit=1)
-        file = base / relpath.strip().lstrip("*")
-        if not file.is_file():
-            problems.append(f"{file} listed in SHA256SUMS.txt is missing")
-        elif sha256_file(file) != digest:
-            problems.append(f"{file}: SHA-256 mismatch")
-    return problems
+        result.problems.append(f"{sums} not found")
+        return result
+    listed = parse_sums(sums.read_text())
+    read = {table.relpath: table for table in tables.values()}
+    candidates = {
+        f"{folder}/{spec.name}{suffix}".lstrip("/"): name
+        for name, spec in specs.items()
+        for folder in {spec.folder, "core"}
+        for suffix in FORMATS
+    }
+    for relpath, digest in sorted(listed.items()):
+        if relpath in read:
+            result.checked.append(relpath)
+            if sha256_file(base / relpath) != digest:
+                result.problems.append(f"{base / relpath}: SHA-256 mismatch with SHA256SUMS.txt")
+        elif candidates.get(relpath) is not None and candidates[relpath] not in tables:
+            if not (base / relpath).is_file():
+                result.problems.append(f"{base / relpath} listed in SHA256SUMS.txt is missing")
+            else:
+                result.skipped.append(relpath)
+        else:
+            result.skipped.append(relpath)
+    for relpath in sorted(set(read) - set(listed)):
+        result.warnings.append(f"{base / relpath} is not listed in SHA256SUMS.txt (not checked)")
+    return result
 
 
 def _probe_images(root: Path) -> list[str]:
