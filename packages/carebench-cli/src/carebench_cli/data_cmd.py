@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,7 +19,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from carebench_cli.errors import handle_errors
+from carebench_cli.errors import CliError, handle_errors
+
+if TYPE_CHECKING:
+    from carebench_data.config import BuildConfig
 
 data_app = typer.Typer(
     help="Build, verify and synthesize benchmark datasets (MIMIC-IV + MIMIC-CXR-JPG).",
@@ -69,7 +72,6 @@ def build_command(
     ] = False,
 ) -> None:
     """Build the benchmark dataset directory from raw MIMIC-IV (+ MIMIC-CXR-JPG) files."""
-    from carebench_data.build import PROGRESS_TOTAL, build_dataset
     from carebench_data.config import BuildConfig
 
     overrides = {
@@ -84,6 +86,13 @@ def build_command(
         "build.cache": False if no_cache else None,
     }
     build_config = BuildConfig.from_toml(config, **overrides)
+    _print_summary(_build_with_progress(build_config))
+
+
+def _build_with_progress(build_config: BuildConfig) -> Path:
+    """Run `build_dataset` with a progress bar that names the current stage; returns the dataset path."""
+    from carebench_data.build import PROGRESS_TOTAL, build_dataset
+
     progress = Progress(
         TextColumn("[bold]{task.description:<40}"),
         BarColumn(bar_width=32),
@@ -106,7 +115,7 @@ def build_command(
         finally:
             library_logger.removeHandler(handler)
             library_logger.setLevel(previous_level)
-    _print_summary(path)
+    return path
 
 
 def _print_summary(path: Path) -> None:
@@ -127,6 +136,75 @@ def _print_summary(path: Path) -> None:
     )
 
 
+@data_app.command("demo")
+@handle_errors
+def demo_command(
+    mimic_iv_demo: Annotated[
+        Path,
+        typer.Option(
+            "--mimic-iv-demo", help="MIMIC-IV demo root: an existing copy, or where --download puts it."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Dataset directory to create (EHR only).")],
+    download: Annotated[
+        bool,
+        typer.Option(
+            "--download",
+            help="Fetch the open MIMIC-IV demo 2.2 from PhysioNet into --mimic-iv-demo when it is not there "
+            "(only the tables carebench reads; every file checked against the published SHA-256 sums).",
+        ),
+    ] = False,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url", help="Release folder to fetch from (default: PhysioNet; file:// for a copy)."
+        ),
+    ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option("--registry", help="Feature set: default (17), extended (47) or a TOML path."),
+    ] = None,
+) -> None:
+    """Build an EHR-only dataset from the open MIMIC-IV Clinical Database Demo (real data, no credentials)."""
+    import time
+
+    from carebench_data.config import BuildConfig
+    from carebench_data.download import DEMO_BASE_URL, fetch_mimic_iv_demo
+
+    present = (mimic_iv_demo / "hosp").is_dir() and (mimic_iv_demo / "icu").is_dir()
+    if not present:
+        if not download:
+            raise CliError(
+                f"{mimic_iv_demo} holds no MIMIC-IV demo (hosp/ and icu/); add --download to fetch it "
+                "from PhysioNet (open access, ODC Open Database License)",
+                exit_code=2,
+            )
+        source = base_url or DEMO_BASE_URL
+        with Progress(
+            TextColumn("[bold]fetching the MIMIC-IV demo"),
+            BarColumn(bar_width=32),
+            TaskProgressColumn(),
+            console=_console,
+        ) as bar:
+            task = bar.add_task("fetch", total=None)
+            fetch_mimic_iv_demo(
+                mimic_iv_demo,
+                base_url=source,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        typer.echo(f"fetched the MIMIC-IV demo from {source} into {mimic_iv_demo} (SHA-256 sums checked)")
+    build_config = BuildConfig.from_toml(
+        None,
+        mimic_iv=str(mimic_iv_demo),
+        out=str(out),
+        **{"cxr.enabled": False, "features.registry": registry},
+    )
+    started = time.perf_counter()
+    path = _build_with_progress(build_config)
+    _print_summary(path)
+    typer.echo(f"built {path} in {time.perf_counter() - started:.1f} s")
+
+
 @data_app.command("verify")
 @handle_errors
 def verify_command(
@@ -138,7 +216,13 @@ def verify_command(
         Path | None, typer.Option("--cxr", help="With --raw: the MIMIC-CXR-JPG root.")
     ] = None,
     counts: Annotated[bool, typer.Option("--counts", help="With --raw: check exact row counts.")] = False,
-    checksums: Annotated[bool, typer.Option("--checksums", help="With --raw: check SHA256SUMS.txt.")] = False,
+    checksums: Annotated[
+        bool,
+        typer.Option(
+            "--checksums",
+            help="With --raw: check SHA256SUMS.txt on the files carebench reads (others skipped).",
+        ),
+    ] = False,
     version: Annotated[
         str, typer.Option("--mimic-iv-version", help="With --raw: declared version.")
     ] = "auto",
@@ -152,6 +236,14 @@ def verify_command(
         report = verify_dataset(path)
     for warning in report.warnings:
         _console.print(f"[yellow]warning:[/] {warning}")
+    sums = report.info.get("checksums")
+    if sums is not None:
+        skipped = sums["skipped"]
+        shown = ", ".join(Path(name).name for name in skipped[:8]) + (", …" if len(skipped) > 8 else "")
+        typer.echo(
+            f"checksums: {len(sums['checked'])} file(s) carebench reads match SHA256SUMS.txt; "
+            f"{len(skipped)} listed file(s) it never reads were skipped" + (f" ({shown})" if skipped else "")
+        )
     typer.echo(f"ok: {path} ({', '.join(report.checked)})")
 
 
