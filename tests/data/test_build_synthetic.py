@@ -92,3 +92,34 @@ def test_build_ignores_the_truth_folder(synthetic: tuple[Path, Path], tmp_path: 
     second = json.loads((isolated / "manifest.json").read_text())
     assert first["files"] == second["files"] and first["content_hash"] == second["content_hash"]
     assert second["source"]["kind"] == "synthetic"
+
+
+def test_censored_results_and_the_intime_minute_of_real_mimic(tmp_path: Path) -> None:
+    """The generator writes real MIMIC-IV's quirks; the build reads them as it reads the real demo."""
+    generate_synthetic(tmp_path / "raw", SyntheticConfig.tiny(seed=2))
+    root = next((tmp_path / "raw" / "mimiciv").glob("*/SYNTHETIC.json")).parent
+    labs = pl.read_csv(root / "hosp" / "labevents.csv.gz", infer_schema=False).filter(
+        pl.col("itemid") == "51003"
+    )
+    censored = labs.filter(pl.col("comments").str.starts_with("<0.01."))
+    assert censored.height > 0
+    assert censored["value"].null_count() == censored["valuenum"].null_count() == censored.height
+    assert (labs.filter(pl.col("valuenum").is_not_null())["valuenum"].cast(pl.Float64) >= 0.01).all()
+    icustays = pl.read_csv(root / "icu" / "icustays.csv.gz", infer_schema=False)
+    assert (icustays["intime"].str.slice(17, 2) != "00").any()  # intime has seconds, charttime minutes
+
+    out = build_dataset(
+        BuildConfig.from_dict(
+            {
+                "mimic_iv": str(root),
+                "out": str(tmp_path / "dataset"),
+                "features": {"registry": "extended"},
+                "cxr": {"enabled": False},
+            }
+        )
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    troponin = manifest["counts"]["features"]["troponin_t"]
+    assert troponin["censored"] >= 1 and troponin["unparseable"] == 0
+    assert troponin["observed_cells"] == troponin["rows_in_window"] - troponin["duplicates"]
+    assert manifest["counts"]["events"]["chartevents"]["intime_minute_kept"] > 0

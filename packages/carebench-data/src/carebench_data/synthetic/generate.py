@@ -35,11 +35,13 @@ class SyntheticOutputError(CarebenchDataError):
     """The output directory cannot be written (it exists and is not empty)."""
 
 
-GENERATOR_REVISION = 2
+GENERATOR_REVISION = 3
 """Bumped whenever generator code changes what a seed and config produce (not only the config's knobs).
 
 Revision 2: the heart drawn over the lung opacities with CTR 0.40-0.76, lobar consolidation only when
-q > .5, and a stronger overload in RR, SpO2 and daily weight. Cached demos carry it in their name.
+q > .5, and a stronger overload in RR, SpO2 and daily weight. Revision 3: troponin T below 0.01 and
+NT-proBNP above 70,000 written as censored results in labevents `comments` (value and valuenum
+null), as real MIMIC-IV does; only those rows change. Cached demos carry it in their name.
 """
 
 

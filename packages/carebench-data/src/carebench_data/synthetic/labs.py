@@ -103,6 +103,21 @@ LIVER = (50861, 50878, 50863, 50885, 50862)
 ADMISSION_MARKERS = (50963, 51003, 50889)
 URINE = (51491, 51478)
 _TEXT_ITEMS = {52033: TEXT_CODE["ART."], 51478: TEXT_CODE["NEG"]}
+CENSORED_RESULTS: dict[int, tuple[str, float, str]] = {
+    51003: ("<", 0.01, "<0.01.  cTropnT > 0.10 ng/mL suggests acute MI."),
+    50963: (">", 70000.0, "GREATER THAN 70000.  REFERENCE VALUES VARY WITH AGE, SEX, AND RENAL FUNCTION."),
+}
+"""itemid → (side, assay limit, comment): results beyond the limit are written as real MIMIC-IV does,
+with null value and valuenum and the censored value in `comments` (deterministic, no random draw)."""
+
+
+def _censored_comment() -> pl.Expr:
+    """The comment of a result beyond its assay limit (`CENSORED_RESULTS`), else null."""
+    comment: pl.Expr = pl.lit(None, pl.String)
+    for itemid, (side, limit, text) in CENSORED_RESULTS.items():
+        beyond = pl.col("valuenum") < limit if side == "<" else pl.col("valuenum") > limit
+        comment = pl.when((pl.col("itemid") == itemid) & beyond).then(pl.lit(text)).otherwise(comment)
+    return comment
 
 
 @dataclass
@@ -281,11 +296,18 @@ def lab_chunk(
             valuenum,
             pl.col("itemid").replace_strict(uom, default=None, return_dtype=pl.String).alias("valueuom"),
         )
+        .with_columns(censored_comment=_censored_comment())
         .with_columns(
             pl.when(pl.col("hadm_null")).then(None).otherwise(pl.col("hadm_id")).alias("hadm_id"),
             pl.when(pl.col("has_provider")).then(pl.col("order_provider_id")).alias("order_provider_id"),
             pl.when(pl.col("abnormal")).then(pl.lit("abnormal")).alias("flag"),
-            pl.when(pl.col("comments_blank")).then(pl.lit("___")).alias("comments"),
+            pl.when(pl.col("censored_comment").is_not_null())
+            .then(pl.col("censored_comment"))
+            .when(pl.col("comments_blank"))
+            .then(pl.lit("___"))
+            .alias("comments"),
+            pl.when(pl.col("censored_comment").is_null()).then(pl.col("value")).alias("value"),
+            pl.when(pl.col("censored_comment").is_null()).then(pl.col("valuenum")).alias("valuenum"),
             pl.when(pl.col("ref_range_lower").is_nan())
             .then(None)
             .otherwise(pl.col("ref_range_lower"))
