@@ -196,3 +196,29 @@ def test_profiles() -> None:
     assert (paper.clusters, paper.head_width, paper.second_order) == (10, 64, True)
     with pytest.raises(CarebenchModelError, match="smil"):
         SMILConfig.for_profile("quick", inner_steps=0)
+
+
+def test_priors_are_refreshed_every_n_epochs_when_asked() -> None:
+    task = task_spec("binary")
+    arrays = tiny_arrays(task, 48, paired_fraction=0.5, seed=3)
+    data = BatchDictDataset(arrays)
+    config = TrainConfig.for_profile("quick", max_epochs=1, min_epochs=1, device="cpu")
+    priors = []
+    for every in (0, 1):
+        torch.manual_seed(0)
+        model = unprepared(prior_refresh_every=every)
+        initial = kmeans_of_cnn(model, arrays)
+        Trainer(model, config).fit(data, data)
+        priors.append(model.priors.clone())
+    torch.testing.assert_close(priors[0], initial)  # never refreshed: the untrained CNN's features
+    torch.testing.assert_close(priors[1], kmeans_of_cnn(model, arrays))  # refreshed after the epoch
+    assert not torch.allclose(priors[0], priors[1])
+
+
+def kmeans_of_cnn(model: SMILModel, arrays: dict[str, torch.Tensor]) -> torch.Tensor:
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        features = model.cxr_branch(arrays["cxr"][arrays["has_cxr"]])
+    model.train(training)
+    return kmeans(features, model.settings.clusters, iterations=model.settings.kmeans_iterations)

@@ -118,8 +118,9 @@ class BoostingSlots(nn.Module):
         """`ReLU(A_k f + b_k)` of every active slot, [n, active, d] in one einsum; None without active slots."""
         if self.active_count == 0:
             return None
-        weight = torch.stack(list(self.weight[: self.active_count]))
-        bias = torch.stack(list(self.bias[: self.active_count]))
+        active = range(self.active_count)
+        weight = torch.stack([self.weight[slot] for slot in active])
+        bias = torch.stack([self.bias[slot] for slot in active])
         return F.relu(
             torch.einsum("ni,koi->nko", features, weight.to(features.dtype)) + bias.to(features.dtype)
         )
