@@ -38,6 +38,8 @@ from carebench_models.testing import tiny_arrays
 MODES = ("fp32", "bf16_cl")
 REFERENCE = "resnet50 (reference)"
 REFERENCE_TINY = "smallcnn (reference)"
+PREPARE_ROWS = 16
+"""Rows of the batch handed to `prepare` (at least SMIL's 10 priors)."""
 
 
 def synchronize(device: torch.device) -> None:
@@ -84,6 +86,16 @@ def model_step(
     )
     if mode == "bf16_cl":
         model.to(memory_format=torch.channels_last)
+    # Models with a `prepare` hook (SMIL's priors) see a fully paired batch first, as `Trainer.fit` does.
+    prepare_batch = tiny_arrays(
+        task,
+        PREPARE_ROWS,
+        paired_fraction=1.0,
+        seed=1,
+        ehr_features=batch["ehr"].shape[-1],
+        image_size=batch["cxr"].shape[-1],
+    )
+    model.prepare([{key: value.to(device) for key, value in prepare_batch.items()}])
     model.train()
     optimizers = model.configure_optimizers(TrainConfig())
     state = TrainState(device=device, amp_dtype=torch.bfloat16 if mode == "bf16_cl" else None)

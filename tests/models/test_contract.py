@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from carebench_models.base import FusionModel
-from carebench_models.registry import available_models, model_info
+from carebench_models.registry import available_models, create_model, model_info
+from carebench_models.task import TaskSpec
 from carebench_models.testing import (
     CONTRACT_CHECKS,
     assert_state_round_trip,
     parameter_count,
+    tiny_batch,
 )
 
 KINDS = ("binary", "multilabel", "multiclass")
@@ -27,6 +30,12 @@ PAPER_PARAMETERS_M = {
     "daft": 24.97,
     "mmtm": 33.2,
     "medfuse": 24.9,
+    # AUG: 24.99 M plus 2 × 11 pre-allocated boosting slots of 65,792 parameters (the "66 k per active
+    # slot" of the table), all stored from the start so that every slot is in the optimisers.
+    "aug": 26.43,
+    "inforeg": 24.88,
+    "m3care": 25.6,
+    "smil": 25.2,
 }
 
 
@@ -67,3 +76,17 @@ def test_paper_profile_parameter_count(name: str) -> None:
 def test_quick_profile_is_small(name: str) -> None:
     limit = 0.7e6 if name in ("drfuse", "shaspec") else 0.5e6
     assert parameter_count(name, profile="quick") <= limit
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_paper_profile_forward_at_224_px_on_cpu(name: str) -> None:
+    # models.md §9.12: the paper profile builds without downloading weights and runs one forward
+    # pass on B = 2 (one row with a CXR, one without) at 224 px, after `prepare` where a model has one.
+    task = TaskSpec("phenotype", "multilabel", 25, tuple(f"label_{i}" for i in range(25)))
+    model = create_model(name, task=task, profile="paper").eval()
+    images = {"ehr_features": 27, "image_size": 224}
+    model.prepare([tiny_batch(task, 12, paired_fraction=1.0, seed=1, **images)])
+    with torch.no_grad():
+        logits = model(tiny_batch(task, 2, paired_fraction=0.5, seed=2, **images)).logits
+    assert logits.shape == (2, 25) and logits.dtype == torch.float32 and torch.isfinite(logits).all()

@@ -239,7 +239,7 @@ def execute_run(
         Summary numbers for the live table.
     """
     from carebench_data.torch import CarebenchDataset
-    from carebench_models import TaskSpec, create_model, save_weights
+    from carebench_models import FusionModel, TaskSpec, create_model, save_weights
     from carebench_models.training import TrainConfig, Trainer, seed_everything
 
     hooks = hooks or RunHooks()
@@ -253,7 +253,7 @@ def execute_run(
     model = create_model(spec.model, task=task, profile=spec.profile, **overrides)
     image_size = int(model.config.image_size)
 
-    def dataset(split: str, missingness: tuple[str, ...], seed: int) -> Any:
+    def dataset(split: str, missingness: tuple[str, ...], seed: int, *, augment: bool = True) -> Any:
         return CarebenchDataset(
             dataset_dir,
             task=spec.task,
@@ -261,7 +261,7 @@ def execute_run(
             fold=spec.fold,
             split=split,
             missingness=missingness,
-            augment=profile_augmentation(spec.profile) if split == "train" else False,
+            augment=profile_augmentation(spec.profile) if split == "train" and augment else False,
             image_size=image_size,
             seed=seed,
         )
@@ -277,7 +277,12 @@ def execute_run(
 
     if hooks.on_phase:
         hooks.on_phase("training")
-    fit = trainer.fit(train_ds, val_ds, progress=hooks.on_epoch)
+    # A model's `prepare` (SMIL's priors) reads the training split without augmentation; the
+    # dataset is built only for models that have that hook.
+    prepare_ds = None
+    if type(model).prepare is not FusionModel.prepare:
+        prepare_ds = dataset("train", spec.train_missingness, spec.seed, augment=False)
+    fit = trainer.fit(train_ds, val_ds, progress=hooks.on_epoch, prepare_data=prepare_ds)
     writer.write_train_log(list(fit.epochs))
 
     if hooks.on_phase:

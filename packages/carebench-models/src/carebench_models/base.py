@@ -131,15 +131,7 @@ class FusionModel(nn.Module):
 
     def configure_optimizers(self, train_cfg: TrainConfig) -> list[torch.optim.Optimizer]:
         """One AdamW over all trainable parameters with the run's lr, betas, eps and weight decay."""
-        return [
-            torch.optim.AdamW(
-                [p for p in self.parameters() if p.requires_grad],
-                lr=train_cfg.lr,
-                betas=train_cfg.betas,
-                eps=train_cfg.eps,
-                weight_decay=train_cfg.weight_decay,
-            )
-        ]
+        return [adamw(self.parameters(), train_cfg)]
 
     def prepare(self, train_batches: Iterable[Batch]) -> None:
         """Called once before training with the training batches in a fixed order (no-op by default)."""
@@ -161,3 +153,23 @@ class FusionModel(nn.Module):
             parameter_name == prefix or parameter_name.startswith(prefix + ".")
             for prefix in self.conditional_parameters
         )
+
+
+def adamw(parameters: Iterable[nn.Parameter], train_cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable ones of `parameters` (duplicates dropped) with the run's lr, betas, eps, weight decay."""
+    unique = list({id(p): p for p in parameters if p.requires_grad}.values())
+    return torch.optim.AdamW(
+        unique, lr=train_cfg.lr, betas=train_cfg.betas, eps=train_cfg.eps, weight_decay=train_cfg.weight_decay
+    )
+
+
+def reset_optimizer_state(optimizers: Iterable[torch.optim.Optimizer], parameters: Iterable[Tensor]) -> None:
+    """Forget what every optimiser holds for `parameters` (AdamW moments and step count).
+
+    The next step treats them as new parameters: for a layer re-initialised during training (AUG's
+    boosting slots), stale moments from its previous life would otherwise drive its first updates.
+    """
+    chosen = list(parameters)
+    for optimizer in optimizers:
+        for parameter in chosen:
+            optimizer.state.pop(parameter, None)

@@ -28,18 +28,40 @@ def paired_index(batch: Mapping[str, Tensor]) -> Tensor:
     Raises:
         CarebenchModelError: some row has no EHR.
     """
+    flags = _host_cxr_flags(batch)
+    return flags.nonzero().squeeze(1).to(batch["has_cxr"].device, non_blocking=True)
+
+
+def split_index(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Row indices with and without a CXR, int64 ([n_c], [B − n_c]), from one device-to-host copy.
+
+    Checks `has_ehr` as `paired_index` does.
+
+    Raises:
+        CarebenchModelError: some row has no EHR.
+    """
+    flags = _host_cxr_flags(batch)
+    device = batch["has_cxr"].device
+    return (
+        flags.nonzero().squeeze(1).to(device, non_blocking=True),
+        (~flags).nonzero().squeeze(1).to(device, non_blocking=True),
+    )
+
+
+def _host_cxr_flags(batch: Mapping[str, Tensor]) -> Tensor:
+    """`has_cxr` as a CPU bool tensor [B], after checking `has_ehr` in the same copy."""
     has_cxr = batch["has_cxr"]
     has_ehr = batch.get("has_ehr")
     flags = has_cxr.bool() if has_ehr is None else torch.stack([has_cxr.bool(), has_ehr.bool()])
     flags = flags.cpu()
-    if has_ehr is not None:
-        if not bool(flags[1].all()):
-            missing = int((~flags[1]).sum())
-            raise CarebenchModelError(
-                f"{missing} row(s) of the batch have has_ehr=False; carebench models require the EHR of every stay"
-            )
-        flags = flags[0]
-    return flags.nonzero().squeeze(1).to(has_cxr.device, non_blocking=True)
+    if has_ehr is None:
+        return flags
+    if not bool(flags[1].all()):
+        missing = int((~flags[1]).sum())
+        raise CarebenchModelError(
+            f"{missing} row(s) of the batch have has_ehr=False; carebench models require the EHR of every stay"
+        )
+    return flags[0]
 
 
 def scatter_rows(base: Tensor, idx: Tensor, rows: Tensor | None) -> Tensor:

@@ -117,6 +117,19 @@ class TaskSpec:
             return torch.softmax(logits, dim=1)
         return torch.sigmoid(logits)
 
+    def correct_label_proba(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Probability the model gives to the true label of each row, float32 [B] (a confidence score).
+
+        Binary and multilabel: mean over the K labels of `y·p + (1 − y)(1 − p)` with `p = sigmoid`;
+        multiclass: the softmax probability of the true class.
+        """
+        self.check_targets(logits, y)
+        proba = self.proba(logits)
+        if self.kind == "multiclass":
+            return proba.gather(1, y.long().reshape(-1, 1)).squeeze(1)
+        target = y.float().reshape(proba.shape)
+        return (target * proba + (1 - target) * (1 - proba)).mean(dim=1)
+
     def one_hot(self, y: Tensor) -> Tensor:
         """Targets as float32 [B, K] 0/1 for every kind (multiclass: one-hot of the class index)."""
         if self.kind == "multiclass":

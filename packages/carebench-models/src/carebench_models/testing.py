@@ -37,6 +37,9 @@ TINY_IMAGE_SIZE = 32
 TINY_OVERRIDES: dict[str, Any] = {"ehr_features": TINY_EHR_FEATURES, "image_size": TINY_IMAGE_SIZE}
 """Config overrides matching `tiny_batch` (quick profile at F 6, 32-px images)."""
 
+PREPARE_SEED = 99
+"""Seed of the batch `tiny_model` hands to `prepare`."""
+
 LOS_CLASSES = ("2-3d", "3-4d", "4-5d", "5-6d", "6-7d", "7-14d", "14+d")
 
 
@@ -133,9 +136,27 @@ def tiny_dataset(
 
 
 def tiny_model(name: str, task: TaskSpec, *, seed: int = 0, **overrides: Any) -> FusionModel:
-    """Model `name` in the quick profile sized for `tiny_batch`, initialised under `seed`."""
+    """Model `name` in the quick profile sized for `tiny_batch`, initialised under `seed`, and prepared.
+
+    `prepare` (a no-op for most models; SMIL computes its priors) sees one 16-row training batch,
+    half of it with a CXR, as `Trainer.fit` would show it the training data before the first epoch.
+    """
     torch.manual_seed(seed)
-    return create_model(name, task=task, profile="quick", **{**TINY_OVERRIDES, **overrides})
+    model = create_model(name, task=task, profile="quick", **{**TINY_OVERRIDES, **overrides})
+    config = model.config
+    model.prepare(
+        [
+            tiny_batch(
+                task,
+                16,
+                paired_fraction=0.5,
+                seed=PREPARE_SEED,
+                ehr_features=config.ehr_features,
+                image_size=config.image_size,
+            )
+        ]
+    )
+    return model
 
 
 def select_rows(batch: Batch, rows: Tensor) -> dict[str, Tensor]:

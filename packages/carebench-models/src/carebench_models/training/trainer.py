@@ -211,13 +211,23 @@ class Trainer:
             self._to_device(batch) for batch in self._loader(data, batches, torch.Generator().manual_seed(0))
         )
 
-    def fit(self, train: DataSource, val: DataSource, *, progress: ProgressFn | None = None) -> FitResult:
+    def fit(
+        self,
+        train: DataSource,
+        val: DataSource,
+        *,
+        progress: ProgressFn | None = None,
+        prepare_data: DataSource | None = None,
+    ) -> FitResult:
         """Train with early stopping on the validation metric and reload the best epoch's weights.
 
         Args:
             train: training data (dataset or re-iterable of batches).
             val: validation data, evaluated in its fixed order after every epoch.
             progress: called with (epochs done, max epochs) after every epoch.
+            prepare_data: what the model's `prepare` hook reads, in its fixed order (batches of
+                `eval_batch_size`); None = `train`. Pass the training split without augmentation
+                when `train` augments its images (SMIL's priors must not see augmented images).
 
         Returns:
             The `FitResult`; the model holds the best epoch's weights afterwards.
@@ -225,7 +235,8 @@ class Trainer:
         config, model = self.config, self.model
         seed_everything(config.seed, deterministic=config.deterministic)
         started = time.perf_counter()
-        model.prepare(_Reiterable(lambda: self._eval_batches(train)))
+        prepare_source = train if prepare_data is None else prepare_data
+        model.prepare(_Reiterable(lambda: self._eval_batches(prepare_source)))
         optimizers = model.configure_optimizers(config)
         schedulers = [
             torch.optim.lr_scheduler.ReduceLROnPlateau(
