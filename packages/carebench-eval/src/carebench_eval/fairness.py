@@ -49,7 +49,6 @@ from carebench_eval.weighted import (
     Scored,
     label_rows,
     single_statistics,
-    undefined_note,
 )
 
 __all__ = [
@@ -490,7 +489,7 @@ def _fairness_rows(run: TaskRun, attribute: str, options: _FairnessOptions) -> l
             if not large[g]:
                 notes.append("small_group")
             if not np.isfinite(values[g]):
-                notes.append(undefined_note(metric))
+                notes.extend(cells[g].undefined_notes(metric, target))
             notes.extend(cells[g].labels_used(metric, target))
             rows.append(
                 {

@@ -53,7 +53,6 @@ from carebench_eval.weighted import (
     Scored,
     label_rows,
     single_statistics,
-    undefined_note,
 )
 
 __all__ = [
@@ -419,7 +418,12 @@ def _curve_rows(
         boot_curve = replicates[request].mean(axis=1)  # [B, K]
         for k in range(rates.size):
             low, high, ci_notes = interval(boot_curve[:, k])
-            undefined = [] if np.isfinite(curve[k]) else [undefined_note(metric)]
+            undefined = [
+                note
+                for r in range(n_reps)
+                if not np.isfinite(point[request][r, k])
+                for note in cells[r][k].undefined_notes(metric, target)
+            ]
             undefined.extend(cells[0][k].labels_used(metric, target))
             rows.append(
                 {

@@ -98,6 +98,8 @@ NOTE_TOKENS: tuple[str, ...] = (
     "no_predicted_positive",
     "no_predicted_negative",
     "degenerate_agreement",
+    "separated",
+    "no_convergence",
     "small_group",
     "too_few_groups",
     "labels_used=<j>/<L>",
