@@ -35,6 +35,18 @@ def test_parse_setting_grammar() -> None:
         parse_setting("test_cxr_mcar_0.2+test_cxr_mcar_0.4")
 
 
+def test_training_setting_drops_test_time_tokens() -> None:
+    from carebench_eval.settings import training_setting
+
+    assert training_setting("cohort_base+train_cxr_drop_0.3+test_cxr_mcar_0.5") == parse_setting(
+        "cohort_base+train_cxr_drop_0.3"
+    )
+    assert training_setting("test_cxr_subgroup_sex=F_0.5") == training_setting(None) == ParsedSetting((), {})
+    assert training_setting("cross_base_to_matched") == parse_setting("cohort_base")
+    assert training_setting("cross_matched_to_base+test_cxr_mnar_1.0") == parse_setting("cohort_matched")
+    assert training_setting("test_ehr_withheld") is None  # outside the grammar: matched by name only
+
+
 def test_curve_area_and_break_even() -> None:
     rates = np.array([0.0, 0.25, 0.5, 1.0])
     values = np.array([[0.9, 0.8, 0.8, 0.6], [0.5, 0.5, 0.5, 0.5]])

@@ -1,7 +1,7 @@
 """Robustness to a missing CXR: degradation curves, fusion gain and modality contribution (eval.md §7).
 
-Array layer: :func:`parse_setting` (the ``setting`` grammar of §7.1), :func:`curve_area`,
-:func:`break_even_rate`. Frame layer: :func:`robustness` (curve points, ``area``, ``relative_area``,
+Array layer: :func:`curve_area`, :func:`break_even_rate` (and :func:`parse_setting`, the ``setting``
+grammar of :mod:`carebench_eval.settings`). Frame layer: :func:`robustness` (curve points, ``area``, ``relative_area``,
 ``retention``, ``break_even_rate`` with CIs from shared bootstrap resamples), :func:`fusion_gain` (fused
 model minus the best unimodal model, paired CI, permutation p, Holm/BH) and
 :func:`modality_contribution` (metric drop when the CXR is withheld, ``cxr_utilization``, ``cxr_share``).
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +45,7 @@ from carebench_eval.runs import (
     validation_runs,
 )
 from carebench_eval.schema import SORT_COLUMNS, make_rows, sort_results
+from carebench_eval.settings import ParsedSetting, parse_setting, parsed_setting, same_setting
 from carebench_eval.weighted import (
     THRESHOLD_METRICS,
     CellGrid,
@@ -67,71 +66,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TOKENS = frozenset({"cohort_matched", "natural", ""})
-"""Tokens that mean the default setting (matched cohort, no simulated missingness)."""
-
-_RATE_TOKEN = re.compile(
-    r"^(train_cxr_drop|test_cxr_mcar|test_cxr_mnar|test_cxr_subgroup_[^_].*)_([0-9]*\.?[0-9]+)$"
-)
 _MEET_TOLERANCE = 1e-12
-_FIXED_TOKENS = frozenset({"cohort_base", "cross_matched_to_base", "cross_base_to_matched"})
-
-
-@dataclass(frozen=True)
-class ParsedSetting:
-    """A ``setting`` split into its context tokens and its missing-rate tokens (eval.md §7.1).
-
-    Attributes:
-        context: non-default tokens without a rate (``cohort_base``, ``cross_matched_to_base``, ...).
-        rates: mechanism -> rate, e.g. ``{"test_cxr_mcar": 0.5}``; mechanisms are ``train_cxr_drop``,
-            ``test_cxr_mcar``, ``test_cxr_mnar`` and ``test_cxr_subgroup_<attribute>=<value>``.
-    """
-
-    context: tuple[str, ...]
-    rates: Mapping[str, float] = field(default_factory=dict)
-
-
-def parse_setting(setting: str | None) -> ParsedSetting:
-    """Parse a ``setting`` value (tokens joined by ``+``; absent tokens take their default).
-
-    Args:
-        setting: e.g. ``"cohort_matched+test_cxr_mcar_0.5"``, ``"test_cxr_mnar_1.0"``, ``"natural"`` or
-            None (the default setting).
-
-    Returns:
-        The :class:`ParsedSetting`; a rate of 0 is dropped (it is the default).
-
-    Raises:
-        ValueError: an unknown token, a rate outside [0, 1], or a mechanism given twice.
-
-    Examples:
-        >>> parse_setting("cohort_base+test_cxr_mcar_0.5")
-        ParsedSetting(context=('cohort_base',), rates={'test_cxr_mcar': 0.5})
-    """
-    context: list[str] = []
-    rates: dict[str, float] = {}
-    for token in (setting or "").split("+"):
-        token = token.strip()
-        if token in DEFAULT_TOKENS:
-            continue
-        if token in _FIXED_TOKENS:
-            context.append(token)
-            continue
-        match = _RATE_TOKEN.match(token)
-        if match is None:
-            raise ValueError(
-                f"setting {setting!r}: unknown token {token!r}; expected cohort_matched, cohort_base, "
-                "train_cxr_drop_<r>, test_cxr_mcar_<r>, test_cxr_mnar_<r>, test_cxr_subgroup_<attr>=<value>_<r>, "
-                "cross_matched_to_base or cross_base_to_matched joined by '+'"
-            )
-        mechanism, rate = match.group(1), float(match.group(2))
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"setting {setting!r}: rate {rate} of {mechanism} is outside [0, 1]")
-        if mechanism in rates:
-            raise ValueError(f"setting {setting!r}: {mechanism} is given twice")
-        if rate > 0.0:
-            rates[mechanism] = rate
-    return ParsedSetting(tuple(sorted(context)), rates)
 
 
 def curve_area(rates: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -195,13 +130,6 @@ DEFAULT_EHR_ONLY = ("lstm", "transformer")
 """Registry names of the EHR-only baselines (the reference line of degradation curves)."""
 
 
-def _parsed(setting: str | None, settings: Mapping[str, Any] | None) -> ParsedSetting:
-    if settings is not None and setting in settings:
-        tokens = settings[setting]
-        return parse_setting(tokens if isinstance(tokens, str) else "+".join(tokens))
-    return parse_setting(setting)
-
-
 def curve_point(
     setting: str | None, *, axis: str, mechanisms: Sequence[str], settings: Mapping[str, Any] | None = None
 ) -> tuple[tuple[str, ...], str | None, float] | None:
@@ -211,7 +139,7 @@ def curve_point(
     mechanism with the same context). Returns None when the setting is on no curve of the axis (e.g. a
     test-time setting on the train axis, or a mechanism not in `mechanisms`).
     """
-    parsed = _parsed(setting, settings)
+    parsed = parsed_setting(setting, settings)
     test = {name: rate for name, rate in parsed.rates.items() if name.startswith("test_cxr_")}
     train = {name: rate for name, rate in parsed.rates.items() if name == "train_cxr_drop"}
     if axis == "train":
@@ -748,19 +676,6 @@ def fusion_gain(
     )
 
 
-def _same_setting(setting: str | None, wanted: str | None, settings: Mapping[str, Any] | None) -> bool:
-    """Whether two settings name the same condition (``""``, None and ``"natural"`` are all the default).
-
-    Settings outside the grammar (e.g. a user's ``test_ehr_withheld``) match by name only.
-    """
-    if (setting or "") == (wanted or ""):
-        return True
-    try:
-        return _parsed(setting, settings) == _parsed(wanted, settings)
-    except ValueError:
-        return False
-
-
 def _runs_of(
     runs: Sequence[TaskRun],
     model: str | None,
@@ -774,7 +689,7 @@ def _runs_of(
         for run in runs
         if run.keys["model"] == model
         and run.task == task
-        and _same_setting(run.keys["setting"], setting, settings)
+        and same_setting(run.keys["setting"], setting, settings)
     ]
 
 
