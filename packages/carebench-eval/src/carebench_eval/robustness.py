@@ -35,7 +35,7 @@ from carebench_eval.fairness import group_labels
 from carebench_eval.io import load_predictions, same_samples_subset
 from carebench_eval.metrics.threshold import Fixed
 from carebench_eval.multiplicity import CORRECTIONS, adjust_pvalues
-from carebench_eval.registry import metric_spec
+from carebench_eval.registry import metric_spec, task_kind
 from carebench_eval.resampling import cluster_universe, percentile_interval
 from carebench_eval.runs import (
     TaskRun,
@@ -67,6 +67,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MEET_TOLERANCE = 1e-12
+
+ACROSS_MODELS = ("task", "metric", "statistic", "target", "setting", "group_attribute", "group")
+"""Family of `fusion_gain` rows of an aggregate or a binary task: the fused models of one target."""
+ACROSS_LABELS = ("task", "model", "baseline", "metric", "statistic", "setting", "group_attribute", "group")
+"""Family of `fusion_gain` rows of single labels (classes): every label of one fused model vs its reference."""
 
 
 def curve_area(rates: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -568,10 +573,13 @@ def fusion_gain(
     """Gain of each fused model over the best unimodal model (eval.md §7.3).
 
     ``G = M(fused) − M(best unimodal)`` per task (and per label with ``targets="per_label"``) and setting,
-    with a paired cluster-bootstrap CI, a paired permutation p, and Holm or BH adjustment within each
-    task x metric x target x setting (x group) family. The best unimodal model is picked per task on the
-    primary metric of `select_on` (validation predictions), else on the test predictions (note
-    ``selected_on_test``). Rows have ``baseline`` = that model and the note ``best_unimodal``.
+    with a paired cluster-bootstrap CI, a paired permutation p, and Holm or BH adjustment within a family:
+    for an aggregate target (``(macro)``) or a binary task, the fused models of one task x metric x target
+    x setting (x group); for single labels (classes) of a multilabel (multiclass) task, all the labels of
+    one fused model x reference x metric x setting (x group), the screen over e.g. the 25 phenotypes. The
+    best unimodal model is picked per task on the primary metric of `select_on` (validation predictions),
+    else on the test predictions (note ``selected_on_test``). Rows have ``baseline`` = that model and the
+    note ``best_unimodal``.
 
     Args:
         preds: predictions of the fused and unimodal models.
@@ -669,11 +677,19 @@ def fusion_gain(
             progress(done, len(tasks))
     if not parts:
         raise ValueError(f"fusion_gain: none of the fused models {fused_models} has predictions to compare")
-    return adjust_pvalues(
-        sort_results(pl.concat(parts)),
-        family=("task", "metric", "statistic", "target", "setting", "group_attribute", "group"),
-        method=correction,
-    )
+    gains = pl.concat(parts)
+    # Rows of single labels (classes) of a multilabel (multiclass) task form a screen across labels; the
+    # others (aggregates, binary tasks) a family across the fused models.
+    targets_per_task = frame.group_by("task").agg(pl.col("target").n_unique()).iter_rows()
+    several_labels = [
+        task
+        for task, n_targets in targets_per_task
+        if task_kind(task, n_targets=n_targets, kinds=kinds) != "binary"
+    ]
+    per_label = pl.col("task").is_in(several_labels) & ~pl.col("target").str.starts_with("(")
+    across_models = adjust_pvalues(gains.filter(~per_label), family=ACROSS_MODELS, method=correction)
+    across_labels = adjust_pvalues(gains.filter(per_label), family=ACROSS_LABELS, method=correction)
+    return sort_results(pl.concat([across_models, across_labels]))
 
 
 def _runs_of(
