@@ -137,6 +137,15 @@ def test_separated_slope_is_nan_with_a_separated_note_in_the_frame_layer() -> No
     assert np.isnan(values["calibration_slope"])
     assert notes["calibration_slope"].split(";") == ["synthetic_sample_id", "separated"]
     assert np.isfinite(values["calibration_intercept"])
+    # A comparison with a separated side is undefined for the same reason.
+    overlapping = preds.with_columns(
+        pl.lit("b").alias("model"), pl.Series("y_score", [0.1, 0.8, 0.3, 0.7, 0.2, 0.9])
+    )
+    separated = preds.with_columns(pl.lit("a").alias("model"))
+    delta = ce.compare(
+        (separated, "a"), (overlapping, "b"), metrics=["calibration_slope"], n_perm=64, n_boot=20
+    )
+    assert np.isnan(delta["value"][0]) and "separated" in delta["notes"][0].split(";")
 
 
 def _undefined_slope(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> bool:
