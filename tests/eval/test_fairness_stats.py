@@ -104,6 +104,24 @@ def test_frame_parity_metrics_exclude_a_group_only_from_the_gap_it_lacks() -> No
     assert_result_table(out)
 
 
+def test_equalized_odds_replicates_keep_the_point_estimate_gaps() -> None:
+    # Ward B has one positive: resamples without it have no TPR gap. Such a replicate is dropped from the
+    # EOD interval (as from the TPR gap's), not replaced by the FPR gap, which is another quantity.
+    rng = np.random.default_rng(5)
+    ward = np.array(["A"] * 60 + ["B"] * 40)
+    y = np.r_[(rng.random(60) < 0.4).astype(int), [1] + [0] * 39]
+    s = np.clip(0.25 + 0.5 * y + rng.normal(0, 0.2, 100), 0, 1)
+    out = fairness(_frame(y, s, {"ward": ward}), attributes=["ward"], intersections=None, n_boot=200)
+    rows = {
+        row["metric"]: row
+        for row in select_rows(out, group=None, group_attribute="ward").iter_rows(named=True)
+    }
+    opportunity = rows["equal_opportunity_difference"]["notes"].split(";")
+    odds = rows["equalized_odds_difference"]["notes"].split(";")
+    dropped = [note for note in opportunity if note.startswith("ci_dropped=")]
+    assert dropped and dropped[0] in odds  # the same undefined replicates, counted alike
+
+
 def test_age_groups_are_left_closed_with_missing() -> None:
     names = age_groups([np.nan, 17.99, 18, 39.999, 40, 79, 80, 120])
     assert names.tolist() == [
