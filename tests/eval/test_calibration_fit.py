@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -95,3 +96,119 @@ def test_single_class_is_nan_with_a_note() -> None:
     assert table["value"].is_nan().all()
     assert all("single_class" in notes for notes in table["notes"].to_list())
     assert any("calibration_slope is undefined" in str(warning.message) for warning in caught)
+
+
+# Perfect separation: no finite slope
+
+
+@pytest.mark.parametrize(
+    ("y", "s"),
+    [
+        ([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]),  # complete separation
+        ([1, 1, 1, 0, 0, 0], [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]),  # reversed
+        ([0, 0, 1, 1], [0.1, 0.5, 0.5, 0.9]),  # quasi-complete: a tie on the boundary
+        ([0, 1, 0, 1], [0.4, 0.4, 0.4, 0.4]),  # constant scores: the slope is not identified
+    ],
+)
+def test_separated_data_has_no_slope(y: list[int], s: list[float]) -> None:
+    with pytest.warns(ce.UndefinedMetricWarning, match="the score separates the classes"):
+        assert np.isnan(ce.calibration_slope(y, s))
+    # The intercept (slope fixed at 1) is defined whenever both classes are present.
+    assert np.isfinite(ce.calibration_intercept(y, s))
+    # One negative above one positive: the classes overlap and the maximum is finite.
+    overlapping = ce.calibration_slope([0, 0, 1, 0, 1, 1], [0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    assert overlapping == pytest.approx(
+        _glm(np.array([0, 0, 1, 0, 1, 1.0]), np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]))[0], abs=1e-9
+    )
+
+
+def test_separated_slope_is_nan_with_a_separated_note_in_the_frame_layer() -> None:
+    preds = ce.from_arrays(
+        np.array([0, 0, 0, 1, 1, 1]),
+        np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]),
+        task="mortality",
+        kind="binary",
+        targets=["mortality"],
+    )
+    with pytest.warns(ce.UndefinedMetricWarning, match="calibration_slope is undefined"):
+        table = ce.score(preds, metrics=FITS, n_boot=0)
+    values = dict(zip(table["metric"], table["value"], strict=True))
+    notes = dict(zip(table["metric"], table["notes"], strict=True))
+    assert np.isnan(values["calibration_slope"])
+    assert notes["calibration_slope"].split(";") == ["synthetic_sample_id", "separated"]
+    assert np.isfinite(values["calibration_intercept"])
+    # A comparison with a separated side is undefined for the same reason.
+    overlapping = preds.with_columns(
+        pl.lit("b").alias("model"), pl.Series("y_score", [0.1, 0.8, 0.3, 0.7, 0.2, 0.9])
+    )
+    separated = preds.with_columns(pl.lit("a").alias("model"))
+    delta = ce.compare(
+        (separated, "a"), (overlapping, "b"), metrics=["calibration_slope"], n_perm=64, n_boot=20
+    )
+    assert np.isnan(delta["value"][0]) and "separated" in delta["notes"][0].split(";")
+
+
+def _undefined_slope(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> bool:
+    """One class, or no positive below a negative (or none above), among the samples drawn."""
+    drawn = weights > 0
+    positives, negatives = s[drawn & (y == 1)], s[drawn & (y == 0)]
+    if positives.size == 0 or negatives.size == 0:
+        return True
+    return bool(positives.min() >= negatives.max() or positives.max() <= negatives.min())
+
+
+def test_separated_bootstrap_replicates_are_dropped_and_counted() -> None:
+    # A small group whose classes overlap in one pair only: many resamples separate them.
+    y = np.array([0, 0, 0, 0, 1, 0, 1, 1, 1, 1])
+    s = np.array([0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.6, 0.7, 0.8, 0.9])
+    preds = ce.from_arrays(y, s, task="mortality", kind="binary", targets=["mortality"])
+    n_boot = 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = ce.score(preds, metrics=["calibration_slope"], n_boot=n_boot)
+    counts = bootstrap_counts(y.size, 0, n_boot, random_state=0)
+    undefined = sum(_undefined_slope(y, s, row) for row in counts)
+    assert 0.05 * n_boot < undefined < n_boot  # the planted case: many, not all
+    (notes,) = table["notes"].to_list()
+    assert f"ci_dropped={undefined}" in notes.split(";")
+    assert "ci_unstable" in notes.split(";")  # more than 5 % undefined: no CI rather than a made-up one
+    # Every defined replicate is the statsmodels fit of the materialized resample; no replicate is a
+    # large finite number standing in for an undefined slope.
+    (run,) = split_runs(preds)
+    universe, (column_of,) = cluster_universe(run.cluster)
+    scorer = RunScorer(run, ["calibration_slope"], None, column_of, universe.size, n_bins=10, averages=())
+    replicates = scorer.values(counts)[:, 0]
+    for row, value in zip(counts, replicates, strict=True):
+        if _undefined_slope(y, s, row[column_of]):
+            assert np.isnan(value)
+        else:
+            drawn = np.repeat(np.arange(y.size), row[column_of])
+            assert value == pytest.approx(_glm(y[drawn].astype(float), s[drawn])[0], abs=1e-7)
+
+
+def test_intercept_with_saturated_scores_is_fitted() -> None:
+    # Scores of exactly 0 or 1 (float32 sigmoids saturate) clip to logits of ±34.5: a Newton start at
+    # α = 0 sees no curvature there. Every logit equal: α = logit(ȳ) − logit(s) in closed form.
+    y = np.array([0, 1, 1, 1])
+    s = np.array([0.0, 0.0, 1e-17, 0.0])
+    expected = math.log(0.75 / 0.25) - (math.log(1e-15) - math.log1p(-1e-15))
+    assert ce.calibration_intercept(y, s) == pytest.approx(expected, abs=1e-9)
+    # Saturated scores on both sides with one positive in between.
+    y = np.array([0, 0, 1, 1, 0, 0, 1, 0])
+    s = np.array([1.0, 1.0, 1e-17, 0.5, 1e-17, 1e-17, 0.0, 0.5])
+    weight = np.array([2, 1, 2, 0, 2, 1, 1, 1])
+    alpha = ce.calibration_intercept(y, s, sample_weight=weight)
+    logit = _logit(s)
+    fitted = 1 / (1 + np.exp(-(alpha + logit)))
+    assert np.sum(weight * (y - fitted)) == pytest.approx(0.0, abs=1e-12)  # the score equation holds
+
+
+def test_a_fit_that_does_not_converge_is_nan_with_its_own_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    from carebench_eval.metrics import core
+
+    monkeypatch.setattr(core, "_NEWTON_ITERATIONS", 1)
+    preds = synthetic_predictions(n_samples=80, tasks=("mortality",), models=("a",), seed=3)
+    with pytest.warns(ce.UndefinedMetricWarning, match="did not converge"):
+        table = ce.score(preds, metrics=["calibration_slope"], n_boot=0)
+    assert np.isnan(table["value"][0])
+    assert "no_convergence" in table["notes"][0].split(";")

@@ -1,11 +1,12 @@
 import math
+import warnings
 
 import numpy as np
 import polars as pl
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from carebench_eval import PredictionsError
+from carebench_eval import PredictionsError, UndefinedMetricWarning
 from carebench_eval.fairness import (
     age_groups,
     demographic_parity_difference,
@@ -50,6 +51,75 @@ def test_parity_functions_match_fairlearn(seed: int) -> None:
     assert equalized_odds_difference(y, y_pred, groups) == pytest.approx(
         metrics.equalized_odds_difference(y, y_pred, sensitive_features=groups), abs=1e-12
     )
+
+
+def test_equalized_odds_leaves_a_group_without_positives_out_of_the_tpr_gap() -> None:
+    metrics = pytest.importorskip("fairlearn.metrics")
+    y = np.array([1, 0, 1, 0, 0, 0])
+    y_pred = np.array([1, 0, 1, 0, 1, 0])
+    groups = np.array(list("AABBCC"))  # C has no positives, hence no TPR
+    with pytest.warns(UndefinedMetricWarning, match=r"group\(s\) \['C'\] have no positives"):
+        excluded = equalized_odds_difference(y, y_pred, groups)
+    assert excluded == 0.5  # TPR gap over A, B: 0; FPR gap over A, B, C: 0.5
+    # fairlearn scores C's missing TPR as 0 (a TPR gap of 1); undefined_rate="zero" reproduces it.
+    fairlearn_value = metrics.equalized_odds_difference(y, y_pred, sensitive_features=groups)
+    assert fairlearn_value == 1.0
+    assert equalized_odds_difference(y, y_pred, groups, undefined_rate="zero") == fairlearn_value
+    # Without positives or negatives missing anywhere, the two conventions agree without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert equalized_odds_difference(y[:4], y_pred[:4], groups[:4]) == 0.0
+    with pytest.raises(ValueError, match="undefined_rate must be one of"):
+        equalized_odds_difference(y, y_pred, groups, undefined_rate="drop")
+
+
+def test_frame_parity_metrics_exclude_a_group_only_from_the_gap_it_lacks() -> None:
+    metrics = pytest.importorskip("fairlearn.metrics")
+    ward = np.array(list("AAAABBBBCCCC"))
+    y = np.array([1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0])  # ward C has no positives
+    y_pred = np.array([1, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1, 1])
+    s = np.where(y_pred == 1, 0.8, 0.2)
+    out = fairness(
+        _frame(y, s, {"ward": ward}), attributes=["ward"], intersections=None, n_boot=0, include_small=True
+    )
+    value = {
+        row["metric"]: row for row in select_rows(out, statistic="estimate", group=None).iter_rows(named=True)
+    }
+    # Selection rates 0.25, 0.75, 1.0 over all three wards (C used to be dropped from every parity metric).
+    dpd = value["demographic_parity_difference"]
+    assert dpd["value"] == pytest.approx(
+        metrics.demographic_parity_difference(y, y_pred, sensitive_features=ward)
+    )
+    assert dpd["value"] == pytest.approx(0.75) and dpd["n"] == 12
+    # TPR over A, B (0.5, 1.0); FPR over A, B, C (0, 0.5, 1.0): EOD = 1.0 from the FPR gap, as the array layer.
+    eod = value["equalized_odds_difference"]
+    with pytest.warns(UndefinedMetricWarning):
+        assert eod["value"] == equalized_odds_difference(y, y_pred, ward) == 1.0
+    assert eod["n"] == 12
+    assert {"groups_without_positives=1", "eod_from=fpr"} <= set(eod["notes"].split(";"))
+    opportunity = value["equal_opportunity_difference"]
+    assert opportunity["value"] == 0.5 and opportunity["n"] == 8
+    assert "groups_without_positives=1" in opportunity["notes"].split(";")
+    assert "groups_without_positives=1" not in dpd["notes"].split(";")
+    assert_result_table(out)
+
+
+def test_equalized_odds_replicates_keep_the_point_estimate_gaps() -> None:
+    # Ward B has one positive: resamples without it have no TPR gap. Such a replicate is dropped from the
+    # EOD interval (as from the TPR gap's), not replaced by the FPR gap, which is another quantity.
+    rng = np.random.default_rng(5)
+    ward = np.array(["A"] * 60 + ["B"] * 40)
+    y = np.r_[(rng.random(60) < 0.4).astype(int), [1] + [0] * 39]
+    s = np.clip(0.25 + 0.5 * y + rng.normal(0, 0.2, 100), 0, 1)
+    out = fairness(_frame(y, s, {"ward": ward}), attributes=["ward"], intersections=None, n_boot=200)
+    rows = {
+        row["metric"]: row
+        for row in select_rows(out, group=None, group_attribute="ward").iter_rows(named=True)
+    }
+    opportunity = rows["equal_opportunity_difference"]["notes"].split(";")
+    odds = rows["equalized_odds_difference"]["notes"].split(";")
+    dropped = [note for note in opportunity if note.startswith("ci_dropped=")]
+    assert dropped and dropped[0] in odds  # the same undefined replicates, counted alike
 
 
 def test_age_groups_are_left_closed_with_missing() -> None:

@@ -35,6 +35,18 @@ def test_parse_setting_grammar() -> None:
         parse_setting("test_cxr_mcar_0.2+test_cxr_mcar_0.4")
 
 
+def test_training_setting_drops_test_time_tokens() -> None:
+    from carebench_eval.settings import training_setting
+
+    assert training_setting("cohort_base+train_cxr_drop_0.3+test_cxr_mcar_0.5") == parse_setting(
+        "cohort_base+train_cxr_drop_0.3"
+    )
+    assert training_setting("test_cxr_subgroup_sex=F_0.5") == training_setting(None) == ParsedSetting((), {})
+    assert training_setting("cross_base_to_matched") == parse_setting("cohort_base")
+    assert training_setting("cross_matched_to_base+test_cxr_mnar_1.0") == parse_setting("cohort_matched")
+    assert training_setting("test_ehr_withheld") is None  # outside the grammar: matched by name only
+
+
 def test_curve_area_and_break_even() -> None:
     rates = np.array([0.0, 0.25, 0.5, 1.0])
     values = np.array([[0.9, 0.8, 0.8, 0.6], [0.5, 0.5, 0.5, 0.5]])
@@ -198,6 +210,45 @@ def test_fusion_gain_recovers_a_planted_gain() -> None:
     assert split["group_attribute"].to_list() == ["has_cxr", "has_cxr"]
     assert split["group"].to_list() == ["false", "true"]
     assert sum(split["n"].to_list()) == 300
+
+
+def _bh_by_hand(p: list[float]) -> list[float]:
+    """Benjamini-Hochberg: p~_(i) = min over j >= i of min(1, m p_(j) / j), written out."""
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    adjusted = [0.0] * m
+    running = 1.0
+    for rank in range(m, 0, -1):
+        i = order[rank - 1]
+        running = min(running, m * p[i] / rank)
+        adjusted[i] = min(1.0, running)
+    return adjusted
+
+
+def test_per_label_fusion_gain_adjusts_across_the_labels_of_each_model() -> None:
+    frame = _gain(seed=4)
+    out = fusion_gain(
+        frame,
+        fused=["drfuse", "latefusion"],
+        metrics=["auroc_score"],
+        targets="all",
+        correction="bh",
+        n_perm=400,
+        n_boot=0,
+    )
+    labels = out.filter(~pl.col("target").str.starts_with("("))
+    for model in ("drfuse", "latefusion"):
+        rows = labels.filter(pl.col("model") == model).sort("target")
+        assert rows["target"].to_list() == ["chf", "copd", "pneumonia"]
+        raw = rows["p_value"].to_list()
+        # One family per fused model: its three labels (was: one test per label and model).
+        assert rows["p_adjusted"].to_list() == pytest.approx(_bh_by_hand(raw), abs=1e-15)
+    assert (labels["p_adjusted"] > labels["p_value"]).any()
+    # The macro rows still form a family across the fused models.
+    macro = out.filter(pl.col("target") == "(macro)").sort("model")
+    assert macro["p_adjusted"].to_list() == pytest.approx(_bh_by_hand(macro["p_value"].to_list()), abs=1e-15)
+    # Hand-computed: p = (0.01, 0.04, 0.03) -> m p_(j) / j = (0.03, 0.045, 0.04) -> (0.03, 0.04, 0.04).
+    assert _bh_by_hand([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.04, 0.04], abs=1e-15)
 
 
 def test_fusion_gain_selects_on_validation() -> None:

@@ -8,6 +8,7 @@ import pytest
 from sklearn import metrics as skm
 
 import carebench_eval as ce
+from carebench_eval.metrics.threshold import choose_threshold
 from carebench_eval.testing import assert_result_table, synthetic_predictions
 
 ATOL = 1e-12
@@ -164,6 +165,70 @@ def test_threshold_policies_are_recorded() -> None:
         str(caught.value)
         == "threshold: no validation predictions for run model='a', seed=0, task 'mortality'"
     )
+
+
+def _run(setting: str, seed: int, *, fold: int = 1, shift: float = 0.0, n: int = 120) -> pl.DataFrame:
+    """One run of model 'a' on mortality; `shift` moves the scores, and with them the Youden threshold."""
+    y = (np.random.default_rng(0).random(n) < 0.3).astype(int)  # the same stays in every run
+    s = np.clip(0.3 + 0.3 * y + shift + np.random.default_rng(seed).normal(0, 0.15, n), 0, 1)
+    return ce.from_arrays(
+        y,
+        s,
+        task="mortality",
+        kind="binary",
+        targets=["mortality"],
+        sample_id=np.arange(n),
+        model="a",
+        seed=0,
+        fold=fold,
+        setting=setting,
+    )
+
+
+def _thresholds(test: pl.DataFrame, validation: pl.DataFrame) -> dict[str, float]:
+    table = ce.score(test, metrics=["sensitivity_score"], threshold=ce.FromValidation(validation), n_boot=0)
+    rows = estimate(table, metric="threshold")
+    return dict(zip(rows["setting"], rows["value"], strict=True))
+
+
+def test_validation_threshold_comes_from_the_same_cohort_and_drop_rate() -> None:
+    base_val = _run("cohort_base", 11, shift=-0.2)
+    matched_val = _run("cohort_matched", 12, shift=0.2)
+    base_threshold = choose_threshold(
+        base_val["y_true"].to_numpy(), base_val["y_score"].to_numpy(), rule="youden"
+    )
+    matched_threshold = choose_threshold(
+        matched_val["y_true"].to_numpy(), matched_val["y_score"].to_numpy(), rule="youden"
+    )
+    assert base_threshold != matched_threshold
+    validation = pl.concat([base_val, matched_val])
+    # A test-time setting takes the threshold of the model's own cohort ('cohort_matched' and '' alike).
+    test = pl.concat([_run("cohort_matched+test_cxr_mcar_0.5", 1), _run("cohort_base+test_cxr_mnar_0.25", 2)])
+    assert _thresholds(test, validation) == {
+        "cohort_matched+test_cxr_mcar_0.5": matched_threshold,
+        "cohort_base+test_cxr_mnar_0.25": base_threshold,
+    }
+    # Validation predictions of the very setting win.
+    same_setting = _run("cohort_base+test_cxr_mnar_0.25", 13, shift=0.1)
+    own = choose_threshold(
+        same_setting["y_true"].to_numpy(), same_setting["y_score"].to_numpy(), rule="youden"
+    )
+    test = _run("cohort_base+test_cxr_mnar_0.25", 2)
+    assert _thresholds(test, pl.concat([validation, same_setting])) == {"cohort_base+test_cxr_mnar_0.25": own}
+    # Another cohort, drop rate or fold never stands in: P019.
+    for setting, fold, available in (
+        ("cohort_base", 1, matched_val),
+        ("cohort_matched+train_cxr_drop_0.5", 1, validation),
+        ("cohort_base+train_cxr_drop_0.5+test_cxr_mcar_1.0", 1, _run("cohort_base+train_cxr_drop_0.3", 14)),
+        ("cohort_base", 2, validation),
+    ):
+        with pytest.raises(ce.PredictionsError) as caught:
+            _thresholds(_run(setting, 3, fold=fold), available)
+        assert caught.value.code == "P019"
+        assert str(caught.value) == (
+            f"threshold: no validation predictions for run model='a', seed=0, fold={fold}, "
+            f"setting={setting!r}, task 'mortality'"
+        )
 
 
 def test_unknown_arguments_raise() -> None:

@@ -47,7 +47,7 @@ from carebench_eval.runs import (
     validation_runs,
 )
 from carebench_eval.schema import make_rows, remember
-from carebench_eval.weighted import Scored, undefined_note
+from carebench_eval.weighted import Scored
 
 __all__ = ["RunScorer", "score"]
 
@@ -130,7 +130,7 @@ class RunScorer:
 
     def notes(self, cell: Cell, value: float) -> list[str]:
         """Note tokens of a point estimate (undefined reason, labels used by an average)."""
-        notes = [undefined_note(cell.metric)] if math.isnan(value) else []
+        notes = self.scored.undefined_notes(cell.metric, cell.target) if math.isnan(value) else []
         return notes + self.scored.labels_used(*cell)
 
 
@@ -475,7 +475,12 @@ def _aggregate_rows(
         value = float(mean_point[position])
         notes = [*base_notes]
         if math.isnan(value):
-            notes.append(undefined_note(cell.metric))
+            notes.extend(
+                note
+                for scorer, run_value in zip(run_scorers, point[:, position], strict=True)
+                if math.isnan(run_value)
+                for note in scorer.scored.undefined_notes(cell.metric, cell.target)
+            )
         low = high = None
         if replicates is not None:
             low, high, ci_notes = percentile_interval(replicates[:, position], level)

@@ -44,7 +44,6 @@ from carebench_eval.weighted import (
     label_rows,
     paired_statistics,
     reduce_estimate,
-    undefined_note,
 )
 
 __all__ = ["DeLongResult", "compare", "compare_grid", "delong_test"]
@@ -555,6 +554,7 @@ def compare_cell(
         "n_runs": len(cell.pairs),
     }
     out: list[dict[str, Any]] = []
+    ones_m, zeros_m = np.ones((1, m), dtype=np.int64), np.zeros((1, m), dtype=np.int64)
     for request in requests:
         metric, target = request
         result = results[request]
@@ -569,7 +569,14 @@ def compare_cell(
             if small_excluded:
                 notes.append("small_group")
         if not math.isfinite(result.delta) and not rows_of_units:
-            notes.append(undefined_note(metric))
+            sides = (np.hstack([ones_m, zeros_m]), np.hstack([zeros_m, ones_m]))
+            notes.extend(
+                note
+                for row in grid_cells
+                for scored in row
+                for columns in sides
+                for note in scored.undefined_notes(metric, target, columns)
+            )
         notes.extend(grid_cells[0][0].labels_used(metric, target))
         out.append(
             {

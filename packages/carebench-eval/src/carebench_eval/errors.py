@@ -53,6 +53,11 @@ REASONS: dict[str, str] = {
     "no_predicted_positive": "no predicted positive (n={n})",
     "no_predicted_negative": "no predicted negative (n={n})",
     "degenerate_agreement": "expected agreement is 1 (n={n})",
+    "separated": (
+        "the score separates the classes (no positive scores below a negative, or none above), "
+        "so the slope has no finite maximum-likelihood estimate (n={n})"
+    ),
+    "no_convergence": "the logistic fit did not converge (n={n})",
 }
 """Note token -> human reason of eval.md §1.4."""
 

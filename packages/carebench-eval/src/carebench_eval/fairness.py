@@ -1,7 +1,8 @@
 """Group fairness: per-group metrics, across-group statistics with the right direction, parity (eval.md §6).
 
-Array layer: :func:`demographic_parity_difference`, :func:`equalized_odds_difference` (fairlearn's
-``between_groups`` definitions), :func:`age_groups`. Frame layer: :func:`fairness`, which reports every
+Array layer: :func:`demographic_parity_difference` (equals fairlearn's, ``between_groups``),
+:func:`equalized_odds_difference` (equals fairlearn's when every group has positives and negatives; a group
+without one of them is left out of that gap instead of scoring its rate 0), :func:`age_groups`. Frame layer: :func:`fairness`, which reports every
 group (small ones flagged ``small_group``, never dropped), ``gap`` / ``ratio`` / ``worst_group`` /
 ``best_group`` over the eligible groups with cluster-bootstrap CIs, the parity metrics and, with
 ``test_gaps=True``, a permutation test of each gap.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations, pairwise
@@ -21,7 +23,7 @@ import numpy.typing as npt
 import polars as pl
 
 from carebench_eval._kernels import weighted_sums
-from carebench_eval.errors import PredictionsError, join_notes
+from carebench_eval.errors import PredictionsError, join_notes, undefined_metric_warning
 from carebench_eval.io import CORE_COLUMNS
 from carebench_eval.registry import defaults, metric_spec
 from carebench_eval.resampling import (
@@ -49,12 +51,12 @@ from carebench_eval.weighted import (
     Scored,
     label_rows,
     single_statistics,
-    undefined_note,
 )
 
 __all__ = [
     "DEFAULT_AGE_EDGES",
     "DEFAULT_ATTRIBUTES",
+    "UNDEFINED_RATES",
     "age_groups",
     "demographic_parity_difference",
     "equalized_odds_difference",
@@ -175,24 +177,58 @@ def demographic_parity_difference(y_pred: npt.ArrayLike, groups: npt.ArrayLike) 
     return _spread(_group_rates(None, np.asarray(y_pred), np.asarray(groups))["selection_rate"])
 
 
-def equalized_odds_difference(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, groups: npt.ArrayLike) -> float:
-    """``max(TPR gap, FPR gap)`` over groups (fairlearn ``equalized_odds_difference``, ``between_groups``).
+UNDEFINED_RATES = ("exclude", "zero")
+"""How `equalized_odds_difference` treats a group without positives (no TPR) or negatives (no FPR)."""
 
-    Groups without positives (negatives) have no TPR (FPR) and are left out of that gap.
+
+def equalized_odds_difference(
+    y_true: npt.ArrayLike,
+    y_pred: npt.ArrayLike,
+    groups: npt.ArrayLike,
+    *,
+    undefined_rate: str = "exclude",
+) -> float:
+    """``max(TPR gap, FPR gap)``, each gap the largest minus the smallest group rate (``between_groups``).
+
+    A group without positives has no TPR, and one without negatives no FPR. By default
+    (``undefined_rate="exclude"``) such a group is left out of that gap only (it still counts in the
+    other), with an `UndefinedMetricWarning` naming it. fairlearn's ``equalized_odds_difference`` scores
+    the missing rate as 0 instead, which turns a group without positives into an apparent TPR gap of up
+    to 1; ``undefined_rate="zero"`` reproduces fairlearn. With every group's rates defined both agree.
 
     Args:
         y_true: ``[n]`` 0/1 labels.
         y_pred: ``[n]`` 0/1 predictions at the policy threshold.
         groups: ``[n]`` group of each sample.
+        undefined_rate: ``"exclude"`` (leave the group out of that gap) or ``"zero"`` (fairlearn: rate 0).
 
     Returns:
-        The difference; NaN when neither gap is defined.
+        The difference; NaN when neither gap has two groups.
 
     Examples:
         >>> equalized_odds_difference([1, 0, 1, 0], [1, 0, 0, 0], ["F", "F", "M", "M"])
         1.0
     """
+    if undefined_rate not in UNDEFINED_RATES:
+        raise ValueError(
+            f"undefined_rate must be one of {', '.join(map(repr, UNDEFINED_RATES))}; got {undefined_rate!r}"
+        )
+    names = np.unique(np.asarray(groups).astype(str))
     rates = _group_rates(np.asarray(y_true), np.asarray(y_pred), np.asarray(groups))
+    for rate, lacking in (("tpr", "positives"), ("fpr", "negatives")):
+        missing = np.isnan(rates[rate])
+        if not missing.any():
+            continue
+        if undefined_rate == "zero":
+            rates[rate] = np.where(missing, 0.0, rates[rate])
+        else:
+            warnings.warn(
+                f"equalized_odds_difference: group(s) {names[missing].tolist()} have no {lacking}, so no "
+                f"{rate.upper()}; left out of the {rate.upper()} gap (undefined_rate='zero' scores it as 0, "
+                "as fairlearn does)",
+                undefined_metric_warning(),
+                stacklevel=2,
+            )
     return float(np.fmax(_spread(rates["tpr"]), _spread(rates["fpr"])))
 
 
@@ -358,19 +394,31 @@ def _group_requests(
 
 
 def _parity(
-    rates: Mapping[str, np.ndarray], eligible: np.ndarray
+    rates: Mapping[str, np.ndarray], eligible: Mapping[str, np.ndarray]
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Parity metrics ``[b]`` from per-group rates ``[b, G]``, and which gap EOD came from (True = TPR)."""
-    selection = across_groups(rates["positive_rate"], eligible, higher_is_better=True)
-    tpr = across_groups(rates["sensitivity_score"], eligible, higher_is_better=True)
-    fpr = across_groups(rates["fpr_error"], eligible, higher_is_better=False)
-    from_tpr = tpr.gap >= fpr.gap
+    """Parity metrics ``[b]`` from per-group rates ``[b, G]``, and which gap EOD came from (True = TPR).
+
+    Each rate spans its own `eligible` ``[G]`` groups: a group without positives has no TPR and leaves the
+    TPR gap only, one without negatives leaves the FPR gap only. EOD is the larger of the gaps that have
+    two groups at the point estimate (a replicate in which one of them is undefined is NaN).
+    """
+    selection = across_groups(rates["positive_rate"], eligible["positive_rate"], higher_is_better=True)
+    tpr = across_groups(rates["sensitivity_score"], eligible["sensitivity_score"], higher_is_better=True)
+    fpr = across_groups(rates["fpr_error"], eligible["fpr_error"], higher_is_better=False)
+    use_tpr = int(eligible["sensitivity_score"].sum()) >= 2
+    use_fpr = int(eligible["fpr_error"].sum()) >= 2
+    if use_tpr and use_fpr:
+        eod, eor = np.maximum(tpr.gap, fpr.gap), np.minimum(tpr.ratio, fpr.ratio)
+        from_tpr = tpr.gap >= fpr.gap
+    else:
+        eod, eor = (tpr.gap, tpr.ratio) if use_tpr else (fpr.gap, fpr.ratio)
+        from_tpr = np.full(eod.shape, use_tpr)
     return (
         {
             "demographic_parity_difference": selection.gap,
             "demographic_parity_ratio": selection.ratio,
-            "equalized_odds_difference": np.where(from_tpr, tpr.gap, fpr.gap),
-            "equalized_odds_ratio": np.minimum(tpr.ratio, fpr.ratio),
+            "equalized_odds_difference": eod,
+            "equalized_odds_ratio": eor,
             "equal_opportunity_difference": tpr.gap,
         },
         from_tpr,
@@ -490,7 +538,7 @@ def _fairness_rows(run: TaskRun, attribute: str, options: _FairnessOptions) -> l
             if not large[g]:
                 notes.append("small_group")
             if not np.isfinite(values[g]):
-                notes.append(undefined_note(metric))
+                notes.extend(cells[g].undefined_notes(metric, target))
             notes.extend(cells[g].labels_used(metric, target))
             rows.append(
                 {
@@ -564,34 +612,43 @@ def _fairness_rows(run: TaskRun, attribute: str, options: _FairnessOptions) -> l
     rows.extend(
         _association_rows(run, attribute, labels, names, point, replicates, eligible, reported, base, options)
     )
+    rate_metrics = ("positive_rate", "sensitivity_score", "fpr_error")
     for target in parity_targets:
-        parity_eligible = (
-            eligible["positive_rate", target]
-            & eligible["sensitivity_score", target]
-            & eligible["fpr_error", target]
-        )
-        rates_point = {
-            metric: point[metric, target] for metric in ("positive_rate", "sensitivity_score", "fpr_error")
+        rate_eligible = {metric: eligible[metric, target] for metric in rate_metrics}
+        rates_point = {metric: point[metric, target] for metric in rate_metrics}
+        rates_boot = {metric: replicates[metric, target][:, 0, :] for metric in rate_metrics}
+        parity_point, from_tpr = _parity(rates_point, rate_eligible)
+        parity_boot, _ = _parity(rates_boot, rate_eligible)
+        # Groups that would enter the parity metrics but have no TPR (FPR): left out of that gap only.
+        entering = rate_eligible["positive_rate"]
+        without = {
+            rate: int(np.sum(entering & ~np.isfinite(rates_point[rate][0])))
+            for rate in ("sensitivity_score", "fpr_error")
         }
-        rates_boot = {
-            metric: replicates[metric, target][:, 0, :]
-            for metric in ("positive_rate", "sensitivity_score", "fpr_error")
+        spans = {
+            "demographic_parity_difference": (("positive_rate",), []),
+            "demographic_parity_ratio": (("positive_rate",), []),
+            "equalized_odds_difference": (("sensitivity_score", "fpr_error"), ["tpr", "fpr"]),
+            "equalized_odds_ratio": (("sensitivity_score", "fpr_error"), ["tpr", "fpr"]),
+            "equal_opportunity_difference": (("sensitivity_score",), ["tpr"]),
         }
-        parity_point, from_tpr = _parity(rates_point, parity_eligible)
-        parity_boot, _ = _parity(rates_boot, parity_eligible)
-        notes = [*shared_notes, options.threshold.note]
-        if int(parity_eligible.sum()) < 2:
-            notes.append("too_few_groups")
+        shared = [*shared_notes, options.threshold.note]
         if not options.include_small and not bool(large.all()):
-            notes.append("small_group")
+            shared.append("small_group")
         for metric in PARITY_METRICS:
+            rates_used, gaps = spans[metric]
+            used = np.logical_or.reduce([rate_eligible[rate] for rate in rates_used])
             value = float(parity_point[metric][0])
             low, high, ci_notes = interval(parity_boot[metric])
-            extra = (
-                [f"eod_from={'tpr' if from_tpr[0] else 'fpr'}"]
-                if metric == "equalized_odds_difference" and math.isfinite(value)
-                else []
-            )
+            notes = [*shared]
+            if all(int(rate_eligible[rate].sum()) < 2 for rate in rates_used):
+                notes.append("too_few_groups")
+            if "tpr" in gaps and without["sensitivity_score"]:
+                notes.append(f"groups_without_positives={without['sensitivity_score']}")
+            if "fpr" in gaps and without["fpr_error"]:
+                notes.append(f"groups_without_negatives={without['fpr_error']}")
+            if metric == "equalized_odds_difference" and math.isfinite(value):
+                notes.append(f"eod_from={'tpr' if from_tpr[0] else 'fpr'}")
             rows.append(
                 {
                     **base,
@@ -601,8 +658,8 @@ def _fairness_rows(run: TaskRun, attribute: str, options: _FairnessOptions) -> l
                     "value": value,
                     "ci_low": low,
                     "ci_high": high,
-                    "n": int(sizes[parity_eligible].sum()),
-                    "notes": join_notes([*notes, *extra, *ci_notes]),
+                    "n": int(sizes[used].sum()),
+                    "notes": join_notes([*notes, *ci_notes]),
                 }
             )
     return rows
@@ -715,8 +772,10 @@ def fairness(
     ``best_group`` over the eligible groups (``n >= min_group_n`` unless `include_small`, metric
     defined), worst = argmin for higher-is-better metrics and argmax for lower-is-better ones; the
     parity metrics (``demographic_parity_difference``, ``equalized_odds_difference`` with note
-    ``eod_from=tpr|fpr``, ratios, ``equal_opportunity_difference``) per label. CIs come from the same
-    cluster-bootstrap resamples for every group; thresholds are set on the whole population.
+    ``eod_from=tpr|fpr``, ratios, ``equal_opportunity_difference``) per label, each rate over the eligible
+    groups where it is defined: a group without positives (negatives) has no TPR (FPR) and is left out of
+    that gap only, noted ``groups_without_positives=k`` (``groups_without_negatives=k``). CIs come from the
+    same cluster-bootstrap resamples for every group; thresholds are set on the whole population.
 
     Args:
         preds: predictions (frame, lazy frame, or path).

@@ -1,7 +1,7 @@
 """Robustness to a missing CXR: degradation curves, fusion gain and modality contribution (eval.md §7).
 
-Array layer: :func:`parse_setting` (the ``setting`` grammar of §7.1), :func:`curve_area`,
-:func:`break_even_rate`. Frame layer: :func:`robustness` (curve points, ``area``, ``relative_area``,
+Array layer: :func:`curve_area`, :func:`break_even_rate` (and :func:`parse_setting`, the ``setting``
+grammar of :mod:`carebench_eval.settings`). Frame layer: :func:`robustness` (curve points, ``area``, ``relative_area``,
 ``retention``, ``break_even_rate`` with CIs from shared bootstrap resamples), :func:`fusion_gain` (fused
 model minus the best unimodal model, paired CI, permutation p, Holm/BH) and
 :func:`modality_contribution` (metric drop when the CXR is withheld, ``cxr_utilization``, ``cxr_share``).
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,7 +35,7 @@ from carebench_eval.fairness import group_labels
 from carebench_eval.io import load_predictions, same_samples_subset
 from carebench_eval.metrics.threshold import Fixed
 from carebench_eval.multiplicity import CORRECTIONS, adjust_pvalues
-from carebench_eval.registry import metric_spec
+from carebench_eval.registry import metric_spec, task_kind
 from carebench_eval.resampling import cluster_universe, percentile_interval
 from carebench_eval.runs import (
     TaskRun,
@@ -47,13 +45,13 @@ from carebench_eval.runs import (
     validation_runs,
 )
 from carebench_eval.schema import SORT_COLUMNS, make_rows, sort_results
+from carebench_eval.settings import ParsedSetting, parse_setting, parsed_setting, same_setting
 from carebench_eval.weighted import (
     THRESHOLD_METRICS,
     CellGrid,
     Scored,
     label_rows,
     single_statistics,
-    undefined_note,
 )
 
 __all__ = [
@@ -68,71 +66,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TOKENS = frozenset({"cohort_matched", "natural", ""})
-"""Tokens that mean the default setting (matched cohort, no simulated missingness)."""
-
-_RATE_TOKEN = re.compile(
-    r"^(train_cxr_drop|test_cxr_mcar|test_cxr_mnar|test_cxr_subgroup_[^_].*)_([0-9]*\.?[0-9]+)$"
-)
 _MEET_TOLERANCE = 1e-12
-_FIXED_TOKENS = frozenset({"cohort_base", "cross_matched_to_base", "cross_base_to_matched"})
 
-
-@dataclass(frozen=True)
-class ParsedSetting:
-    """A ``setting`` split into its context tokens and its missing-rate tokens (eval.md §7.1).
-
-    Attributes:
-        context: non-default tokens without a rate (``cohort_base``, ``cross_matched_to_base``, ...).
-        rates: mechanism -> rate, e.g. ``{"test_cxr_mcar": 0.5}``; mechanisms are ``train_cxr_drop``,
-            ``test_cxr_mcar``, ``test_cxr_mnar`` and ``test_cxr_subgroup_<attribute>=<value>``.
-    """
-
-    context: tuple[str, ...]
-    rates: Mapping[str, float] = field(default_factory=dict)
-
-
-def parse_setting(setting: str | None) -> ParsedSetting:
-    """Parse a ``setting`` value (tokens joined by ``+``; absent tokens take their default).
-
-    Args:
-        setting: e.g. ``"cohort_matched+test_cxr_mcar_0.5"``, ``"test_cxr_mnar_1.0"``, ``"natural"`` or
-            None (the default setting).
-
-    Returns:
-        The :class:`ParsedSetting`; a rate of 0 is dropped (it is the default).
-
-    Raises:
-        ValueError: an unknown token, a rate outside [0, 1], or a mechanism given twice.
-
-    Examples:
-        >>> parse_setting("cohort_base+test_cxr_mcar_0.5")
-        ParsedSetting(context=('cohort_base',), rates={'test_cxr_mcar': 0.5})
-    """
-    context: list[str] = []
-    rates: dict[str, float] = {}
-    for token in (setting or "").split("+"):
-        token = token.strip()
-        if token in DEFAULT_TOKENS:
-            continue
-        if token in _FIXED_TOKENS:
-            context.append(token)
-            continue
-        match = _RATE_TOKEN.match(token)
-        if match is None:
-            raise ValueError(
-                f"setting {setting!r}: unknown token {token!r}; expected cohort_matched, cohort_base, "
-                "train_cxr_drop_<r>, test_cxr_mcar_<r>, test_cxr_mnar_<r>, test_cxr_subgroup_<attr>=<value>_<r>, "
-                "cross_matched_to_base or cross_base_to_matched joined by '+'"
-            )
-        mechanism, rate = match.group(1), float(match.group(2))
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"setting {setting!r}: rate {rate} of {mechanism} is outside [0, 1]")
-        if mechanism in rates:
-            raise ValueError(f"setting {setting!r}: {mechanism} is given twice")
-        if rate > 0.0:
-            rates[mechanism] = rate
-    return ParsedSetting(tuple(sorted(context)), rates)
+ACROSS_MODELS = ("task", "metric", "statistic", "target", "setting", "group_attribute", "group")
+"""Family of `fusion_gain` rows of an aggregate or a binary task: the fused models of one target."""
+ACROSS_LABELS = ("task", "model", "baseline", "metric", "statistic", "setting", "group_attribute", "group")
+"""Family of `fusion_gain` rows of single labels (classes): every label of one fused model vs its reference."""
 
 
 def curve_area(rates: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -196,13 +135,6 @@ DEFAULT_EHR_ONLY = ("lstm", "transformer")
 """Registry names of the EHR-only baselines (the reference line of degradation curves)."""
 
 
-def _parsed(setting: str | None, settings: Mapping[str, Any] | None) -> ParsedSetting:
-    if settings is not None and setting in settings:
-        tokens = settings[setting]
-        return parse_setting(tokens if isinstance(tokens, str) else "+".join(tokens))
-    return parse_setting(setting)
-
-
 def curve_point(
     setting: str | None, *, axis: str, mechanisms: Sequence[str], settings: Mapping[str, Any] | None = None
 ) -> tuple[tuple[str, ...], str | None, float] | None:
@@ -212,7 +144,7 @@ def curve_point(
     mechanism with the same context). Returns None when the setting is on no curve of the axis (e.g. a
     test-time setting on the train axis, or a mechanism not in `mechanisms`).
     """
-    parsed = _parsed(setting, settings)
+    parsed = parsed_setting(setting, settings)
     test = {name: rate for name, rate in parsed.rates.items() if name.startswith("test_cxr_")}
     train = {name: rate for name, rate in parsed.rates.items() if name == "train_cxr_drop"}
     if axis == "train":
@@ -419,7 +351,12 @@ def _curve_rows(
         boot_curve = replicates[request].mean(axis=1)  # [B, K]
         for k in range(rates.size):
             low, high, ci_notes = interval(boot_curve[:, k])
-            undefined = [] if np.isfinite(curve[k]) else [undefined_note(metric)]
+            undefined = [
+                note
+                for r in range(n_reps)
+                if not np.isfinite(point[request][r, k])
+                for note in cells[r][k].undefined_notes(metric, target)
+            ]
             undefined.extend(cells[0][k].labels_used(metric, target))
             rows.append(
                 {
@@ -636,10 +573,13 @@ def fusion_gain(
     """Gain of each fused model over the best unimodal model (eval.md §7.3).
 
     ``G = M(fused) − M(best unimodal)`` per task (and per label with ``targets="per_label"``) and setting,
-    with a paired cluster-bootstrap CI, a paired permutation p, and Holm or BH adjustment within each
-    task x metric x target x setting (x group) family. The best unimodal model is picked per task on the
-    primary metric of `select_on` (validation predictions), else on the test predictions (note
-    ``selected_on_test``). Rows have ``baseline`` = that model and the note ``best_unimodal``.
+    with a paired cluster-bootstrap CI, a paired permutation p, and Holm or BH adjustment within a family:
+    for an aggregate target (``(macro)``) or a binary task, the fused models of one task x metric x target
+    x setting (x group); for single labels (classes) of a multilabel (multiclass) task, all the labels of
+    one fused model x reference x metric x setting (x group), the screen over e.g. the 25 phenotypes. The
+    best unimodal model is picked per task on the primary metric of `select_on` (validation predictions),
+    else on the test predictions (note ``selected_on_test``). Rows have ``baseline`` = that model and the
+    note ``best_unimodal``.
 
     Args:
         preds: predictions of the fused and unimodal models.
@@ -737,24 +677,19 @@ def fusion_gain(
             progress(done, len(tasks))
     if not parts:
         raise ValueError(f"fusion_gain: none of the fused models {fused_models} has predictions to compare")
-    return adjust_pvalues(
-        sort_results(pl.concat(parts)),
-        family=("task", "metric", "statistic", "target", "setting", "group_attribute", "group"),
-        method=correction,
-    )
-
-
-def _same_setting(setting: str | None, wanted: str | None, settings: Mapping[str, Any] | None) -> bool:
-    """Whether two settings name the same condition (``""``, None and ``"natural"`` are all the default).
-
-    Settings outside the grammar (e.g. a user's ``test_ehr_withheld``) match by name only.
-    """
-    if (setting or "") == (wanted or ""):
-        return True
-    try:
-        return _parsed(setting, settings) == _parsed(wanted, settings)
-    except ValueError:
-        return False
+    gains = pl.concat(parts)
+    # Rows of single labels (classes) of a multilabel (multiclass) task form a screen across labels; the
+    # others (aggregates, binary tasks) a family across the fused models.
+    targets_per_task = frame.group_by("task").agg(pl.col("target").n_unique()).iter_rows()
+    several_labels = [
+        task
+        for task, n_targets in targets_per_task
+        if task_kind(task, n_targets=n_targets, kinds=kinds) != "binary"
+    ]
+    per_label = pl.col("task").is_in(several_labels) & ~pl.col("target").str.starts_with("(")
+    across_models = adjust_pvalues(gains.filter(~per_label), family=ACROSS_MODELS, method=correction)
+    across_labels = adjust_pvalues(gains.filter(per_label), family=ACROSS_LABELS, method=correction)
+    return sort_results(pl.concat([across_models, across_labels]))
 
 
 def _runs_of(
@@ -770,7 +705,7 @@ def _runs_of(
         for run in runs
         if run.keys["model"] == model
         and run.task == task
-        and _same_setting(run.keys["setting"], setting, settings)
+        and same_setting(run.keys["setting"], setting, settings)
     ]
 
 

@@ -27,6 +27,7 @@ from carebench_eval.metrics.threshold import (
     top_k_threshold,
 )
 from carebench_eval.registry import metric_spec, task_kind
+from carebench_eval.settings import parse_setting, same_setting, training_setting
 
 __all__ = [
     "TaskRun",
@@ -36,6 +37,7 @@ __all__ = [
     "run_thresholds",
     "split_runs",
     "threshold_rows",
+    "validation_run_of",
     "validation_runs",
 ]
 
@@ -198,9 +200,11 @@ def validation_runs(
 def run_thresholds(run: TaskRun, policy: ThresholdPolicy, validation: Sequence[TaskRun] = ()) -> np.ndarray:
     """Per-target thresholds ``[L]`` of `run` under `policy` (eval.md §2.3).
 
-    `FromValidation` uses the validation run of the same (model, seed, fold, task), preferring the one of
-    the same setting (train-time dropout runs are separate models). Multiclass runs use the argmax and have
-    no threshold (all NaN); a target the validation run lacks gets NaN, so its label metrics are NaN.
+    `FromValidation` uses the validation run of the same trained model: the same task, model, seed and
+    fold, and the same setting, or (for a test-time setting such as ``cohort_base+test_cxr_mcar_0.5``)
+    the setting's training part, its cohort and train-time drop (``cohort_base``). A validation run of
+    another cohort or drop rate never stands in. Multiclass runs use the argmax and have no threshold
+    (all NaN); a target the validation run lacks gets NaN, so its label metrics are NaN.
 
     Args:
         run: the evaluated run.
@@ -211,7 +215,7 @@ def run_thresholds(run: TaskRun, policy: ThresholdPolicy, validation: Sequence[T
         ``[L]`` float64 thresholds.
 
     Raises:
-        PredictionsError: P019 when `FromValidation` has no validation run for (model, seed, fold, task).
+        PredictionsError: P019 when `FromValidation` has no validation run of the same trained model.
         ValueError: `policy` is not a threshold policy.
     """
     n_targets = len(run.targets)
@@ -223,18 +227,12 @@ def run_thresholds(run: TaskRun, policy: ThresholdPolicy, validation: Sequence[T
         return np.array([top_k_threshold(run.s[:, j], policy.fraction) for j in range(n_targets)])
     if not isinstance(policy, FromValidation):
         raise ValueError(f"threshold must be Fixed(...), FromValidation(...) or TopK(...), got {policy!r}")
-    wanted = {key: run.keys[key] for key in ("model", "seed", "fold")}
-    matches = [
-        other
-        for other in validation
-        if other.task == run.task and all(other.keys[key] == value for key, value in wanted.items())
-    ]
-    if not matches:
+    chosen = validation_run_of(run, validation)
+    if chosen is None:
+        wanted = {key: run.keys[key] for key in ("model", "seed", "fold", "setting")}
         raise PredictionsError(
             "P019", f"threshold: no validation predictions for run {run_keys_text(wanted)}, task {run.task!r}"
         )
-    same_setting = [other for other in matches if other.keys["setting"] == run.keys["setting"]]
-    chosen = (same_setting or matches)[0]
     thresholds = np.full(n_targets, np.nan)
     missing = []
     for j, target in enumerate(run.targets):
@@ -248,11 +246,37 @@ def run_thresholds(run: TaskRun, policy: ThresholdPolicy, validation: Sequence[T
     if missing:
         logger.warning(
             "threshold: validation predictions of run %s, task %r lack target(s) %s; their label metrics are NaN",
-            run_keys_text(wanted),
+            run_keys_text(run.keys),
             run.task,
             missing,
         )
     return thresholds
+
+
+def validation_run_of(run: TaskRun, validation: Sequence[TaskRun]) -> TaskRun | None:
+    """The validation run of the model behind `run`, or None.
+
+    Same task, model, seed and fold, and either the same setting or the setting's training part (see
+    `carebench_eval.settings.training_setting`); an exact setting wins.
+    """
+    same_model = [
+        other
+        for other in validation
+        if other.task == run.task
+        and all(other.keys[key] == run.keys[key] for key in ("model", "seed", "fold"))
+    ]
+    setting = run.keys["setting"]
+    exact = [other for other in same_model if same_setting(other.keys["setting"], setting)]
+    if exact:
+        return exact[0]
+    trained = training_setting(setting)
+    for other in same_model:
+        try:
+            if trained is not None and parse_setting(other.keys["setting"]) == trained:
+                return other
+        except ValueError:
+            continue
+    return None
 
 
 def predictions_at(run: TaskRun, thresholds: np.ndarray) -> np.ndarray:

@@ -98,6 +98,8 @@ NOTE_TOKENS: tuple[str, ...] = (
     "no_predicted_positive",
     "no_predicted_negative",
     "degenerate_agreement",
+    "separated",
+    "no_convergence",
     "small_group",
     "too_few_groups",
     "labels_used=<j>/<L>",
@@ -113,6 +115,8 @@ NOTE_TOKENS: tuple[str, ...] = (
     "excluded_from_family",
     "policy=<fixed:t|validation:rule|top_k:k>",
     "eod_from=<tpr|fpr>",
+    "groups_without_positives=<k>",
+    "groups_without_negatives=<k>",
     "rate_mismatch",
     "no_missing_modality",
 )
@@ -128,6 +132,7 @@ _NOTE_PATTERN = re.compile(
             r"ci_dropped=\d+",
             rf"policy=(?:fixed:{_NUMBER}|validation:(?:youden|max_f1|sensitivity)|top_k:{_NUMBER})",
             r"eod_from=(?:tpr|fpr)",
+            r"groups_without_(?:positives|negatives)=\d+",
         ]
     )
     + ")$"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from carebench_eval.metrics.core import (
+    CALIBRATION_FIT_METRICS,
     LABEL_METRICS,
     MULTICLASS_SCALARS,
     BinaryEvaluator,
@@ -226,6 +227,35 @@ class Scored:
             else:
                 out[metric, target] = per_target[:, self.targets.index(target)]
         return out
+
+    def undefined_notes(self, metric: str, target: str, columns: np.ndarray | None = None) -> list[str]:
+        """Note tokens saying why the cell ``(metric, target)`` is NaN at one weight row.
+
+        Most metrics have one reason (`undefined_note`). A calibration fit is undefined for a single
+        class, for a score that separates the classes, or (never seen in practice) a fit that does not
+        converge; its tokens come from the data of the weight row, and are empty where the fit is defined.
+        An average lists the reasons of its labels.
+
+        Args:
+            metric: registry name.
+            target: label or class name, or an aggregate such as ``(macro)``.
+            columns: ``[1, k]`` weights (default: every column once, the point estimate).
+
+        Returns:
+            Note tokens, deduplicated.
+        """
+        if metric not in CALIBRATION_FIT_METRICS:
+            return [undefined_note(metric)]
+        if columns is None:
+            columns = np.ones(
+                (1, int(self.column_of.max()) + 1 if self.column_of.size else 1), dtype=np.int64
+            )
+        evaluator = self._micro if target == "(micro)" and self._micro is not None else self._evaluator
+        if not isinstance(evaluator, BinaryEvaluator):
+            return [undefined_note(metric)]
+        notes = evaluator.fit_notes(metric, columns)[0]
+        chosen = [notes[self.targets.index(target)]] if target in self.targets else list(notes)
+        return list(dict.fromkeys(note for note in chosen if note))
 
     def labels_used(self, metric: str, target: str) -> list[str]:
         """Note ``labels_used=j/L`` when a macro or weighted average uses only j of the L targets."""

@@ -188,7 +188,7 @@ def _label_gains(
     """Per-label Δ AUROC and Δ AUPRC of every fused model vs the best unimodal one, on CXR-present test stays.
 
     Returns:
-        The headline rows of group `has_cxr == true` (cached in `results`, BH across the fused models).
+        The headline rows of group `has_cxr == true` (cached in `results`; BH across the labels of each fused model).
     """
     import carebench_eval as ce
 
@@ -264,7 +264,7 @@ def _label_gain_table(cohort: str, task: str, gains: pl.DataFrame) -> Table | No
         columns,
         note=(
             "Gain criterion: the paired cluster-bootstrap 95% CI of Δ excludes zero; p = two-sided paired "
-            "permutation p (unadjusted; BH-adjusted values across the fused models are in results/). "
+            "permutation p (unadjusted; values BH-adjusted across the labels of each fused model are in results/). "
             f"Labels: the paper's Q1 labels, then the {TOP_LABELS} labels with the largest |Δ AUROC| per model."
         ),
     )
@@ -451,7 +451,7 @@ def _phenotype_forest(
                 key=f"fig1_phenotype_gain_{cohort}",
                 caption=(
                     f"Figure 1 ({cohort} cohort). Per-phenotype Δ AUPRC, {best} − {baseline} (best unimodal), "
-                    "all test stays, 95% CI; filled = BH-adjusted p < 0.05. In colour: CHF, COPD and pneumonia "
+                    "all test stays, 95% CI; filled = p < 0.05 after BH across the labels. In colour: CHF, COPD and pneumonia "
                     "(the paper's labels) and labels whose Δ on the CXR-present test stays has a 95% CI "
                     f"excluding zero (Table 1c){': ' + ', '.join(sorted(clear)) if clear else ': none'}."
                 ),

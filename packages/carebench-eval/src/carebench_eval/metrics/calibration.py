@@ -15,6 +15,7 @@ from carebench_eval.metrics.core import (
     BinaryEvaluator,
     MulticlassEvaluator,
     bin_codes,
+    calibration_fit_notes,
     clipped_logit,
     logistic_calibration,
 )
@@ -163,12 +164,13 @@ def _calibration_fit(
     if kind != "binary":
         raise ValueError(f"{name} takes one binary column")
     labels = y[:, 0].astype(np.float64)
-    weight = weight_row(sample_weight, labels.size)[0].astype(np.float64)
-    positives = float((weight * labels).sum())
-    if positives == 0 or positives == float(weight.sum()):
-        warn_undefined(name, "single_class", cells=1, n=labels.size)
-        return float("nan")
-    return float(logistic_calibration(labels, clipped_logit(s[:, 0]), weight[None, :], slope=slope)[0])
+    weight = weight_row(sample_weight, labels.size).astype(np.float64)
+    logit = clipped_logit(s[:, 0])
+    value = float(logistic_calibration(labels, logit, weight, slope=slope)[0])
+    if np.isnan(value):
+        note = str(calibration_fit_notes(labels, logit, weight, slope=slope)[0]) or "no_convergence"
+        warn_undefined(name, note, cells=1, n=labels.size)
+    return value
 
 
 def calibration_slope(
@@ -182,7 +184,10 @@ def calibration_slope(
         sample_weight: ``[n]`` non-negative weights.
 
     Returns:
-        ``β``; NaN with a warning when one class is present.
+        ``β``; NaN with a warning when one class is present, or when the score separates the classes
+        (no positive scores below a negative, or none above; constant scores included): the likelihood
+        then has no finite maximum in ``β`` (it keeps growing, or is flat), where statsmodels warns of
+        perfect separation.
 
     Example:
         >>> round(calibration_slope([0, 1, 0, 1], [0.2, 0.3, 0.6, 0.7]), 4)

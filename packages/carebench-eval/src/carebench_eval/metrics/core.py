@@ -28,6 +28,7 @@ __all__ = [
     "MulticlassEvaluator",
     "average_targets",
     "bin_codes",
+    "calibration_fit_notes",
 ]
 
 CALIBRATION_FIT_METRICS = ("calibration_slope", "calibration_intercept")
@@ -136,6 +137,9 @@ LOGIT_CLIP = 1e-15
 """Scores are clipped to ``[LOGIT_CLIP, 1 − LOGIT_CLIP]`` before the logit of the calibration fits."""
 _NEWTON_TOLERANCE = 1e-12
 _NEWTON_ITERATIONS = 100
+_STEP_HALVINGS = 60
+_ROUNDING = 1e-14
+"""Relative slack of the likelihood comparisons of the step halving (a few units of float64 rounding)."""
 
 
 def clipped_logit(scores: np.ndarray) -> np.ndarray:
@@ -144,13 +148,69 @@ def clipped_logit(scores: np.ndarray) -> np.ndarray:
     return np.log(clipped) - np.log1p(-clipped)
 
 
+def calibration_fit_notes(
+    y: np.ndarray, logit: np.ndarray, weights: np.ndarray, *, slope: bool
+) -> np.ndarray:
+    """Why a calibration fit has no finite estimate, for each weight row (``""`` where it has one).
+
+    ``single_class``: the rows with positive weight hold one class. ``separated`` (slope only): the
+    score separates the classes, i.e. every positive has a logit at least as high as every negative, or
+    every positive at most as low (constant scores included). Then no finite slope maximizes the
+    likelihood: it grows without bound (or is not identified), and a Newton fit stops at an arbitrary
+    large value. With both classes present and the logits overlapping, the maximum exists and is unique.
+    The intercept fit (slope fixed at 1) has a finite estimate whenever both classes are present.
+
+    Args:
+        y: ``[n]`` 0/1 labels.
+        logit: ``[n]`` logits of the scores (see `clipped_logit`).
+        weights: ``[b, n]`` non-negative sample weights.
+        slope: the two-parameter slope fit (else the one-parameter intercept fit).
+
+    Returns:
+        ``[b]`` note tokens: ``""``, ``"single_class"`` or ``"separated"``.
+    """
+    present = np.asarray(weights) > 0
+    labels = np.asarray(y) == 1
+    positive = present & labels[None, :]
+    negative = present & ~labels[None, :]
+    both = positive.any(axis=1) & negative.any(axis=1)
+    notes = np.where(both, "", "single_class").astype(object)
+    if slope:
+        lowest_positive = np.where(positive, logit[None, :], np.inf).min(axis=1)
+        highest_positive = np.where(positive, logit[None, :], -np.inf).max(axis=1)
+        lowest_negative = np.where(negative, logit[None, :], np.inf).min(axis=1)
+        highest_negative = np.where(negative, logit[None, :], -np.inf).max(axis=1)
+        separated = both & ((lowest_positive >= highest_negative) | (highest_positive <= lowest_negative))
+        notes[separated] = "separated"
+    return notes
+
+
+def _log_likelihood(
+    y: np.ndarray, logit: np.ndarray, weights: np.ndarray, alpha: np.ndarray, beta: np.ndarray
+) -> np.ndarray:
+    """Weighted Bernoulli log-likelihood ``Σ w (y η − log(1 + e^η))``, ``η = α + β logit``, per row ``[b]``."""
+    eta = alpha[:, None] + beta[:, None] * logit[None, :]
+    return (weights * (y[None, :] * eta - np.logaddexp(0.0, eta))).sum(axis=1)
+
+
+def _sigmoid(eta: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-eta))
+
+
 def logistic_calibration(y: np.ndarray, logit: np.ndarray, weights: np.ndarray, *, slope: bool) -> np.ndarray:
-    """Calibration slope or intercept for each weight row, by unpenalized Newton iterations (eval.md §2.2).
+    """Calibration slope or intercept for each weight row, by unpenalized maximum likelihood (eval.md §2.2).
 
     Fits ``logit Pr(y=1) = α + β·logit(s)`` and returns β (``slope=True``), or ``α + logit(s)`` with β fixed
-    at 1 and returns α. Every row iterates from 0 until its own step is below 1e-12 (so a row's value never
-    depends on the other rows of its batch). NaN where a row has one class, a singular Hessian or no
-    convergence in 100 iterations (e.g. perfectly separated data).
+    at 1 and returns α. Rows without a finite estimate (`calibration_fit_notes`: one class, or a score that
+    separates the classes) are NaN without fitting; every other row has a unique maximum. Each row is fitted
+    on its own (its value never depends on the other rows of its batch) and stops when its step is below
+    1e-12; a row that has not converged in 100 iterations is NaN.
+
+    The slope fit takes Newton steps from ``α = β = 0``, each halved until the likelihood does not drop. The
+    intercept fit solves its score equation ``Σ w (y − σ(α + logit)) = 0``, which decreases in α, by Newton
+    steps kept inside a bracket of the root (bisection when a step leaves it): with scores of exactly 0 or
+    1 the offsets reach ±34.5 and plain Newton steps from a saturated start are useless.
 
     Args:
         y: ``[n]`` 0/1 labels.
@@ -163,44 +223,103 @@ def logistic_calibration(y: np.ndarray, logit: np.ndarray, weights: np.ndarray, 
     """
     weights = np.asarray(weights, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    logit = np.asarray(logit, dtype=np.float64)
+    undefined = calibration_fit_notes(y, logit, weights, slope=slope) != ""
+    value = np.full(weights.shape[0], np.nan)
+    rows = np.flatnonzero(~undefined)
+    if rows.size:
+        fit = _fit_slope if slope else _fit_intercept
+        value[rows] = fit(y, logit, weights[rows])
+    return value
+
+
+def _fit_intercept(y: np.ndarray, logit: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """α of ``logit Pr(y=1) = α + logit`` per weight row ``[b, n]`` (both classes present): bracketed Newton.
+
+    With ``ȳ`` the weighted share of positives, the root lies in ``[logit ȳ − max logit, logit ȳ − min logit]``
+    (over the rows' weighted samples): at either end every fitted probability is at most (at least) ``ȳ``.
+    """
     b = weights.shape[0]
-    positives = weights @ y
-    undefined = (positives == 0) | (positives == weights.sum(axis=1))
+    present = weights > 0
+    share = (weights @ y) / weights.sum(axis=1)
+    centre = np.log(share) - np.log1p(-share)
+    low = centre - np.where(present, logit[None, :], -np.inf).max(axis=1)
+    high = centre - np.where(present, logit[None, :], np.inf).min(axis=1)
+    alpha = centre - (weights @ logit) / weights.sum(axis=1)
+    active = np.ones(b, dtype=bool)
+    for _ in range(_NEWTON_ITERATIONS):
+        rows = np.flatnonzero(active)
+        if rows.size == 0:
+            break
+        w = weights[rows]
+        probability = _sigmoid(alpha[rows, None] + logit[None, :])
+        gradient = (w * (y[None, :] - probability)).sum(axis=1)
+        curvature = (w * probability * (1.0 - probability)).sum(axis=1)
+        # The score decreases in α: a positive score puts the root above α.
+        low[rows] = np.where(gradient > 0, alpha[rows], low[rows])
+        high[rows] = np.where(gradient < 0, alpha[rows], high[rows])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            candidate = alpha[rows] + gradient / curvature
+        inside = np.isfinite(candidate) & (candidate > low[rows]) & (candidate < high[rows])
+        candidate = np.where(inside, candidate, (low[rows] + high[rows]) / 2.0)
+        done = (
+            (gradient == 0)
+            | (np.abs(candidate - alpha[rows]) < _NEWTON_TOLERANCE)
+            | (high[rows] - low[rows] < _NEWTON_TOLERANCE)
+        )
+        alpha[rows] = np.where(gradient == 0, alpha[rows], candidate)
+        active[rows[done]] = False
+    return np.where(active, np.nan, alpha)
+
+
+def _fit_slope(y: np.ndarray, logit: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """β of ``logit Pr(y=1) = α + β logit`` per weight row ``[b, n]`` (overlapping classes): damped Newton."""
+    b = weights.shape[0]
     alpha = np.zeros(b)
-    beta = np.zeros(b) if slope else np.ones(b)
-    active = ~undefined
+    beta = np.zeros(b)
+    active = np.ones(b, dtype=bool)
     failed = np.zeros(b, dtype=bool)
     for _ in range(_NEWTON_ITERATIONS):
         rows = np.flatnonzero(active)
         if rows.size == 0:
             break
         w = weights[rows]
-        probability = 1.0 / (1.0 + np.exp(-(alpha[rows, None] + beta[rows, None] * logit[None, :])))
+        probability = _sigmoid(alpha[rows, None] + beta[rows, None] * logit[None, :])
         residual = w * (y[None, :] - probability)
         curvature = w * probability * (1.0 - probability)
-        g0 = residual.sum(axis=1)
-        h00 = curvature.sum(axis=1)
+        g0, g1 = residual.sum(axis=1), residual @ logit
+        h00, h01, h11 = curvature.sum(axis=1), curvature @ logit, curvature @ (logit * logit)
         with np.errstate(divide="ignore", invalid="ignore"):
-            if slope:
-                g1 = residual @ logit
-                h01 = curvature @ logit
-                h11 = curvature @ (logit * logit)
-                determinant = h00 * h11 - h01 * h01
-                step0 = (h11 * g0 - h01 * g1) / determinant
-                step1 = (h00 * g1 - h01 * g0) / determinant
-            else:
-                step0 = g0 / h00
-                step1 = np.zeros(rows.size)
+            determinant = h00 * h11 - h01 * h01
+            step0 = (h11 * g0 - h01 * g1) / determinant
+            step1 = (h00 * g1 - h01 * g0) / determinant
         finite = np.isfinite(step0) & np.isfinite(step1)
         failed[rows[~finite]] = True
-        alpha[rows] += np.where(finite, step0, 0.0)
-        if slope:
-            beta[rows] += np.where(finite, step1, 0.0)
-        done = ~finite | (np.maximum(np.abs(step0), np.abs(step1)) < _NEWTON_TOLERANCE)
+        step0, step1 = np.where(finite, step0, 0.0), np.where(finite, step1, 0.0)
+        small = ~finite | (np.maximum(np.abs(step0), np.abs(step1)) < _NEWTON_TOLERANCE)
+        # Halve a step until the likelihood does not drop (beyond rounding): no step overshoots.
+        current = _log_likelihood(y, logit, w, alpha[rows], beta[rows])
+        slack = _ROUNDING * (1.0 + np.abs(current))
+        scale = np.ones(rows.size)
+        trial = np.full(rows.size, -np.inf)
+        searching = ~small
+        for _ in range(_STEP_HALVINGS):
+            if not searching.any():
+                break
+            attempt = _log_likelihood(y, logit, w, alpha[rows] + scale * step0, beta[rows] + scale * step1)
+            accepted = searching & (attempt >= current - slack)
+            trial = np.where(accepted, attempt, trial)
+            searching &= ~accepted
+            scale = np.where(searching, scale / 2.0, scale)
+        scale = np.where(searching | small, 0.0, scale)
+        alpha[rows] += scale * step0
+        beta[rows] += scale * step1
+        # A full step that no longer raises the likelihood: the maximum is reached up to rounding. A step
+        # that no halving makes acceptable means the fit is lost.
+        failed[rows[searching]] = True
+        done = small | searching | ((scale == 1.0) & (trial <= current))
         active[rows[done]] = False
-    failed |= active
-    value = beta if slope else alpha
-    return np.where(undefined | failed, np.nan, value)
+    return np.where(failed | active, np.nan, beta)
 
 
 def _ece_from_sums(count: np.ndarray, sum_label: np.ndarray, sum_score: np.ndarray) -> np.ndarray:
@@ -409,6 +528,27 @@ class BinaryEvaluator:
     def support(self, columns: np.ndarray) -> np.ndarray:
         """Weighted positives per label ``[b, L]`` (the weights of the ``(weighted)`` average)."""
         return self._per_label_sum(columns, self._y_flat.astype(float))
+
+    def fit_notes(self, metric: str, columns: np.ndarray) -> np.ndarray:
+        """Why a calibration fit is undefined, per weight row and label.
+
+        Args:
+            metric: ``calibration_slope`` or ``calibration_intercept``.
+            columns: ``[b, k]`` weights.
+
+        Returns:
+            ``[b, L]`` note tokens: ``""`` where the fit is defined, else ``single_class``, ``separated``
+            (see `calibration_fit_notes`) or ``no_convergence``.
+        """
+        logits = _required(self._logits, "y_score")
+        sample_weights = _kernels.gather_weights(columns, self.column_of, np.arange(self.n))
+        slope = metric == "calibration_slope"
+        notes = np.empty((columns.shape[0], self.n_targets), dtype=object)
+        for j in range(self.n_targets):
+            notes[:, j] = calibration_fit_notes(self.y_true[:, j], logits[:, j], sample_weights, slope=slope)
+            value = logistic_calibration(self.y_true[:, j], logits[:, j], sample_weights, slope=slope)
+            notes[(notes[:, j] == "") & np.isnan(value), j] = "no_convergence"
+        return notes
 
     def micro(self) -> BinaryEvaluator:
         """An evaluator of the ``n L`` flattened (label, score) pairs: the ``(micro)`` aggregate."""
