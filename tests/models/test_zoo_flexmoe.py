@@ -211,3 +211,14 @@ def test_paper_profile_size_and_forward(experts: int, millions: float) -> None:
     model = create_model("flexmoe", task=task, profile="paper", num_experts=experts).eval()
     batch = tiny_batch(task, 2, paired_fraction=0.5, ehr_features=27, image_size=224, with_labels=False)
     assert model.predict_proba(batch).shape == (2, 25)
+
+
+def test_one_call_over_groups_equals_separate_calls() -> None:
+    layer = moe(num_experts=5, top_k=2)
+    tokens, combination = torch.randn(24, 6), torch.tensor([0, 0, 1] * 8)
+    group = torch.arange(2).repeat_interleave(12)
+    with torch.no_grad():
+        mixed, loss = layer(tokens, combination, group, groups=2)
+        parts = [layer(tokens[rows], combination[rows]) for rows in (slice(0, 12), slice(12, 24))]
+    torch.testing.assert_close(mixed, torch.cat([part[0] for part in parts]))
+    torch.testing.assert_close(loss, parts[0][1] + parts[1][1])

@@ -53,7 +53,7 @@ def test_observed_cells_match_a_loop_for_any_count(latest: bool) -> None:
         count = len(expected)
         assert cells.valid[b].tolist() == [True] * count + [False] * (cap - count)
         got = [
-            (float(cells.values[b, s]), round(float(cells.times[b, s]) * steps), int(cells.features[b, s]))
+            (float(cells.values[b, s]), int(cells.hours[b, s]), int(cells.features[b, s]))
             for s in range(count)
         ]
         assert got == expected
@@ -140,20 +140,16 @@ def test_rows_without_cxr_keep_the_ehr_bottleneck() -> None:
 
 
 def test_profiles_and_options() -> None:
-    quick = tiny_model("umse", task_spec("binary"))
-    assert all(
-        module.dropout == 0.0
-        for module in quick.fusion_layers.modules()
-        if isinstance(module, nn.MultiheadAttention)
-    )
-    paper = UMSEConfig.for_profile("paper")
-    assert (paper.layers, paper.patch_size, paper.max_ehr_tokens, paper.attention_dropout) == (
+    paper, quick = UMSEConfig.for_profile("paper"), UMSEConfig.for_profile("quick")
+    assert (paper.layers, paper.heads, paper.ff, paper.patch_size, paper.max_ehr_tokens) == (
         2,
+        4,
+        1024,
         32,
         500,
-        None,
     )
-    model = create_model("umse", task=task_spec("binary"), profile="paper", dropout=0.1)
+    assert (quick.layers, quick.heads, quick.ff, quick.patch_size, quick.max_ehr_tokens) == (2, 2, 64, 16, 64)
+    model = tiny_model("umse", task_spec("binary"), dropout=0.1)
     assert {m.dropout for m in model.modules() if isinstance(m, nn.MultiheadAttention)} == {0.1}
     indexed = trained_model(index_positional_encoding=True, max_ehr_tokens=16)
     assert indexed.index_encoding is not None and indexed.index_encoding.shape == (16, 32)

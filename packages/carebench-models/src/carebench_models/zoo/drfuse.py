@@ -202,7 +202,14 @@ class DrFuseModel(FusionModel):
         ehr_shared = self.ehr_shared(feat).mean(dim=1)
         ehr_distinct = self.ehr_distinct(feat).mean(dim=1)
         rows, d = ehr_distinct.shape
-        h1 = self.shared_mlp(ehr_shared)
+        cxr_shared_rows = self.cxr_shared.encode_rows(batch["cxr"], idx)
+        cxr_distinct_rows = self.cxr_distinct.encode_rows(batch["cxr"], idx)
+        if cxr_shared_rows is None:
+            h1, h2 = self.shared_mlp(ehr_shared), None
+        else:  # one call of the shared MLP for both modalities
+            h1, h2 = self.shared_mlp(torch.cat([ehr_shared, cxr_shared_rows.to(ehr_shared.dtype)])).split(
+                [rows, idx.numel()]
+            )
         shared = h1.float()
         cxr_distinct = ehr_distinct.new_zeros(rows, d)
         available = torch.ones(rows, 3, dtype=torch.bool, device=h1.device)
@@ -210,11 +217,8 @@ class DrFuseModel(FusionModel):
         zero = h1.new_zeros((), dtype=torch.float32)
         lam = self.lambdas
         aux = {"orth_ehr": lam["lambda_de"] * mean_abs_cosine(h1, ehr_distinct)}
-        cxr_shared_rows = self.cxr_shared.encode_rows(batch["cxr"], idx)
-        cxr_distinct_rows = self.cxr_distinct.encode_rows(batch["cxr"], idx)
         pred_cxr = None
-        if cxr_shared_rows is not None and cxr_distinct_rows is not None:
-            h2 = self.shared_mlp(cxr_shared_rows)
+        if h2 is not None and cxr_distinct_rows is not None:
             h1_paired = h1.index_select(0, idx)
             shared = shared.index_copy(0, idx, logit_average(h1_paired, h2))
             cxr_distinct = cxr_distinct.index_copy(0, idx, cxr_distinct_rows.to(cxr_distinct.dtype))

@@ -90,8 +90,11 @@ class FlexMoEConfig(TransformerEHRConfig):
 
 
 def cv_squared(values: Tensor) -> Tensor:
-    """Squared coefficient of variation `var(v) / (mean(v)² + 1e-10)` of a float vector [E] (0 for zeros)."""
-    return values.var() / (values.mean() ** 2 + 1e-10)
+    """Squared coefficient of variation `var(v) / (mean(v)² + 1e-10)` over the last axis: [..., E] → [...].
+
+    0 for a vector of zeros. The variance is the unbiased one, as in Shazeer et al.'s code.
+    """
+    return values.var(dim=-1) / (values.mean(dim=-1) ** 2 + 1e-10)
 
 
 class Experts(nn.Module):
@@ -128,12 +131,13 @@ class CombinationMoE(nn.Module):
     (G-Router); any other token has expert c forced as its top-1 plus the best k − 1 others
     (S-Router). `g` = softmax over the selected logits, 0 elsewhere; output `Σ_e g_e · expert_e(u)`.
 
-    Gate loss (float32): cross-entropy of the non-full tokens' logits against their combination
-    (mean over them, 0 without any), plus the balance `cv²(importance) + cv²(load)` of the full
-    tokens over all experts and of the non-full tokens over experts 1…E−1 (a group without tokens
-    adds 0, so an all-full batch gives exactly the all-token balance). `importance = Σ g`;
-    `load` = Σ P(expert in the top k under the noise) in training with k < E, else the count of
-    non-zero gates.
+    Gate loss (float32), per group of tokens (one call of the layer in the paper; here Flex-MoE's
+    two modality chunks share one call) and summed over groups: cross-entropy of the non-full
+    tokens' logits against their combination (mean over them, 0 without any), plus the balance
+    `cv²(importance) + cv²(load)` of the full tokens over all experts and of the non-full tokens
+    over experts 1…E−1 (a set without tokens adds 0, so an all-full batch gives exactly the
+    all-token balance). `importance = Σ g`; `load` = Σ P(expert in the top k under the noise) in
+    training with k < E, else the count of non-zero gates.
 
     Args:
         dim: token width d.
@@ -149,12 +153,16 @@ class CombinationMoE(nn.Module):
         self.w_noise = nn.Parameter(torch.zeros(dim, num_experts))
         self.experts = Experts(num_experts, dim, hidden)
 
-    def route(self, tokens: Tensor, combination: Tensor) -> tuple[Tensor, Tensor]:
+    def route(
+        self, tokens: Tensor, combination: Tensor, group: Tensor | None = None, groups: int = 1
+    ) -> tuple[Tensor, Tensor]:
         """Gates float32 [N, E] (k non-zero per row) and the gate loss (float32 scalar).
 
         Args:
             tokens: [N, d].
             combination: int64 [N] combination index of each token's stay.
+            group: int64 [N] in 0…groups−1, the balance group of each token; None = one group.
+            groups: number of groups.
         """
         with torch.autocast(device_type=tokens.device.type, enabled=False):
             u = tokens.float()
@@ -174,17 +182,18 @@ class CombinationMoE(nn.Module):
                 load = self.probability_in_top_k(clean, selection, noise_scale, top_values, forced)
             else:
                 load = chosen.float()
-            full_rows = full.float()[:, None]
-            rest_rows = 1.0 - full_rows
+            member = torch.ones_like(clean[:, :1]) if group is None else F.one_hot(group, groups).float()
+            full_member = member * full.float()[:, None]
+            rest_member = member - full_member
             balance = (
-                cv_squared((gates * full_rows).sum(dim=0))
-                + cv_squared((load * full_rows).sum(dim=0))
-                + cv_squared((gates * rest_rows).sum(dim=0)[1:])
-                + cv_squared((load * rest_rows).sum(dim=0)[1:])
+                cv_squared(full_member.T @ gates)
+                + cv_squared(full_member.T @ load)
+                + cv_squared((rest_member.T @ gates)[:, 1:])
+                + cv_squared((rest_member.T @ load)[:, 1:])
             )
             router = F.cross_entropy(logits, combination, reduction="none")
-            router_loss = (router * rest_rows[:, 0]).sum() / rest_rows.sum().clamp_min(1.0)
-        return gates, router_loss + balance
+            router_loss = (rest_member.T @ router) / rest_member.sum(dim=0).clamp_min(1.0)
+        return gates, (router_loss + balance).sum()
 
     def probability_in_top_k(
         self, clean: Tensor, selection: Tensor, noise_scale: Tensor, top_values: Tensor, forced: Tensor
@@ -205,9 +214,11 @@ class CombinationMoE(nn.Module):
         )
         return torch.where(forced, torch.ones_like(probability), probability)
 
-    def forward(self, tokens: Tensor, combination: Tensor) -> tuple[Tensor, Tensor]:
-        """`tokens` [N, d], `combination` int64 [N] → (mixture [N, d], gate loss float32 scalar)."""
-        gates, gate_loss = self.route(tokens, combination)
+    def forward(
+        self, tokens: Tensor, combination: Tensor, group: Tensor | None = None, groups: int = 1
+    ) -> tuple[Tensor, Tensor]:
+        """`tokens` [N, d], `combination` int64 [N] → (mixture [N, d], gate loss float32 scalar); see `route`."""
+        gates, gate_loss = self.route(tokens, combination, group, groups)
         outputs = self.experts(tokens)
         return torch.einsum("ne,ned->nd", gates.to(outputs.dtype), outputs), gate_loss
 
@@ -259,7 +270,7 @@ class FlexMoEModel(FusionModel):
     - Fusion: `x = [tok_e; tok_c] + pos` [B, 2n, d] (pos zero-initialised); `x ← x + Attn(LN₁ x)`;
       per modality chunk `x_m ← x_m + Dropout(MoE(LN₂ x_m, c))`; head: mean of each chunk's tokens →
       [B, 2d] → Linear(2d → K) → logits [B, K].
-    - `aux_losses["gate"]` = gate_weight · Σ over the two MoE calls of their gate loss.
+    - `aux_losses["gate"]` = gate_weight · Σ over the two chunks of their gate loss.
 
     Missing CXR: the bank; a batch without CXRs never runs the CNN, every row has c = 1.
 
@@ -312,13 +323,12 @@ class FlexMoEModel(FusionModel):
             cxr_tokens = cxr_tokens.index_copy(0, idx, self.cxr_adapter(cxr_rows).to(cxr_tokens.dtype))
         x = torch.cat([ehr_tokens, cxr_tokens], dim=1) + self.position
         x = x + self.attention(self.attention_norm(x))
-        token_combination = combination.repeat_interleave(tokens)
-        chunks, gate_loss = [], x.new_zeros((), dtype=torch.float32)
-        for chunk in x.split(tokens, dim=1):
-            mixed, chunk_loss = self.moe(self.moe_norm(chunk).reshape(rows * tokens, -1), token_combination)
-            chunks.append(chunk + self.moe_dropout(mixed.view(rows, tokens, -1).to(chunk.dtype)))
-            gate_loss = gate_loss + chunk_loss
-        pooled = torch.cat([chunk.mean(dim=1) for chunk in chunks], dim=1)
+        # Both modality chunks go through the MoE in one call; the gate loss keeps them apart.
+        flat = self.moe_norm(x).reshape(rows * 2 * tokens, -1)
+        chunk = torch.arange(2, device=x.device).repeat_interleave(tokens).repeat(rows)
+        mixed, gate_loss = self.moe(flat, combination.repeat_interleave(2 * tokens), chunk, groups=2)
+        x = x + self.moe_dropout(mixed.view(rows, 2 * tokens, -1).to(x.dtype))
+        pooled = torch.cat([x[:, :tokens].mean(dim=1), x[:, tokens:].mean(dim=1)], dim=1)
         return ModelOutput(self.head(pooled).float(), {"gate": self.gate_weight * gate_loss})
 
     def sample_order(self, epoch: int) -> SampleOrder:
