@@ -278,7 +278,8 @@ class FlexMoEModel(FusionModel):
     """
 
     conditional_parameters: ClassVar[tuple[str, ...]] = ("moe.experts",)
-    """Experts outside every token's top k get no gradient in a step (all do when k = E)."""
+    """The stacked expert weights: an expert outside every token's top k gets an all-zero gradient
+    slice in that step (with k = E every expert gets a non-zero one)."""
 
     def __init__(self, task: TaskSpec, config: FlexMoEConfig) -> None:
         super().__init__(task, config)

@@ -271,7 +271,6 @@ class HEALNetModel(FusionModel):
         super().__init__(task, config)
         d = config.d_model
         self.bands, self.max_freq = config.fourier_bands, config.max_freq
-        self.cxr_token_kind = config.cxr_tokens
         self.pixel_pool = config.pixel_pool
         self.freeze_cnn = config.freeze_cnn
         position_channels = 2 * config.fourier_bands + 1
