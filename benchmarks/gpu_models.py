@@ -10,6 +10,10 @@ precision: the reference ceiling. The ratio model / ResNet-50 is what to compare
 
 `--tiny` uses the quick profile at 32 px, and its reference is the bare SmallCNN instead of ResNet-50.
 
+Targets: a model's step may take at most 1.5× the reference step per CNN backbone it holds (1.5× for
+one CNN or none, 3× for DrFuse and ShaSpec, which hold two); they are meant for batch 128 in bf16 +
+channels_last, where the GPU is busy, and every row reports whether it meets its target.
+
 Writes `<out>/gpu_models.json` and `<out>/gpu_models.md` and prints the table.
 """
 
@@ -32,7 +36,7 @@ from torch import nn
 from torchvision.models import resnet50
 
 from carebench_models import TaskSpec, TrainConfig, TrainState, available_models, create_model
-from carebench_models.encoders import SmallCNN
+from carebench_models.encoders import CXREncoder, SmallCNN
 from carebench_models.testing import tiny_arrays
 
 MODES = ("fp32", "bf16_cl")
@@ -40,6 +44,8 @@ REFERENCE = "resnet50 (reference)"
 REFERENCE_TINY = "smallcnn (reference)"
 PREPARE_ROWS = 16
 """Rows of the batch handed to `prepare` (at least SMIL's 10 priors)."""
+TARGET_STEP_RATIO_PER_CNN = 1.5
+"""A model's training step may take at most this many reference steps per CNN backbone it holds."""
 
 
 def synchronize(device: torch.device) -> None:
@@ -79,7 +85,8 @@ def model_step(
     overrides: dict[str, Any],
     device: torch.device,
     mode: str,
-) -> tuple[Callable[[], None], int]:
+) -> tuple[Callable[[], None], int, int]:
+    """A closure running one `training_step`, the model's parameter count and its number of CNN backbones."""
     torch.manual_seed(0)
     model = create_model(name, task=task, profile=profile, channels_last=mode == "bf16_cl", **overrides).to(
         device
@@ -104,7 +111,8 @@ def model_step(
         with autocast(device, mode):
             model.training_step(batch, optimizers, state)
 
-    return step, sum(parameter.numel() for parameter in model.parameters())
+    backbones = sum(isinstance(module, CXREncoder) for module in model.modules())
+    return step, sum(parameter.numel() for parameter in model.parameters()), backbones
 
 
 def reference_step(
@@ -137,12 +145,17 @@ def reference_step(
 
 
 def counted_model_step(
-    name: str, task: TaskSpec, batch: dict[str, torch.Tensor], parameters: list[int], **kwargs: Any
+    name: str, task: TaskSpec, batch: dict[str, torch.Tensor], facts: list[tuple[int, int]], **kwargs: Any
 ) -> Callable[[], None]:
-    """`model_step` that appends the model's parameter count to `parameters`."""
-    step, count = model_step(name, task, batch, **kwargs)
-    parameters.append(count)
+    """`model_step` that appends (parameter count, CNN backbones) of the model to `facts`."""
+    step, count, backbones = model_step(name, task, batch, **kwargs)
+    facts.append((count, backbones))
     return step
+
+
+def step_time_target(backbones: int) -> float:
+    """Largest allowed step time relative to the reference step, for a model with `backbones` CNNs."""
+    return TARGET_STEP_RATIO_PER_CNN * max(1, backbones)
 
 
 def measure(
@@ -187,34 +200,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "parameters": None,
                     **reference,
                 }
-                | {"ratio_to_reference": 1.0}
+                | {"ratio_to_reference": 1.0, "cnn_backbones": None, "step_time_ratio": 1.0}
+                | {"target_step_time_ratio": None, "meets_target": None}
             )
             for name in args.models:
-                parameters: list[int] = []
+                facts: list[tuple[int, int]] = []
                 factory = partial(
                     counted_model_step,
                     name,
                     task,
                     batch,
-                    parameters,
+                    facts,
                     profile=profile,
                     overrides=overrides,
                     device=device,
                     mode=mode,
                 )
                 result = measure(factory, batch_size=batch_size, **timing)
-                ratio = None
+                ratio = step_ratio = meets = None
                 if result["samples_per_s"] and reference["samples_per_s"]:
                     ratio = result["samples_per_s"] / reference["samples_per_s"]
+                    step_ratio = 1.0 / ratio
+                count, backbones = facts[0]
+                target = step_time_target(backbones)
+                if step_ratio is not None:
+                    meets = step_ratio <= target
                 rows.append(
                     {
                         "model": name,
                         "batch_size": batch_size,
                         "mode": mode,
-                        "parameters": parameters[0],
+                        "parameters": count,
                         **result,
                     }
-                    | {"ratio_to_reference": ratio}
+                    | {"ratio_to_reference": ratio, "cnn_backbones": backbones, "step_time_ratio": step_ratio}
+                    | {"target_step_time_ratio": target, "meets_target": meets}
                 )
     return {
         "device": torch.cuda.get_device_name(device)
@@ -234,8 +254,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Model training throughput ({report['device']}, torch {report['torch']}, {report['profile']} profile, "
         f"{report['image_size']} px, fully paired batches)",
         "",
-        "| model | batch | mode | params (M) | samples/s | peak MiB | × reference |",
-        "|---|---|---|---|---|---|---|",
+        "| model | batch | mode | params (M) | samples/s | peak MiB | × reference | step time × reference (target) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         params = f"{row['parameters'] / 1e6:.2f}" if row["parameters"] else "-"
@@ -243,9 +263,18 @@ def markdown(report: dict[str, Any]) -> str:
         peak = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "-"
         ratio = f"{row['ratio_to_reference']:.2f}" if row["ratio_to_reference"] is not None else "-"
         lines.append(
-            f"| {row['model']} | {row['batch_size']} | {row['mode']} | {params} | {speed} | {peak} | {ratio} |"
+            f"| {row['model']} | {row['batch_size']} | {row['mode']} | {params} | {speed} | {peak} | {ratio} "
+            f"| {step_time_text(row)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def step_time_text(row: dict[str, Any]) -> str:
+    """`1.23 (≤ 1.5)`, with `, over` appended when the target is missed; `-` for the reference."""
+    if row["target_step_time_ratio"] is None or row["step_time_ratio"] is None:
+        return "-"
+    over = "" if row["meets_target"] else ", over"
+    return f"{row['step_time_ratio']:.2f} (≤ {row['target_step_time_ratio']:g}{over})"
 
 
 def write_atomic(path: Path, text: str) -> None:

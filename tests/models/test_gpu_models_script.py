@@ -69,3 +69,27 @@ def test_gpu_benchmark_script_covers_models_with_custom_steps_and_hooks(tmp_path
     for row in rows:
         assert row["status"] == "ok" and row["samples_per_s"] > 0 and row["parameters"] > 0
         assert row["ratio_to_reference"] is not None
+
+
+def test_tiny_smoke_run_covers_the_missing_modality_models_with_their_targets(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("gpu_models_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    backbones = {"healnet": 1, "flexmoe": 1, "drfuse": 2, "umse": 0, "shaspec": 2}
+    module.main(
+        ["--device", "cpu", "--tiny", "--models", *backbones, "--batch-sizes", "2", "--out", str(tmp_path)]
+    )
+    rows = json.loads((tmp_path / "gpu_models.json").read_text())["rows"]
+    for mode in ("fp32", "bf16_cl"):
+        reference, *models = [row for row in rows if row["mode"] == mode]
+        assert reference["step_time_ratio"] == 1.0 and reference["target_step_time_ratio"] is None
+        assert [row["model"] for row in models] == list(backbones)
+        for row in models:
+            assert row["status"] == "ok" and row["samples_per_s"] > 0
+            assert row["cnn_backbones"] == backbones[row["model"]]
+            assert row["target_step_time_ratio"] == 1.5 * max(1, backbones[row["model"]])
+            assert row["step_time_ratio"] == pytest.approx(1 / row["ratio_to_reference"])
+            assert row["meets_target"] == (row["step_time_ratio"] <= row["target_step_time_ratio"])
+    table = (tmp_path / "gpu_models.md").read_text()
+    assert "(≤ 3" in table and "(≤ 1.5" in table
