@@ -124,7 +124,9 @@ def test_rerun_skips_everything_and_report_can_be_rebuilt(finished_store, tmp_pa
 def test_binary_runs_write_meds_evaluation_predictions(finished_store):
     """Each binary run's test predictions in meds-evaluation's layout: valid, same scores, in DONE."""
     pytest.importorskip("meds", reason="needs the meds package: pip install 'carebench-eval[meds]'")
-    evaluate = pytest.importorskip("meds_evaluation.evaluate", reason="needs meds-evaluation (test dependency)")
+    evaluate = pytest.importorskip(
+        "meds_evaluation.evaluate", reason="needs meds-evaluation (test dependency)"
+    )
     import pyarrow.parquet as pq
     from meds_evaluation.schema import PredictionSchema
 
@@ -140,11 +142,15 @@ def test_binary_runs_write_meds_evaluation_predictions(finished_store):
             assert relative in done and done[relative]["bytes"] == path.stat().st_size
             PredictionSchema.validate(pq.read_table(path))  # meds-evaluation's own schema, no casting
             part = own.filter(pl.col("setting") == setting)
-            theirs = evaluate.evaluate_binary_classification(pl.read_parquet(path))["samples_equally_weighted"]
+            theirs = evaluate.evaluate_binary_classification(pl.read_parquet(path))[
+                "samples_equally_weighted"
+            ]
             # float32 probabilities in the MEDS file; ranks (and so AUROC) survive unless two scores collide.
             assert theirs["roc_auc_score"] == pytest.approx(
                 ce.auroc_score(part["y_true"].to_numpy(), part["y_score"].to_numpy()), abs=1e-6
             )
             back = ce.read_predictions(path)
             assert set(back["task"].unique()) == {"mortality"} and back.height == part.height
-            assert sorted(back["subject_id"].to_list()) == sorted(part["subject_id"].cast(pl.String).to_list())
+            assert sorted(back["subject_id"].to_list()) == sorted(
+                part["subject_id"].cast(pl.String).to_list()
+            )
