@@ -12,20 +12,7 @@ from carebench_cli.main import app
 from carebench_cli.report.formatting import fmt_ci
 from carebench_cli.run_store import RunStatus, RunStore
 
-from .conftest import write_run_config
-
-MODELS = ("lstm", "latefusion")
-
-
-@pytest.fixture(scope="module")
-def finished_store(tiny_dataset, tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    config = write_run_config(
-        root / "run.toml", tiny_dataset, root / "runs", models=MODELS, tasks=("mortality", "los")
-    )
-    result = CliRunner().invoke(app, ["run", "--config", str(config)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return root / "runs", result.output
+from .conftest import MODELS
 
 
 def test_every_run_is_done_with_valid_predictions(finished_store):
