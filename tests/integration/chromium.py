@@ -32,6 +32,7 @@ FLAGS = (
     "--no-first-run",
     "--no-default-browser-check",
     "--disable-extensions",
+    "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
     "--remote-debugging-pipe",
 )
 TIMEOUT_S = 60.0

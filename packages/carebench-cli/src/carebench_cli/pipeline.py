@@ -27,6 +27,7 @@ from carebench_cli.run_store import (
     VAL_PREDICTIONS_FILE,
     WEIGHTS_FILE,
     RunStore,
+    RunWriter,
 )
 
 logger = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def profile_augmentation(profile: str) -> Any:
 
 
 def write_meds_predictions(
-    writer: Any, frames: Mapping[str, pl.DataFrame], *, dataset_dir: Path, task: str
+    writer: RunWriter, frames: Mapping[str, pl.DataFrame], *, dataset_dir: Path, task: str
 ) -> list[str]:
     """Each setting's test predictions of a binary task in meds-evaluation's layout, beside predictions.parquet.
 
