@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pytest
 from typer.testing import CliRunner
 
 import carebench_eval as ce
@@ -125,3 +128,42 @@ def test_by_and_compare_add_fairness_and_comparison_rows() -> None:
     assert compared["p_value"].drop_nulls().len() == compared.height
     unknown = runner.invoke(app, ["eval", str(ce.example_predictions_path()), "--compare", "medfuse", "nope"])
     assert unknown.exit_code == 2 and "model(s) ['nope'] not in predictions" in unknown.output
+
+
+def test_meds_evaluation_predictions_file_scored_with_its_own_auroc(tmp_path: Path) -> None:
+    """A meds-evaluation predictions file goes straight into `carebench eval`, with the same AUROC."""
+    pytest.importorskip("meds", reason="needs the meds package: pip install 'carebench-eval[meds]'")
+    evaluate = pytest.importorskip(
+        "meds_evaluation.evaluate", reason="the oracle: pip install meds-evaluation"
+    )
+    rng = np.random.default_rng(7)
+    n = 400
+    subjects = rng.integers(1, 120, n)
+    labels = rng.random(n) < 0.25
+    scores = np.clip(0.3 + 0.2 * labels + 0.2 * rng.standard_normal(n), 0, 1).astype(np.float32)
+    frame = pl.DataFrame(
+        {
+            "subject_id": subjects,
+            "prediction_time": [dt.datetime(2180, 1, 1) + dt.timedelta(hours=int(i)) for i in range(n)],
+            "boolean_value": labels,
+            "predicted_boolean_value": scores >= 0.5,
+            "predicted_boolean_probability": scores,
+        }
+    )
+    path = tmp_path / "in_hospital_mortality.parquet"
+    frame.write_parquet(path)
+
+    result = runner.invoke(app, ["eval", str(path), "--format", "json", "--bootstrap", "200"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    auroc = next(row for row in rows if row["metric"] == "auroc_score")
+    theirs = evaluate.evaluate_binary_classification(pl.read_parquet(path))["samples_equally_weighted"]
+    assert auroc["value"] == pytest.approx(theirs["roc_auc_score"], abs=1e-12)
+    assert auroc["task"] == "in_hospital_mortality" and auroc["n"] == n
+    assert auroc["ci_low"] < auroc["value"] < auroc["ci_high"]  # subject-clustered bootstrap CI
+
+    broken = tmp_path / "broken.parquet"
+    frame.drop("predicted_boolean_probability").write_parquet(broken)
+    result = runner.invoke(app, ["eval", str(broken)])
+    assert result.exit_code == 2
+    assert "broken.parquet has predicted_boolean_value but no predicted_boolean_probability" in result.output

@@ -137,6 +137,13 @@ def test_markdown_and_html_render_tables_and_embed_figures():
     assert "Caption &lt;1&gt;" in html and "p &amp; q" in html
     assert 'src="data:image/png;base64,iVBORw0KGgpyZXN0"' in html
     assert "http" not in html
+    # Narrow windows: laid out at the device width, and a table's caption sits above (outside) the box
+    # that scrolls the table sideways, so it is never cut at the window's edge.
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
+    assert (
+        '<p class="caption" id="t1-caption">Caption &lt;1&gt;</p>'
+        '<div class="scroll"><table id="t1" aria-labelledby="t1-caption">'
+    ) in html
 
 
 def test_plots_are_png_and_tolerate_nan():

@@ -3,8 +3,13 @@
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from carebench_cli.main import app
 from carebench_data.testing import write_tiny_dataset
+
+MODELS = ("lstm", "latefusion")
+"""The models of the reduced grid that `finished_store` runs."""
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +45,19 @@ def write_run_config(
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def finished_store(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`carebench run` on a reduced grid (lstm and latefusion × mortality and LoS, one epoch) with its report.
+
+    Returns:
+        (the run store, the command's output).
+    """
+    root = tmp_path_factory.mktemp("e2e")
+    config = write_run_config(
+        root / "run.toml", tiny_dataset, root / "runs", models=MODELS, tasks=("mortality", "los")
+    )
+    result = CliRunner().invoke(app, ["run", "--config", str(config)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root / "runs", result.output

@@ -12,20 +12,7 @@ from carebench_cli.main import app
 from carebench_cli.report.formatting import fmt_ci
 from carebench_cli.run_store import RunStatus, RunStore
 
-from .conftest import write_run_config
-
-MODELS = ("lstm", "latefusion")
-
-
-@pytest.fixture(scope="module")
-def finished_store(tiny_dataset, tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    config = write_run_config(
-        root / "run.toml", tiny_dataset, root / "runs", models=MODELS, tasks=("mortality", "los")
-    )
-    result = CliRunner().invoke(app, ["run", "--config", str(config)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return root / "runs", result.output
+from .conftest import MODELS
 
 
 def test_every_run_is_done_with_valid_predictions(finished_store):
@@ -119,3 +106,38 @@ def test_rerun_skips_everything_and_report_can_be_rebuilt(finished_store, tmp_pa
     )
     assert result.exit_code == 0, result.output
     assert (out / "report.md").read_text() == (runs / "report" / "report.md").read_text()
+
+
+def test_binary_runs_write_meds_evaluation_predictions(finished_store):
+    """Each binary run's test predictions in meds-evaluation's layout: valid, same scores, in DONE."""
+    pytest.importorskip("meds", reason="needs the meds package: pip install 'carebench-eval[meds]'")
+    evaluate = pytest.importorskip(
+        "meds_evaluation.evaluate", reason="needs meds-evaluation (test dependency)"
+    )
+    import pyarrow.parquet as pq
+    from meds_evaluation.schema import PredictionSchema
+
+    runs, _ = finished_store
+    for run_dir in sorted(runs.glob("*-los-*")):
+        assert not (run_dir / "meds_predictions").exists()
+    for run_dir in sorted(runs.glob("*-mortality-*")):
+        own = pl.read_parquet(run_dir / "predictions.parquet")
+        done = json.loads((run_dir / "DONE").read_text())["files"]
+        for setting in own["setting"].unique().to_list():
+            relative = f"meds_predictions/{setting}/mortality.parquet"
+            path = run_dir / relative
+            assert relative in done and done[relative]["bytes"] == path.stat().st_size
+            PredictionSchema.validate(pq.read_table(path))  # meds-evaluation's own schema, no casting
+            part = own.filter(pl.col("setting") == setting)
+            theirs = evaluate.evaluate_binary_classification(pl.read_parquet(path))[
+                "samples_equally_weighted"
+            ]
+            # float32 probabilities in the MEDS file; ranks (and so AUROC) survive unless two scores collide.
+            assert theirs["roc_auc_score"] == pytest.approx(
+                ce.auroc_score(part["y_true"].to_numpy(), part["y_score"].to_numpy()), abs=1e-6
+            )
+            back = ce.read_predictions(path)
+            assert set(back["task"].unique()) == {"mortality"} and back.height == part.height
+            assert sorted(back["subject_id"].to_list()) == sorted(
+                part["subject_id"].cast(pl.String).to_list()
+            )

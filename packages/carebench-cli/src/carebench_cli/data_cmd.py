@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -274,6 +275,42 @@ def convert_command(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     typer.echo(f"wrote {len(rows)} tables ({sum(rows.values()):,} rows) under {out}")
+
+
+@data_app.command("export-meds")
+@handle_errors
+def export_meds_command(
+    dataset: Annotated[Path, typer.Argument(help="A built benchmark dataset directory.")],
+    out: Annotated[Path, typer.Option("--out", help="MEDS directory to create.")],
+    fold: Annotated[
+        int, typer.Option("--fold", help="Fold whose train/val/test subjects become train/tuning/held_out.")
+    ] = 0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing MEDS directory.")
+    ] = False,
+) -> None:
+    """Write the cohort as MEDS: events, task labels, CXR image paths, subject splits, metadata."""
+    from carebench_data.meds import export_meds
+
+    with Progress(
+        TextColumn("[bold]writing MEDS images"),
+        BarColumn(bar_width=32),
+        TaskProgressColumn(),
+        console=_console,
+    ) as bar:
+        task = bar.add_task("images", total=None)
+        path = export_meds(
+            dataset,
+            out,
+            fold=fold,
+            overwrite=overwrite,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    counts = json.loads((path / "metadata" / "carebench.json").read_text(encoding="utf-8"))["counts"]
+    typer.echo(
+        f"wrote MEDS to {path}: {counts['subjects']} subjects, {sum(counts['events'].values()):,} events, "
+        f"{counts['images']} images; validated with the meds schemas"
+    )
 
 
 def _register_synth() -> None:

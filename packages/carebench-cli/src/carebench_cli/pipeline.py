@@ -21,11 +21,13 @@ import polars as pl
 from carebench_cli.grid import RunSpec
 from carebench_cli.report.context import PRIMARY_METRICS
 from carebench_cli.run_store import (
+    MEDS_PREDICTIONS_DIR,
     METRICS_FILE,
     PREDICTIONS_FILE,
     VAL_PREDICTIONS_FILE,
     WEIGHTS_FILE,
     RunStore,
+    RunWriter,
 )
 
 logger = logging.getLogger(__name__)
@@ -216,6 +218,30 @@ def profile_augmentation(profile: str) -> Any:
     return AugmentConfig(mode="affine")
 
 
+def write_meds_predictions(
+    writer: RunWriter, frames: Mapping[str, pl.DataFrame], *, dataset_dir: Path, task: str
+) -> list[str]:
+    """Each setting's test predictions of a binary task in meds-evaluation's layout, beside predictions.parquet.
+
+    Written to ``meds_predictions/<setting>/<task>.parquet`` (``prediction_time`` from the dataset's
+    stays, ``predicted_boolean_value`` at 0.5), so that MEDS tools score carebench runs and
+    `carebench eval` reads them back under the task's name.
+
+    Returns:
+        The files written, relative to the run directory.
+    """
+    from carebench_eval.meds import to_meds_predictions
+
+    stays = pl.read_parquet(dataset_dir / "stays.parquet", columns=["stay_id", "prediction_time"])
+    times = stays.select(pl.col("stay_id").alias("sample_id"), "prediction_time")
+    names = []
+    for setting, frame in frames.items():
+        name = f"{MEDS_PREDICTIONS_DIR}/{setting}/{task}.parquet"
+        writer.write_parquet(name, to_meds_predictions(frame, times))
+        names.append(name)
+    return names
+
+
 def execute_run(
     spec: RunSpec,
     *,
@@ -292,7 +318,7 @@ def execute_run(
     )
     writer.write_parquet(VAL_PREDICTIONS_FILE, val_frame)
 
-    test_frames: list[pl.DataFrame] = []
+    test_frames: dict[str, pl.DataFrame] = {}
     test_metrics: dict[str, float] = {}
     for test_setting in spec.test_settings:
         if hooks.on_phase:
@@ -303,9 +329,11 @@ def execute_run(
         )
         setting = spec.setting_name(test_setting)
         frame = _long_frame(trainer.predict(test_ds), task, test_ds.dataset, spec=spec, setting=setting)
-        test_frames.append(frame)
+        test_frames[setting] = frame
         test_metrics[setting] = quick_metric(frame, kind=task.kind)
-    writer.write_parquet(PREDICTIONS_FILE, pl.concat(test_frames, how="vertical"))
+    writer.write_parquet(PREDICTIONS_FILE, pl.concat(list(test_frames.values()), how="vertical"))
+    if task.kind == "binary":
+        write_meds_predictions(writer, test_frames, dataset_dir=dataset_dir, task=spec.task)
 
     with writer.file(WEIGHTS_FILE) as temporary:
         save_weights(model, temporary)

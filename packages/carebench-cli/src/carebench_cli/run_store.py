@@ -3,6 +3,7 @@
 ```
 <runs>/<run_id>/config.json  predictions.parquet  val_predictions.parquet  metrics.json
                  train_log.jsonl  model.safetensors  DONE
+                 meds_predictions/<setting>/<task>.parquet   (binary tasks: meds-evaluation's layout)
 ```
 
 Every file is written atomically (temporary file in the same folder, then `os.replace`), and `DONE`
@@ -41,6 +42,7 @@ METRICS_FILE = "metrics.json"
 TRAIN_LOG_FILE = "train_log.jsonl"
 WEIGHTS_FILE = "model.safetensors"
 REPORT_DIR = "report"
+MEDS_PREDICTIONS_DIR = "meds_predictions"
 REQUIRED_FILES: tuple[str, ...] = (
     CONFIG_FILE,
     PREDICTIONS_FILE,
@@ -121,6 +123,7 @@ class RunWriter:
     def __init__(self, path: Path, spec: RunSpec) -> None:
         self.path = path
         self.spec = spec
+        self.optional: list[str] = []
         write_json(path / CONFIG_FILE, {"run_id": spec.run_id, **spec.to_dict()})
 
     def write_json(self, name: str, payload: Any) -> None:
@@ -128,9 +131,11 @@ class RunWriter:
         write_json(self.path / name, payload)
 
     def write_parquet(self, name: str, frame: pl.DataFrame) -> None:
-        """Write `<run>/<name>` as zstd Parquet, atomically."""
+        """Write `<run>/<name>` as zstd Parquet, atomically (`name` may hold folders)."""
         with atomic_path(self.path / name) as temporary:
             frame.write_parquet(temporary, compression="zstd")
+        if name not in REQUIRED_FILES and name not in self.optional:
+            self.optional.append(name)
 
     def write_train_log(self, records: list[Mapping[str, Any]]) -> None:
         """Write one JSON line per epoch record, atomically."""
@@ -144,13 +149,13 @@ class RunWriter:
             yield temporary
 
     def finish(self) -> None:
-        """Check that every required file exists, then write `DONE` (with sizes and hashes) last."""
+        """Check that every required file exists, then write `DONE` (with sizes and hashes of every file) last."""
         missing = [name for name in REQUIRED_FILES if not (self.path / name).is_file()]
         if missing:
             raise RuntimeError(f"run {self.spec.run_id} cannot finish: missing {missing}")
         files = {
             name: {"bytes": (self.path / name).stat().st_size, "sha256": sha256_file(self.path / name)}
-            for name in REQUIRED_FILES
+            for name in (*REQUIRED_FILES, *self.optional)
         }
         write_json(self.path / DONE_FILE, {"run_id": self.spec.run_id, "files": files})
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from carebench_eval import meds
 from carebench_eval.errors import PredictionsError
 from carebench_eval.registry import task_kind
 from carebench_eval.schema import recall, remember
@@ -99,6 +100,15 @@ def _read_file(path: Path) -> pl.DataFrame:
     raise ValueError(f"predictions: unknown file type {path.name!r}; use .parquet, .pq, .csv or .csv.gz")
 
 
+def _from_meds(frame: pl.DataFrame, path: Path | None = None) -> pl.DataFrame:
+    """MEDS prediction tables (recognized by their columns) as long predictions; others unchanged."""
+    if not meds.is_meds_predictions(frame.columns):
+        return frame
+    if path is None:
+        return meds.from_meds_predictions(frame)
+    return meds.from_meds_predictions(frame, task=meds.task_name_of(path.name), where=path.name)
+
+
 def read_predictions(
     source: Any,
     *,
@@ -109,7 +119,8 @@ def read_predictions(
 
     Args:
         source: a path (``.parquet``, ``.pq``, ``.csv``, ``.csv.gz``), a glob pattern, a list of paths
-            (concatenated, e.g. one file per run), a polars ``DataFrame`` or ``LazyFrame``.
+            (concatenated, e.g. one file per run), a polars ``DataFrame`` or ``LazyFrame``. MEDS
+            prediction tables (meds-evaluation's columns) are recognized and converted (`carebench_eval.meds`).
         kinds: task -> ``"binary" | "multilabel" | "multiclass"`` overrides (eval.md §1.2).
         classes: task -> class names in order (multiclass; checked against the data).
 
@@ -122,15 +133,15 @@ def read_predictions(
     """
     checked_with = _validation_key(kinds, classes)
     if isinstance(source, pl.LazyFrame):
-        frame, info = source.collect(), {"inputs": []}
+        frame, info = _from_meds(source.collect()), {"inputs": []}
     elif isinstance(source, pl.DataFrame):
         info = frame_info(source) or {"inputs": []}
         if info.get("validated") == checked_with:
             return source  # this very frame came out of `read_predictions` with the same overrides
-        frame = source
+        frame = _from_meds(source)
     else:
         paths = _expand(source)
-        frames = [_read_file(path) for path in paths]
+        frames = [_from_meds(_read_file(path), path) for path in paths]
         frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
         info = {"inputs": [{"path": str(path), "sha256": _sha256(path)} for path in paths]}
         logger.info("read %d prediction row(s) from %d file(s)", frame.height, len(paths))

@@ -100,16 +100,22 @@ body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max
        margin: 2em auto; padding: 0 1em; color: #1f2328; line-height: 1.45; }
 h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3em; }
 h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .5em 0 1.5em; font-size: 13px; }
+p, li, figcaption, h1, h2 { overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; margin: .3em 0 1.5em; }
+table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: right; white-space: nowrap; }
 th { background: #f6f8fa; }
 td:first-child, th:first-child { text-align: left; }
-caption { caption-side: top; text-align: left; font-weight: 600; padding: 4px 0; }
+.caption { font-size: 13px; font-weight: 600; margin: 1em 0 0; }
 figure { margin: 1em 0 2em; }
-figure img { max-width: 100%; border: 1px solid #d0d7de; }
+figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
 figcaption { font-size: 13px; color: #57606a; }
 .note { font-size: 12px; color: #57606a; margin-top: -1em; }
-.scroll { overflow-x: auto; }
+@media (max-width: 600px) {
+  body { margin: 1em auto; padding: 0 .75em; }
+  h1 { font-size: 1.6em; }
+  h2 { font-size: 1.3em; }
+}
 """
 
 
@@ -122,9 +128,12 @@ def _html_table(table: Table) -> str:
     if not table.frame.height:
         body = f'<tr><td colspan="{max(table.frame.width, 1)}">no rows</td></tr>'
     note = f'<p class="note">{html.escape(table.note)}</p>' if table.note else ""
+    key = html.escape(table.key)
+    # The caption sits above the scroll box, so a narrow window shows all of it, not the first columns' width.
     return (
-        f'<div class="scroll"><table id="{html.escape(table.key)}"><caption>{html.escape(table.caption)}'
-        f"</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>{note}"
+        f'<p class="caption" id="{key}-caption">{html.escape(table.caption)}</p>'
+        f'<div class="scroll"><table id="{key}" aria-labelledby="{key}-caption">'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>{note}"
     )
 
 
@@ -146,6 +155,7 @@ def render_html(report: Report) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(report.title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{html.escape(report.title)}</h1>",
         _paragraphs(report.summary),
