@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -29,7 +30,7 @@ _console = Console(stderr=True, highlight=False)
 
 
 class _StageHandler(logging.Handler):
-    """Shows the build stage that the library logs (`S2: staging events`) as the bar's description."""
+    """Shows the build stage that the library logs (`S2: staging events`) as the bar's description, and its warnings."""
 
     def __init__(self, progress: Progress, task: int) -> None:
         super().__init__(level=logging.INFO)
@@ -37,7 +38,9 @@ class _StageHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if record.name == "carebench_data.build" and message[:1] == "S" and ":" in message:
+        if record.levelno >= logging.WARNING:
+            self.progress.console.print(f"[yellow]warning:[/] {escape(message)}")
+        elif record.name == "carebench_data.build" and message[:1] == "S" and ":" in message:
             self.progress.update(self.task, description=message)  # type: ignore[arg-type]
 
 
@@ -69,7 +72,7 @@ def build_command(
     ] = False,
 ) -> None:
     """Build the benchmark dataset directory from raw MIMIC-IV (+ MIMIC-CXR-JPG) files."""
-    from carebench_data.build import PROGRESS_TOTAL, build_dataset
+    from carebench_data.build import PROGRESS_TOTAL, build_dataset, check_build_output
     from carebench_data.config import BuildConfig
 
     overrides = {
@@ -84,6 +87,7 @@ def build_command(
         "build.cache": False if no_cache else None,
     }
     build_config = BuildConfig.from_toml(config, **overrides)
+    check_build_output(build_config)
     progress = Progress(
         TextColumn("[bold]{task.description:<40}"),
         BarColumn(bar_width=32),
