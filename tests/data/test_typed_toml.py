@@ -92,9 +92,9 @@ def test_build_config_types(tmp_path):
         ConfigError, match=r'cohort.single_careunit must be a boolean \(true or false\), got "false"'
     ):
         BuildConfig.from_dict({**base, "cohort": {"single_careunit": "false"}})
-    with pytest.raises(ConfigError, match='build.max_bad_row_fraction must be a number, got "lots"'):
+    with pytest.raises(ConfigError, match=r'build\.max_bad_row_fraction must be a number, got "lots"'):
         BuildConfig.from_dict({**base, "build": {"max_bad_row_fraction": "lots"}})
-    with pytest.raises(ConfigError, match="cxr.image_size must be an integer, got 256.5"):
+    with pytest.raises(ConfigError, match=r"cxr\.image_size must be an integer, got 256\.5"):
         BuildConfig.from_dict({**base, "cxr": {"image_size": 256.5}})
     config = BuildConfig.from_dict({**base, "cxr": {"views": ["pa"], "max_failure_fraction": 1}})
     assert config.cxr.views == ("PA",) and config.cxr.max_failure_fraction == 1.0
@@ -120,8 +120,10 @@ def test_build_cli_rejects_mistyped_toml_before_building(tmp_path, section, line
     out = tmp_path / "dataset"
     result = CliRunner().invoke(
         app,
-        ["data", "build", "--mimic-iv", str(truth.mimic_iv), "--mimic-cxr", str(truth.mimic_cxr)]
-        + ["--config", str(config), "--out", str(out)],
+        [
+            *("data", "build", "--mimic-iv", str(truth.mimic_iv), "--mimic-cxr", str(truth.mimic_cxr)),
+            *("--config", str(config), "--out", str(out)),
+        ],
     )
     assert result.exit_code == 2, result.output
     assert expected in result.output and "Traceback" not in result.output

@@ -107,6 +107,9 @@ def build_command(
             path = build_dataset(
                 build_config, progress=lambda done, total: progress.update(task, completed=done, total=total)
             )
+        except BaseException:
+            progress.live.transient = True  # the error is the one line left on the screen
+            raise
         finally:
             library_logger.removeHandler(handler)
             library_logger.setLevel(previous_level)
@@ -172,8 +175,9 @@ def convert_command(
     ] = None,
 ) -> None:
     """Convert the raw tables carebench reads to typed Parquet (faster rebuilds, same dataset)."""
-    from carebench_data.convert import convert_raw
+    from carebench_data.convert import check_convert_output, convert_raw
 
+    check_convert_output(mimic_iv, out, mimic_cxr=mimic_cxr, cxr_out=cxr_out)
     with Progress(
         TextColumn("[bold]converting"), BarColumn(bar_width=32), TaskProgressColumn(), console=_console
     ) as bar:

@@ -40,6 +40,10 @@ def _output_format(output_format: str | None, out: Path | None) -> str:
     suffix_format = _SUFFIX_FORMATS.get(out.suffix.lower())
     if suffix_format is None:
         raise CliError(f"--out {out}: use a .json, .csv or .parquet file", exit_code=2)
+    if out.is_dir():
+        raise CliError(
+            f"--out {out} is a directory; give the path of a .json, .csv or .parquet file", exit_code=2
+        )
     if output_format not in (None, suffix_format):
         raise CliError(f"--format {output_format} does not match --out {out.name}", exit_code=2)
     return suffix_format

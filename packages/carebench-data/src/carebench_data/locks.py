@@ -37,6 +37,7 @@ __all__ = [
     "LockHeldError",
     "LockInfo",
     "acquire_lock",
+    "live_holder",
     "lock_holder",
 ]
 
@@ -152,6 +153,15 @@ def lock_holder(path: Path) -> LockInfo | None:
     """Who holds the lock at `path` (None: no lock file, or one still being written)."""
     found = _read(Path(path))
     return None if found is None else found[0]
+
+
+def live_holder(path: Path, *, stale_after: float = STALE_AFTER_SECONDS) -> LockInfo | None:
+    """The live holder of the lock at `path`; None when there is no lock or its holder is gone."""
+    found = _read(Path(path))
+    if found is None or _is_stale(found[0], found[1], stale_after=stale_after):
+        return None
+    holder, mtime = found
+    return holder or LockInfo(host="?", pid=0, started=mtime, heartbeat=mtime, token="")
 
 
 def _is_stale(holder: LockInfo | None, mtime: float, *, stale_after: float) -> bool:

@@ -86,7 +86,7 @@ def describe(annotation: Any) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(_shown(choice) for choice in args)
     if origin in _UNIONS:
-        return " or ".join(describe(arm) for arm in args if arm is not type(None))
+        return " or ".join(dict.fromkeys(describe(arm) for arm in args if arm is not type(None)))
     if annotation is bool:
         return "a boolean (true or false)"
     if annotation is int:
