@@ -201,13 +201,6 @@ def test_run_rejects_mistyped_config_values(dataset, tmp_path, extra, expected):
     assert not (tmp_path / "runs").exists()
 
 
-def test_models_as_an_empty_list_is_an_error_not_every_model(dataset, tmp_path):
-    config = tmp_path / "run.toml"
-    config.write_text(f'dataset = "{dataset}"\nout = "{tmp_path / "runs"}"\nmodels = []\n')
-    result = _invoke("run", "--config", str(config))
-    assert result.exit_code == 2 and "must name at least one model" in _one_error_line(result.output)
-
-
 @pytest.mark.parametrize("option", ["--models", "--tasks"])
 @pytest.mark.parametrize("value", [",", " , ,"])
 def test_an_option_that_names_nothing_is_an_error(dataset, tmp_path, option, value):

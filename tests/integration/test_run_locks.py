@@ -22,10 +22,29 @@ _HOLDER = """
 import sys, time
 from pathlib import Path
 from carebench_cli.run_store import RunStore
-RunStore(Path(sys.argv[1])).claim(sys.argv[2])
+store = RunStore(Path(sys.argv[1]))
+store.claim(sys.argv[2])
 print("held", flush=True)
-time.sleep(600)
+release_when = Path(sys.argv[3]) if len(sys.argv) > 3 else None
+deadline = time.monotonic() + 600
+while time.monotonic() < deadline and not (release_when and release_when.exists()):
+    time.sleep(0.05)
+store.release_all()
 """
+
+
+def _hold(script_dir, runs, run_id, *release_when):
+    """A real process that holds the lock of `run_id` (until `release_when` exists, if given)."""
+    script = script_dir / "holder.py"
+    script.write_text(_HOLDER)
+    holder = subprocess.Popen(
+        [sys.executable, str(script), str(runs), run_id, *map(str, release_when)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**_ENV, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
 
 
 def _flat(text: str) -> str:
@@ -55,17 +74,11 @@ def test_a_run_held_by_a_live_process_is_skipped_and_taken_over_once_it_dies(tin
         tmp_path / "run.toml", tiny_dataset, runs, models=("lstm",), tasks=("mortality",), seeds=(1, 2)
     )
     held, free = _run_ids(config)
-    script = tmp_path / "holder.py"
-    script.write_text(_HOLDER)
-    holder = subprocess.Popen(
-        [sys.executable, str(script), str(runs), held],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**_ENV, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
+    holder = _hold(tmp_path, runs, held)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        result = CliRunner().invoke(app, ["run", "--config", str(config)], env={"COLUMNS": "200"})
+        result = CliRunner().invoke(
+            app, ["run", "--config", str(config), "--no-report"], env={"COLUMNS": "200"}
+        )
         assert result.exit_code == 0, result.output
         output = _flat(result.output)
         assert f"running elsewhere (pid {holder.pid} on" in output
@@ -76,7 +89,6 @@ def test_a_run_held_by_a_live_process_is_skipped_and_taken_over_once_it_dies(tin
         store = RunStore(runs)
         assert store.status(free) is RunStatus.DONE
         assert store.status(held) is RunStatus.ABSENT  # never started, never deleted by this process
-        assert not (runs / "report").exists()  # the grid is not complete yet
         assert json.loads(store.lock_path(held).read_text())["pid"] == holder.pid
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -91,6 +103,29 @@ def test_a_run_held_by_a_live_process_is_skipped_and_taken_over_once_it_dies(tin
     assert not list(runs.glob(".*.lock"))
 
 
+def test_a_run_that_writes_the_report_waits_for_runs_held_elsewhere(tiny_dataset, tmp_path):
+    runs = tmp_path / "runs"
+    config = write_run_config(
+        tmp_path / "run.toml", tiny_dataset, runs, models=("lstm",), tasks=("mortality",), seeds=(1, 2)
+    )
+    held, free = _run_ids(config)
+    # The holder lets go (without finishing) once this process has finished the other run.
+    holder = _hold(tmp_path, runs, held, runs / free / DONE_FILE)
+    try:
+        result = CliRunner().invoke(
+            app, ["run", "--config", str(config), "--jobs", "1"], env={"COLUMNS": "200"}
+        )
+        assert holder.wait(timeout=60) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert result.exit_code == 0, result.output
+    output = _flat(result.output)
+    assert "waiting for 1 run(s) that other processes train" in output
+    assert "2 run(s) trained by this command, 0 finished meanwhile by other processes, 0 running" in output
+    assert "report: " in output and (runs / "report" / "report.md").is_file()
+
+
 def test_two_processes_on_one_store_train_every_run_exactly_once(tiny_dataset, tmp_path):
     runs = tmp_path / "runs"
     config = write_run_config(
@@ -102,7 +137,7 @@ def test_two_processes_on_one_store_train_every_run_exactly_once(tiny_dataset, t
         seeds=(1, 2, 3, 4),
         epochs=2,
     )
-    command = [sys.executable, "-c", ENTRY, "run", "--config", str(config), "--no-report", "--jobs", "1"]
+    command = [sys.executable, "-c", ENTRY, "run", "--config", str(config), "--jobs", "1"]
     processes = [
         subprocess.Popen(
             command, cwd=tmp_path, env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -123,6 +158,8 @@ def test_two_processes_on_one_store_train_every_run_exactly_once(tiny_dataset, t
         int(re.search(r"(\d+) run\(s\) trained by this command", output).group(1)) for output in outputs
     ]
     assert sum(trained) == 4, outputs
+    # Each waits for the runs the other trains, so both see the whole grid and write the report.
+    assert all("0 running in other processes" in output and "report: " in output for output in outputs)
     store = RunStore(runs)
     assert len(store.run_ids()) == 4
     assert all(store.status(run_id) is RunStatus.DONE for run_id in store.run_ids())

@@ -230,8 +230,6 @@ def resolve_config(
         raise _usage(
             f"config key 'threads' must be a non-negative integer (0 = auto), got {config.threads!r}"
         )
-    if "models" in merged and not config.models:
-        raise _usage("config key 'models' must name at least one model (leave it out for every model)")
     if not config.tasks:
         raise _usage("config key 'tasks' must name at least one task")
     _check_names("cohort", config.cohorts, COHORTS)

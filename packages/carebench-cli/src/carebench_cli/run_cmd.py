@@ -192,7 +192,8 @@ def _run_jobs(
     logs to `<out>/logs/job-<j>.log` and takes each run's lock itself.
 
     Returns:
-        The runs that another process (not a child) was training, which the children skipped.
+        The runs that are not done: the children (all of which exited cleanly) skipped them because
+        another process held them at the time.
     """
     index, count = parse_shard(shard_spec) if shard_spec is not None else (0, 1)
     logs = store.root / "logs"
@@ -233,14 +234,93 @@ def _run_jobs(
     for job, log, process in children:
         if process.returncode != 0:
             raise CliError(f"job {job} failed (exit code {process.returncode}); see its log {log}")
-    elsewhere = []
-    for spec in pending.values():
-        holder = store.holder(spec.run_id)
-        if holder is None:
-            raise CliError(f"{len(pending)} run(s) did not finish; see the job logs in {logs}")
-        ui.finish_run(_elsewhere_row(spec, holder), advance=False)
-        elsewhere.append(spec)
-    return elsewhere
+    return [spec for spec in pending.values() if store.status(spec.run_id) is not RunStatus.DONE]
+
+
+_WAIT_SECONDS = 2.0
+
+
+class _Trainer:
+    """Trains the runs of a grid in this process, one at a time, each under its lock."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        ui: GridProgress,
+        console: Console,
+        *,
+        dataset_dir: Path,
+        task_infos: dict[str, Any],
+        device: str,
+    ) -> None:
+        self.store, self.ui, self.console = store, ui, console
+        self.dataset_dir, self.task_infos, self.device = dataset_dir, task_infos, device
+        self.trained = 0
+        self.finished_meanwhile = 0
+
+    def train_available(self, specs: list[RunSpec]) -> list[RunSpec]:
+        """Train every run of `specs` that no other live process holds; returns the ones it holds."""
+        elsewhere = []
+        for spec in specs:
+            try:
+                lock = self.store.claim(spec.run_id)
+            except LockHeldError as held:
+                self.ui.finish_run(_elsewhere_row(spec, held.holder), advance=False)
+                elsewhere.append(spec)
+                continue
+            if lock.taken_over is not None:
+                self.console.print(
+                    f"[yellow]warning:[/] run {spec.run_id}: taking over the lock of "
+                    f"{lock.taken_over.describe()}, a process that is gone"
+                )
+            try:
+                self._train(spec)
+            finally:
+                self.store.release(spec.run_id)
+        return elsewhere
+
+    def _train(self, spec: RunSpec) -> None:
+        from carebench_cli.pipeline import RunHooks, execute_run
+
+        if self.store.status(spec.run_id) is RunStatus.DONE:  # finished by another process meanwhile
+            self.ui.finish_run(_cached_row(self.store, spec))
+            self.finished_meanwhile += 1
+            return
+        self.ui.start_run(spec)
+        result = execute_run(
+            spec,
+            store=self.store,
+            dataset_dir=self.dataset_dir,
+            task_info=self.task_infos[spec.task],
+            device=self.device,
+            hooks=RunHooks(on_epoch=self.ui.on_epoch, on_batch=self.ui.on_batch, on_phase=self.ui.set_phase),
+        )
+        self.trained += 1
+        self.ui.finish_run(
+            FinishedRow(
+                spec=spec,
+                status="done",
+                epochs=result.epochs,
+                val_metric=result.val_metric,
+                test_metric=result.test_metric,
+                test_metric_name=result.test_metric_name,
+                seconds=result.seconds,
+            )
+        )
+
+    def wait_for(self, elsewhere: list[RunSpec]) -> list[RunSpec]:
+        """Poll runs held by other processes until each is done, or train it here once it is free."""
+        while elsewhere:
+            time.sleep(_WAIT_SECONDS)
+            waiting, free = [], []
+            for spec in elsewhere:
+                if self.store.status(spec.run_id) is RunStatus.DONE:
+                    self.ui.finish_run(_cached_row(self.store, spec, status="done elsewhere"))
+                    self.finished_meanwhile += 1
+                else:
+                    (free if self.store.holder(spec.run_id) is None else waiting).append(spec)
+            elsewhere = waiting + self.train_available(free)
+        return elsewhere
 
 
 MAX_AUTO_JOBS = 8
@@ -280,7 +360,7 @@ def run_grid(
     Returns:
         The run store directory.
     """
-    from carebench_cli.pipeline import RunHooks, bundled_defaults, execute_run, resolve_device
+    from carebench_cli.pipeline import bundled_defaults, resolve_device
     from carebench_data.tasks import read_manifest, task_specs
     from carebench_models import available_models
 
@@ -313,67 +393,37 @@ def run_grid(
             f"{len(todo)} to run ({len(redo)} unfinished to redo{busy_text}); dataset {dataset_dir} ({dataset_hash[:12]}); "
             f"profile {config.profile}, device {device}, {jobs} job(s) of {threads} CPU thread(s); store {config.out}"
         )
-        elsewhere: list[RunSpec] = []
-        trained, finished_meanwhile = 0, 0
         with GridProgress(len(specs), console=console) as ui:
             for spec in done:
                 ui.finish_run(_cached_row(store, spec))
+            runner = _Trainer(
+                store, ui, console, dataset_dir=dataset_dir, task_infos=task_infos, device=device
+            )
             if jobs > 1 and len(todo) > 1:
                 arguments = [*(child_args or []), "--dataset", str(dataset_dir)]
-                elsewhere = _run_jobs(
+                skipped = _run_jobs(
                     todo, jobs=jobs, child_args=arguments, shard_spec=shard_spec, store=store, ui=ui
                 )
-                trained, todo = len(todo) - len(elsewhere), []
-            for spec in todo:
-                try:
-                    lock = store.claim(spec.run_id)
-                except LockHeldError as held:
-                    ui.finish_run(_elsewhere_row(spec, held.holder), advance=False)
-                    elsewhere.append(spec)
-                    continue
-                if lock.taken_over is not None:
-                    console.print(
-                        f"[yellow]warning:[/] run {spec.run_id}: taking over the lock of "
-                        f"{lock.taken_over.describe()}, a process that is gone"
-                    )
-                try:
-                    if store.status(spec.run_id) is RunStatus.DONE:  # finished by another process meanwhile
-                        ui.finish_run(_cached_row(store, spec))
-                        finished_meanwhile += 1
-                        continue
-                    ui.start_run(spec)
-                    result = execute_run(
-                        spec,
-                        store=store,
-                        dataset_dir=dataset_dir,
-                        task_info=task_infos[spec.task],
-                        device=device,
-                        hooks=RunHooks(on_epoch=ui.on_epoch, on_batch=ui.on_batch, on_phase=ui.set_phase),
-                    )
-                finally:
-                    store.release(spec.run_id)
-                trained += 1
-                ui.finish_run(
-                    FinishedRow(
-                        spec=spec,
-                        status="done",
-                        epochs=result.epochs,
-                        val_metric=result.val_metric,
-                        test_metric=result.test_metric,
-                        test_metric_name=result.test_metric_name,
-                        seconds=result.seconds,
-                    )
-                )
+                runner.trained = len(todo) - len(skipped)
+                elsewhere = runner.train_available(skipped)  # those freed meanwhile are trained here
+            else:
+                elsewhere = runner.train_available(todo)
+            wait = write_report and shard_spec is None
+            if elsewhere and wait:
+                # The report needs the whole grid: wait for the other processes, and take over any
+                # run they drop (released or dead) instead of reporting a partial grid.
+                ui.progress.console.print(f"waiting for {len(elsewhere)} run(s) that other processes train")
+                elsewhere = runner.wait_for(elsewhere)
         console.print(
-            f"{trained} run(s) trained by this command, {finished_meanwhile} finished meanwhile by other "
-            f"processes, {len(elsewhere)} running in other processes"
+            f"{runner.trained} run(s) trained by this command, {runner.finished_meanwhile} finished meanwhile "
+            f"by other processes, {len(elsewhere)} running in other processes"
         )
         if elsewhere:
             console.print(
                 f"{len(elsewhere)} run(s) are being trained by other processes (see the table); "
                 f"when they finish: carebench report {config.out}"
             )
-        elif write_report and shard_spec is None:
+        elif wait:
             from carebench_cli.report_cmd import write_report as build_report
 
             report_dir = build_report(config.out, report_config=config.report, console=console)
