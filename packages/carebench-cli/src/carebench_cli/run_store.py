@@ -30,6 +30,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -108,10 +109,13 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 """SHA-256 of the files hashed by this process, by (path, size, mtime_ns): each is read once."""
 
 
-def cached_sha256(path: Path) -> str:
-    """`sha256_file`, computed once per process for a file whose size and modification time are unchanged."""
-    info = path.stat()
-    key = (str(path.absolute()), info.st_size, info.st_mtime_ns)
+def cached_sha256(path: Path, info: os.stat_result | None = None) -> str:
+    """`sha256_file`, computed once per process for a file whose size and modification time are unchanged.
+
+    `info` is the file's `stat()` when the caller has it already.
+    """
+    info = info or path.stat()
+    key = (os.fspath(path.absolute()), info.st_size, info.st_mtime_ns)
     digest = _HASHES.get(key)
     if digest is None:
         digest = _HASHES[key] = sha256_file(path)
@@ -272,10 +276,11 @@ class RunStore:
                 return RunStatus.CORRUPT
             for name, info in listed.items():
                 file = path / name
-                if not file.is_file() or file.stat().st_size != info["bytes"]:
+                found = file.stat()
+                if not stat.S_ISREG(found.st_mode) or found.st_size != info["bytes"]:
                     return RunStatus.CORRUPT
                 checked = files is None or name in files
-                if verify_hashes and checked and cached_sha256(file) != info["sha256"]:
+                if verify_hashes and checked and cached_sha256(file, found) != info["sha256"]:
                     logger.warning("run %s: %s differs from its hash in DONE", run_id, name)
                     return RunStatus.CORRUPT
             config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
