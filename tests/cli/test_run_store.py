@@ -219,3 +219,19 @@ def test_a_run_directory_with_foreign_files_is_not_deleted(tmp_path):
         store.start(spec)
     assert (folder / "notes.txt").read_text() == "mine"
     store.release_all()
+
+
+def test_a_run_whose_lock_was_taken_over_is_not_marked_done(tmp_path):
+    from carebench_cli.run_store import RunLockLostError
+
+    store = RunStore(tmp_path)
+    spec = _spec()
+    writer = _complete(store, spec, finish=False)
+    lock = store.lock_path(spec.run_id)
+    content = json.loads(lock.read_text())
+    lock.write_text(json.dumps({**content, "host": "node-2", "token": "theirs"}))
+    with pytest.raises(RunLockLostError, match="took over its lock"):
+        writer.finish()
+    assert not (writer.path / DONE_FILE).exists()
+    store.release_all()
+    assert json.loads(lock.read_text())["token"] == "theirs"

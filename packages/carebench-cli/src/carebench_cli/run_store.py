@@ -39,6 +39,7 @@ from typing import Any
 
 import polars as pl
 
+from carebench_cli.errors import CliError
 from carebench_cli.grid import RunSpec
 from carebench_data.locks import FileLock, LockInfo, acquire_lock, live_holder
 from carebench_data.outputs import OutputDirectoryError, use_umask
@@ -214,8 +215,8 @@ class RunWriter:
             self._on_finish()
 
 
-class RunLockLostError(RuntimeError):
-    """The lock of a run was taken over by another process while this one trained it."""
+class RunLockLostError(CliError):
+    """The lock of a run was taken over by another process while this one trained it (one line, exit 1)."""
 
 
 def _is_run_dir(path: Path, run_id: str) -> bool:
