@@ -177,3 +177,44 @@ def test_check_output_dir_allows_new_and_own_directories(tmp_path):
     check_output_dir(own, replace=True, is_ours=lambda path: (path / "marker").exists())
     with pytest.raises(OutputDirectoryError, match="not a carebench report"):
         check_output_dir(own, replace=True, is_ours=lambda path: False, what="report")
+
+
+def test_a_waiting_writer_takes_its_turn_after_the_live_one(tmp_path, monkeypatch):
+    import threading
+
+    import carebench_data.outputs as outputs
+    from carebench_data.locks import LockHeldError, acquire_lock
+
+    target = tmp_path / "report"
+    held = acquire_lock(tmp_path / ".report.lock", purpose="the other writer")
+    refused = threading.Event()
+
+    def acquire(*args, **kwargs):
+        try:
+            return acquire_lock(*args, **kwargs)
+        except LockHeldError:
+            refused.set()
+            raise
+
+    monkeypatch.setattr(outputs, "acquire_lock", acquire)
+    monkeypatch.setattr(outputs, "_WAIT_SECONDS", 0.01)
+
+    def write() -> None:
+        with atomic_directory(target, overwrite=True, wait=True) as partial:
+            (partial / "index.html").write_text("second")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert refused.wait(timeout=60)
+    assert not target.exists()  # it waits while the lock is held
+    held.release()
+    writer.join(timeout=60)
+    assert (target / "index.html").read_text() == "second"
+    # Without `wait` (a dataset build), a live writer is an error instead.
+    held = acquire_lock(tmp_path / ".dataset.lock", purpose="a build")
+    with (
+        pytest.raises(OutputDirectoryError, match="another process is writing"),
+        atomic_directory(tmp_path / "dataset", overwrite=False),
+    ):
+        pass
+    held.release()

@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_WAIT_SECONDS = 0.5
 
 
 class OutputDirectoryError(CarebenchDataError):
@@ -145,6 +148,7 @@ def atomic_directory(
     inputs: Sequence[Path | None] = (),
     what: str = "output",
     exists_hint: str = "pass --overwrite (build.overwrite = true) to replace it",
+    wait: bool = False,
 ) -> Iterator[Path]:
     """Yield a partial directory next to `target`; on success swap it in, on error delete it.
 
@@ -161,6 +165,8 @@ def atomic_directory(
         inputs: input roots the target may not be, lie in or contain.
         what: the kind of directory, for messages.
         exists_hint: what the "already exists" error tells the user to do.
+        wait: wait while another live process writes the target (then replace its result) instead of
+            failing; for outputs that any writer would write alike, such as a report.
 
     Raises:
         OutputDirectoryError: the target conflicts with an input, is a file, or is not carebench's.
@@ -172,10 +178,14 @@ def atomic_directory(
     check_output_dir(target, inputs=inputs, replace=overwrite, is_ours=is_ours, what=what)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = acquire_lock(parent / f".{target.name}.lock", purpose=f"write {target}")
-    except LockHeldError as held:
-        raise DatasetExistsError(f"another process is writing {target}: {held}") from None
+    while True:
+        try:
+            lock = acquire_lock(parent / f".{target.name}.lock", purpose=f"write {target}")
+            break
+        except LockHeldError as held:
+            if not wait:
+                raise DatasetExistsError(f"another process is writing {target}: {held}") from None
+            time.sleep(_WAIT_SECONDS)
     with lock:
         _restore_interrupted_swap(target)
         _sweep(target)

@@ -151,7 +151,7 @@ def write_report_dir(
     check_output_dir(target, replace=True, is_ours=is_report_dir, what="report")
     collection = collect_runs(runs_dir)
     report, results = build_report(collection, config=config, status=status)
-    with atomic_directory(target, overwrite=True, is_ours=is_report_dir, what="report") as staging:
+    with atomic_directory(target, overwrite=True, is_ours=is_report_dir, what="report", wait=True) as staging:
         (staging / "report.md").write_text(render_markdown(report), encoding="utf-8")
         (staging / "index.html").write_text(render_html(report), encoding="utf-8")
         for figure in report.figures:
