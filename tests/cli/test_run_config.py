@@ -70,7 +70,7 @@ def test_unknown_top_level_key_names_the_valid_keys():
 
 
 def test_unknown_report_key_and_bad_values():
-    with pytest.raises(CliError, match=r"\[report\].*valid keys: n_boot, n_perm, random_state"):
+    with pytest.raises(CliError, match=r"\[report\].*valid keys: min_group_n, n_boot, n_perm, random_state"):
         resolve_config(file_values={"report": {"nboot": 3}})
     with pytest.raises(CliError, match="valid cohorts: base, matched"):
         resolve_config(file_values={"cohorts": ["paired"]})

@@ -141,3 +141,54 @@ def test_binary_runs_write_meds_evaluation_predictions(finished_store):
             assert sorted(back["subject_id"].to_list()) == sorted(
                 part["subject_id"].cast(pl.String).to_list()
             )
+
+
+def _markdown_tables(markdown: str) -> list[list[dict[str, str]]]:
+    """Every table of a Markdown document as rows of {header: cell}."""
+    tables, lines = [], markdown.splitlines()
+    for index, line in enumerate(lines[:-1]):
+        if line.startswith("|") and re.match(r"^\|( ?:?-+:? ?\|)+$", lines[index + 1]):
+            header = [cell.strip() for cell in line.strip("|").split("|")]
+            rows = []
+            for row_line in lines[index + 2 :]:
+                if not row_line.startswith("|"):
+                    break
+                rows.append(
+                    dict(zip(header, (cell.strip() for cell in row_line.strip("|").split("|")), strict=True))
+                )
+            tables.append(rows)
+    return tables
+
+
+def test_no_output_holds_a_group_smaller_than_min_group_n(finished_store):
+    """The 240-stay dataset has test groups of one patient (age × race cells, rare admission types)."""
+    runs, _ = finished_store
+    report_dir = runs / "report"
+    minimum = 10
+    # Results files: no row of a group below the threshold, whatever its kind of statistic.
+    checked = 0
+    for path in sorted((report_dir / "results").glob("*.csv")):
+        frame = ce.read_results(path)
+        grouped = frame.filter(pl.col("group").is_not_null())
+        checked += grouped.height
+        assert grouped.filter(pl.col("n") < minimum).height == 0, path.name
+    assert checked
+    # Report tables: a group's size column reads "< 10" and then every number of the row is suppressed.
+    markdown = (report_dir / "report.md").read_text()
+    suppressed = 0
+    for table in _markdown_tables(markdown):
+        for row in table:
+            for header, cell in row.items():
+                if header == "n" or header.startswith("n, "):
+                    assert cell in ("-", f"< {minimum}") or int(cell) >= minimum, (header, row)
+            if row.get("n") == f"< {minimum}":
+                suppressed += 1
+                shown = {
+                    h: c
+                    for h, c in row.items()
+                    if h not in ("task", "model", "attribute", "group", "n", "notes")
+                }
+                assert set(shown.values()) == {"suppressed"}, row
+    assert suppressed  # the tiny test split does have such groups
+    html = (report_dir / "index.html").read_text()
+    assert html.count(">suppressed<") >= suppressed

@@ -40,6 +40,7 @@ from types import MappingProxyType
 from typing import Any
 
 from carebench_cli.errors import USAGE_EXIT, CliError
+from carebench_data.typed_toml import ConfigValueError, check_table, load_dataclass
 
 DEFAULT_TASKS: tuple[str, ...] = ("mortality", "phenotype", "los")
 COHORTS: tuple[str, ...] = ("base", "matched")
@@ -75,6 +76,9 @@ class ReportConfig:
     """Permutations behind every paired test."""
     random_state: int = 0
     """Seed of the bootstrap and permutation streams."""
+    min_group_n: int = 10
+    """Smallest group (stays) whose per-group numbers the report shows; smaller groups are shown as
+    suppressed in every table, figure and results file, and left out of gaps (CareBench's 10)."""
 
     @classmethod
     def for_profile(cls, profile: str, **overrides: int) -> ReportConfig:
@@ -147,60 +151,28 @@ def _check_names(kind: str, given: Sequence[str], valid: Sequence[str]) -> None:
         raise _usage(f"unknown {kind} {', '.join(map(repr, unknown))}; valid {kind}s: {_choices(valid)}")
 
 
-def _as_list(key: str, value: Any) -> list[Any]:
-    if isinstance(value, str | int | float) and not isinstance(value, bool):
-        return [value]
-    if isinstance(value, list | tuple):
-        return list(value)
-    raise _usage(f"config key {key!r} must be a list, got {type(value).__name__}")
+def _as_list(value: Any) -> Any:
+    """A single value where a list is expected counts as a one-item list (`seeds = 42`)."""
+    return [value] if isinstance(value, str | int | float) and not isinstance(value, bool) else value
 
 
-def _strings(key: str, value: Any) -> tuple[str, ...]:
-    items = _as_list(key, value)
-    if not all(isinstance(item, str) for item in items):
-        raise _usage(f"config key {key!r} must be a list of strings")
+def _typed(load: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a `typed_toml` check; its one-line error becomes a usage error naming the run config."""
+    try:
+        return load(*args, **kwargs)
+    except ConfigValueError as error:
+        raise _usage(f"run config: {error}") from None
+
+
+def _no_duplicates(key: str, items: Sequence[Any]) -> None:
     if len(set(items)) != len(items):
-        raise _usage(f"config key {key!r} has duplicate entries: {items}")
-    return tuple(items)
-
-
-def _ints(key: str, value: Any, *, low: int | None = None, high: int | None = None) -> tuple[int, ...]:
-    items = _as_list(key, value)
-    if not all(isinstance(item, int) and not isinstance(item, bool) for item in items):
-        raise _usage(f"config key {key!r} must be a list of integers")
-    for item in items:
-        if (low is not None and item < low) or (high is not None and item > high):
-            raise _usage(f"config key {key!r}: {item} is outside [{low}, {high}]")
-    if len(set(items)) != len(items):
-        raise _usage(f"config key {key!r} has duplicate entries: {items}")
-    return tuple(items)
-
-
-def _rates(key: str, value: Any) -> tuple[float, ...]:
-    items = _as_list(key, value)
-    rates: list[float] = []
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int | float) or not 0.0 <= float(item) <= 1.0:
-            raise _usage(f"config key {key!r}: {item!r} is not a rate in [0, 1]")
-        rates.append(float(item))
-    if len(set(rates)) != len(rates):
-        raise _usage(f"config key {key!r} has duplicate entries: {rates}")
-    return tuple(rates)
-
-
-def _table(key: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _usage(f"config key {key!r} must be a table")
-    return dict(value)
+        raise _usage(f"config key {key!r} has duplicate entries: {list(items)}")
 
 
 def _parse_report(value: Any, *, profile: str) -> ReportConfig:
-    table = _table("report", value)
-    unknown = sorted(set(table) - set(REPORT_KEYS))
-    if unknown:
-        raise _usage(f"unknown key(s) {unknown} in [report]; valid keys: {_choices(REPORT_KEYS)}")
+    table = _typed(check_table, ReportConfig, value, section="report")
     for name, item in table.items():
-        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+        if item < 0:
             raise _usage(f"[report] {name} must be a non-negative integer, got {item!r}")
     return ReportConfig.for_profile(profile, **table)
 
@@ -242,73 +214,66 @@ def resolve_config(
         CliError: an unknown key or an invalid value, naming the valid choices (usage exit).
     """
     file_values = dict(file_values or {})
-    unknown = sorted(set(file_values) - set(VALID_KEYS))
-    if unknown:
-        raise _usage(f"unknown config key(s) {unknown}; valid keys: {_choices(VALID_KEYS)}")
     for key, path_value in list(file_values.items()):
-        if key in ("dataset", "out"):
-            if not isinstance(path_value, str):
-                raise _usage(f"config key {key!r} must be a path string")
+        if key in ("dataset", "out") and isinstance(path_value, str):
             path = Path(path_value).expanduser()
             file_values[key] = path if path.is_absolute() or base_dir is None else base_dir / path
     merged = {**file_values, **{key: value for key, value in (flags or {}).items() if value is not None}}
-    unknown = sorted(set(merged) - set(VALID_KEYS))
-    if unknown:
-        raise _usage(f"unknown config key(s) {unknown}; valid keys: {_choices(VALID_KEYS)}")
+    report = merged.pop("report", {})
+    typed = {key: _as_list(value) if key in _LIST_KEYS else value for key, value in merged.items()}
+    config: RunConfig = _typed(load_dataclass, RunConfig, typed)
 
-    values: dict[str, Any] = {}
-    if "dataset" in merged:
-        values["dataset"] = Path(merged["dataset"])
-    if "out" in merged:
-        values["out"] = Path(merged["out"])
     for key, valid in (("profile", PROFILES), ("device", DEVICES)):
-        if key in merged:
-            if merged[key] not in valid:
-                raise _usage(f"unknown {key} {merged[key]!r}; valid {key}s: {', '.join(valid)}")
-            values[key] = merged[key]
-    if "threads" in merged:
-        threads = merged["threads"]
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-            raise _usage(f"config key 'threads' must be a non-negative integer (0 = auto), got {threads!r}")
-        values["threads"] = threads
-    if "models" in merged:
-        values["models"] = _strings("models", merged["models"])
-    if "tasks" in merged:
-        values["tasks"] = _strings("tasks", merged["tasks"])
-        if not values["tasks"]:
-            raise _usage("config key 'tasks' must name at least one task")
-    if "cohorts" in merged:
-        values["cohorts"] = _strings("cohorts", merged["cohorts"])
-        _check_names("cohort", values["cohorts"], COHORTS)
-    if "folds" in merged:
-        values["folds"] = _ints("folds", merged["folds"], low=0, high=4)
-    if "seeds" in merged:
-        values["seeds"] = _ints("seeds", merged["seeds"], low=0)
-    if "train_cxr_drop" in merged:
-        values["train_cxr_drop"] = _rates("train_cxr_drop", merged["train_cxr_drop"])
-    if "test_settings" in merged:
-        settings = _strings("test_settings", merged["test_settings"])
-        bad = [setting for setting in settings if not _TEST_SETTING.match(setting)]
-        if bad:
-            raise _usage(
-                f"invalid test setting(s) {bad}; use 'natural', 'test_cxr_mcar_<rate>', "
-                "'test_cxr_mnar_<rate>' or 'test_cxr_subgroup_<attr>=<value>_<rate>' with a rate in [0, 1]"
-            )
-        values["test_settings"] = settings
-    if "train" in merged:
-        values["train"] = MappingProxyType(_table("train", merged["train"]))
-    if "hparams" in merged:
-        hparams = _table("hparams", merged["hparams"])
-        values["hparams"] = MappingProxyType(
-            {name: MappingProxyType(_table(f"hparams.{name}", table)) for name, table in hparams.items()}
+        if getattr(config, key) not in valid:
+            raise _usage(f"unknown {key} {getattr(config, key)!r}; valid {key}s: {', '.join(valid)}")
+    if config.threads < 0:
+        raise _usage(
+            f"config key 'threads' must be a non-negative integer (0 = auto), got {config.threads!r}"
         )
-    profile = values.get("profile", "quick")
-    report = merged.get("report", {})
-    values["report"] = report if isinstance(report, ReportConfig) else _parse_report(report, profile=profile)
+    if not config.tasks:
+        raise _usage("config key 'tasks' must name at least one task")
+    _check_names("cohort", config.cohorts, COHORTS)
+    for name in ("folds", "seeds"):
+        low, high = (0, 4) if name == "folds" else (0, None)
+        for item in getattr(config, name):
+            if item < low or (high is not None and item > high):
+                raise _usage(f"config key {name!r}: {item} is outside [{low}, {high}]")
+    for rate in config.train_cxr_drop:
+        if not 0.0 <= rate <= 1.0:
+            raise _usage(f"config key 'train_cxr_drop': {rate!r} is not a rate in [0, 1]")
+    bad = [setting for setting in config.test_settings if not _TEST_SETTING.match(setting)]
+    if bad:
+        raise _usage(
+            f"invalid test setting(s) {bad}; use 'natural', 'test_cxr_mcar_<rate>', "
+            "'test_cxr_mnar_<rate>' or 'test_cxr_subgroup_<attr>=<value>_<rate>' with a rate in [0, 1]"
+        )
+    for key in ("models", "tasks", "cohorts", "folds", "seeds", "train_cxr_drop", "test_settings"):
+        _no_duplicates(key, getattr(config, key))
     for key in ("cohorts", "folds", "seeds", "train_cxr_drop", "test_settings"):
-        if key in values and not values[key]:
+        if not getattr(config, key):
             raise _usage(f"config key {key!r} must not be empty")
-    return RunConfig(**values)
+    return replace(
+        config,
+        train=MappingProxyType(dict(config.train)),
+        hparams=MappingProxyType(
+            {name: MappingProxyType(dict(table)) for name, table in config.hparams.items()}
+        ),
+        report=report if isinstance(report, ReportConfig) else _parse_report(report, profile=config.profile),
+    )
+
+
+def check_override_types(config: RunConfig) -> None:
+    """Check the `[train]` and `[hparams.<model>]` values against the trainer's and the model's config fields.
+
+    Raises:
+        CliError: a key the config class lacks, or a value of the wrong type (one line, usage exit).
+    """
+    from carebench_models import model_info
+    from carebench_models.training import TrainConfig
+
+    _typed(check_table, TrainConfig, config.train, section="train")
+    for model, overrides in config.hparams.items():
+        _typed(check_table, model_info(model).config_class, overrides, section=f"hparams.{model}")
 
 
 def check_names(config: RunConfig, *, known_models: Sequence[str], known_tasks: Sequence[str]) -> RunConfig:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -33,7 +34,7 @@ _console = Console(stderr=True, highlight=False)
 
 
 class _StageHandler(logging.Handler):
-    """Shows the build stage that the library logs (`S2: staging events`) as the bar's description."""
+    """Shows the build stage that the library logs (`S2: staging events`) as the bar's description, and its warnings."""
 
     def __init__(self, progress: Progress, task: int) -> None:
         super().__init__(level=logging.INFO)
@@ -41,7 +42,9 @@ class _StageHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if record.name == "carebench_data.build" and message[:1] == "S" and ":" in message:
+        if record.levelno >= logging.WARNING:
+            self.progress.console.print(f"[yellow]warning:[/] {escape(message)}")
+        elif record.name == "carebench_data.build" and message[:1] == "S" and ":" in message:
             self.progress.update(self.task, description=message)  # type: ignore[arg-type]
 
 
@@ -92,7 +95,9 @@ def build_command(
 
 def _build_with_progress(build_config: BuildConfig) -> Path:
     """Run `build_dataset` with a progress bar that names the current stage; returns the dataset path."""
-    from carebench_data.build import PROGRESS_TOTAL, build_dataset
+    from carebench_data.build import PROGRESS_TOTAL, build_dataset, check_build_output
+
+    check_build_output(build_config)
 
     progress = Progress(
         TextColumn("[bold]{task.description:<40}"),
@@ -113,6 +118,9 @@ def _build_with_progress(build_config: BuildConfig) -> Path:
             path = build_dataset(
                 build_config, progress=lambda done, total: progress.update(task, completed=done, total=total)
             )
+        except BaseException:
+            progress.live.transient = True  # the error is the one line left on the screen
+            raise
         finally:
             library_logger.removeHandler(handler)
             library_logger.setLevel(previous_level)
@@ -261,8 +269,9 @@ def convert_command(
     ] = None,
 ) -> None:
     """Convert the raw tables carebench reads to typed Parquet (faster rebuilds, same dataset)."""
-    from carebench_data.convert import convert_raw
+    from carebench_data.convert import check_convert_output, convert_raw
 
+    check_convert_output(mimic_iv, out, mimic_cxr=mimic_cxr, cxr_out=cxr_out)
     with Progress(
         TextColumn("[bold]converting"), BarColumn(bar_width=32), TaskProgressColumn(), console=_console
     ) as bar:

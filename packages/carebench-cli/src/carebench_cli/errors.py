@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -10,6 +11,7 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,12 +34,16 @@ class CliError(Exception):
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    """Error types of the libraries that carry a user-facing message (imported lazily)."""
-    known: list[type[BaseException]] = [CliError, FileNotFoundError, PermissionError]
-    try:
-        from carebench_eval import PredictionsError
+    """Error types that carry a user-facing message: the libraries' (imported lazily) and the system's.
 
-        known.append(PredictionsError)
+    `OSError` covers what the machine refuses: a missing or unreadable file, a full disk, a file past
+    the size limit (EFBIG), a read-only filesystem.
+    """
+    known: list[type[BaseException]] = [CliError, OSError]
+    try:
+        from carebench_eval import PredictionsError, PredictionsFileError
+
+        known += [PredictionsError, PredictionsFileError]
     except ImportError:
         pass
     try:
@@ -62,12 +68,29 @@ def exit_code_for(error: BaseException) -> int:
     code = getattr(error, "exit_code", None)
     if isinstance(code, int):
         return code
-    return USAGE_EXIT if isinstance(error, ValueError | FileNotFoundError) else FAILURE_EXIT
+    return USAGE_EXIT if isinstance(error, ValueError | OSError) else FAILURE_EXIT
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "a file grew past the file-size limit (ulimit -f)",
+    errno.EROFS: "the filesystem is read-only",
+}
+
+
+def error_line(error: BaseException) -> str:
+    """The one line shown for a known error: its message's first line, or what the system refused."""
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror + (f": {error.filename}" if error.filename else "")
+        hint = _OS_HINTS.get(error.errno or 0)
+        return f"{text}; {hint}" if hint else text
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def fail(message: str, *, exit_code: int = FAILURE_EXIT) -> typer.Exit:
     """Print `message` as one line on stderr and return the Exit to raise."""
-    _stderr.print(f"[bold red]error:[/] {message}")
+    _stderr.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(exit_code)
 
 
@@ -81,8 +104,7 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
         except _known_errors() as error:
             if os.environ.get(DEBUG_ENV):
                 raise
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise fail(message, exit_code=exit_code_for(error)) from None
+            raise fail(error_line(error), exit_code=exit_code_for(error)) from None
         except KeyboardInterrupt:
             _stderr.print("[yellow]interrupted[/]")
             sys.exit(130)

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from carebench_cli.errors import CliError, handle_errors
+from carebench_cli.errors import USAGE_EXIT, CliError, error_line, handle_errors
 
 FORMATS = ("table", "json", "csv", "parquet")
 TABLE_METRICS = (
@@ -40,6 +40,10 @@ def _output_format(output_format: str | None, out: Path | None) -> str:
     suffix_format = _SUFFIX_FORMATS.get(out.suffix.lower())
     if suffix_format is None:
         raise CliError(f"--out {out}: use a .json, .csv or .parquet file", exit_code=2)
+    if out.is_dir():
+        raise CliError(
+            f"--out {out} is a directory; give the path of a .json, .csv or .parquet file", exit_code=2
+        )
     if output_format not in (None, suffix_format):
         raise CliError(f"--format {output_format} does not match --out {out.name}", exit_code=2)
     return suffix_format
@@ -229,6 +233,40 @@ def _print_table(results: pl.DataFrame, console: Console) -> None:
     )
 
 
+def _evaluate(
+    predictions: list[str],
+    attributes: list[str],
+    *,
+    bootstrap: int,
+    compare: tuple[str, str] | None,
+    seed: int,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Read the predictions and compute the rows `carebench eval` shows: (results, predictions)."""
+    import carebench_eval as ce
+    from carebench_eval.schema import sort_results
+
+    preds = ce.read_predictions(predictions)
+    parts = [ce.score(preds, n_boot=bootstrap, random_state=seed)]
+    if attributes:
+        from carebench_eval.fairness import fairness
+
+        parts.append(fairness(preds, attributes=attributes, n_boot=bootstrap, random_state=seed))
+    if compare is not None:
+        from carebench_eval.compare import compare as compare_models
+
+        model_a, model_b = compare
+        if "model" not in preds.columns:
+            raise CliError("--compare needs a 'model' column in the predictions", exit_code=2)
+        models = set(preds["model"].unique().to_list())
+        missing = [name for name in compare if name not in models]
+        if missing:
+            raise CliError(
+                f"--compare: model(s) {missing} not in predictions; available: {sorted(models)}", exit_code=2
+            )
+        parts.append(compare_models((preds, model_a), (preds, model_b), n_boot=bootstrap, random_state=seed))
+    return sort_results(pl.concat(parts, how="vertical")), preds
+
+
 @handle_errors
 def eval_command(
     predictions: Annotated[
@@ -256,30 +294,16 @@ def eval_command(
     """Score predictions: metrics with patient-clustered bootstrap CIs, optional fairness and comparison."""
     import carebench_eval as ce
     from carebench_eval.io import frame_info
-    from carebench_eval.schema import results_json, sort_results
+    from carebench_eval.schema import results_json
 
     chosen_format = _output_format(output_format, out)
     attributes = _attributes(by)
-    preds = ce.read_predictions(predictions)
-    parts = [ce.score(preds, n_boot=bootstrap, random_state=seed)]
-    if attributes:
-        from carebench_eval.fairness import fairness
-
-        parts.append(fairness(preds, attributes=attributes, n_boot=bootstrap, random_state=seed))
-    if compare is not None:
-        from carebench_eval.compare import compare as compare_models
-
-        model_a, model_b = compare
-        if "model" not in preds.columns:
-            raise CliError("--compare needs a 'model' column in the predictions", exit_code=2)
-        models = set(preds["model"].unique().to_list())
-        missing = [name for name in compare if name not in models]
-        if missing:
-            raise CliError(
-                f"--compare: model(s) {missing} not in predictions; available: {sorted(models)}", exit_code=2
-            )
-        parts.append(compare_models((preds, model_a), (preds, model_b), n_boot=bootstrap, random_state=seed))
-    results = sort_results(pl.concat(parts, how="vertical"))
+    try:
+        results, preds = _evaluate(predictions, attributes, bootstrap=bootstrap, compare=compare, seed=seed)
+    except (ce.PredictionsError, ce.PredictionsFileError):
+        raise
+    except ValueError as error:  # carebench_eval names the bad argument or value in one line
+        raise CliError(error_line(error), exit_code=USAGE_EXIT) from error
     provenance = {
         "function": "carebench eval",
         "arguments": {

@@ -143,10 +143,11 @@ class GridProgress:
         """Name what the batch bar counts now (training, or prediction under a test setting)."""
         self.progress.reset(self._batches, total=None, detail=phase)
 
-    def finish_run(self, row: FinishedRow) -> None:
-        """Advance the runs bar and add the run to the table."""
+    def finish_run(self, row: FinishedRow, *, advance: bool = True) -> None:
+        """Add the run to the table and advance the runs bar (not for a run left to another process)."""
         self.rows.append(row)
-        self.progress.advance(self._runs)
+        if advance:
+            self.progress.advance(self._runs)
         self.progress.update(self._epochs, visible=False)
         self.progress.update(self._batches, visible=False)
         self._live.update(self._render())

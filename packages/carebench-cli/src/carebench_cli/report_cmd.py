@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +10,7 @@ from rich.console import Console
 
 from carebench_cli.config import ReportConfig, read_toml, resolve_config
 from carebench_cli.errors import USAGE_EXIT, CliError, handle_errors
-from carebench_cli.run_store import CONFIG_FILE, RunStatus, RunStore
+from carebench_cli.run_store import READ_FILES, RunStore
 
 
 def write_report(
@@ -29,15 +28,6 @@ def write_report(
         )
 
 
-def _profiles(store: RunStore) -> set[str]:
-    """Profiles of the finished runs (the report's statistics default to the largest one present)."""
-    return {
-        json.loads((store.run_dir(run_id) / CONFIG_FILE).read_text(encoding="utf-8"))["profile"]
-        for run_id in store.run_ids()
-        if store.status(run_id) is RunStatus.DONE
-    }
-
-
 @handle_errors
 def report_command(
     runs_dir: Annotated[Path, typer.Argument(help="Run store written by `carebench run`.")],
@@ -51,15 +41,21 @@ def report_command(
         int | None, typer.Option("--n-boot", help="Bootstrap replicates (default 1000).")
     ] = None,
     n_perm: Annotated[int | None, typer.Option("--n-perm", help="Permutations (default 10000).")] = None,
+    min_group_n: Annotated[
+        int | None,
+        typer.Option("--min-group-n", help="Smallest group whose per-group numbers are shown (default 10)."),
+    ] = None,
 ) -> None:
     """Aggregate finished runs with carebench_eval: CIs, paired tests, robustness, fairness, plots."""
     if not runs_dir.is_dir():
         raise CliError(f"{runs_dir}: no such run store directory", exit_code=USAGE_EXIT)
     file_values = read_toml(config).get("report", {}) if config is not None else {}
-    overrides = {key: value for key, value in (("n_boot", n_boot), ("n_perm", n_perm)) if value is not None}
-    profile = (
-        "paper" if any(run.spec.profile == "paper" for run in RunStore(runs_dir).finished()[0]) else "quick"
-    )
+    if not isinstance(file_values, dict):
+        raise CliError(f"run config: report must be a table, got {file_values!r}", exit_code=USAGE_EXIT)
+    flags = (("n_boot", n_boot), ("n_perm", n_perm), ("min_group_n", min_group_n))
+    overrides = {key: value for key, value in flags if value is not None}
+    finished = RunStore(runs_dir).finished(files=READ_FILES)[0]
+    profile = "paper" if any(run.spec.profile == "paper" for run in finished) else "quick"
     report_config = resolve_config(
         file_values={"profile": profile, "report": {**file_values, **overrides}}
     ).report

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,20 +23,32 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from carebench_cli.config import RunConfig, check_names, read_toml, resolve_config
+from carebench_cli.config import RunConfig, check_names, check_override_types, read_toml, resolve_config
 from carebench_cli.errors import USAGE_EXIT, CliError, handle_errors
 from carebench_cli.grid import RunSpec, expand_grid, parse_shard, shard
 from carebench_cli.progress import FinishedRow, GridProgress
 from carebench_cli.run_store import METRICS_FILE, RunStatus, RunStore
+from carebench_data.locks import LockHeldError, LockInfo
+from carebench_data.outputs import check_output_dir
 
 logger = logging.getLogger(__name__)
 
 
-def _names(values: list[str] | None) -> list[str] | None:
-    """Repeatable and comma-separated names: `-m lstm -m drfuse` or `-m lstm,drfuse`."""
+def _names(values: list[str] | None, *, option: str) -> list[str] | None:
+    """Repeatable and comma-separated names: `-m lstm -m drfuse` or `-m lstm,drfuse`.
+
+    Raises:
+        CliError: the option was given without a name (`--models ,`), which must not mean "all".
+    """
     if not values:
         return None
-    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    if not names:
+        raise CliError(
+            f"{option} {','.join(values)!r} names nothing; name at least one, or leave {option} out",
+            exit_code=USAGE_EXIT,
+        )
+    return names
 
 
 def _flags(**values: Any) -> dict[str, Any]:
@@ -103,6 +116,36 @@ def torch_threads(config: RunConfig, device: str) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def _locks_released_on_exit(store: RunStore) -> Iterator[None]:
+    """Release the store's run locks however the block ends, SIGTERM included (it becomes SystemExit)."""
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        store.release_all()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _elsewhere_row(spec: RunSpec, holder: LockInfo) -> FinishedRow:
+    return FinishedRow(
+        spec=spec,
+        status=f"running elsewhere (pid {holder.pid} on {holder.host})",
+        epochs=None,
+        val_metric=None,
+        test_metric=None,
+        test_metric_name="",
+        seconds=None,
+    )
+
+
 def _cached_row(store: RunStore, spec: RunSpec, *, status: str = "cached") -> FinishedRow:
     metrics = json.loads((store.run_dir(spec.run_id) / METRICS_FILE).read_text(encoding="utf-8"))
     primary = metrics.get("primary_metric", "")
@@ -141,12 +184,16 @@ def _run_jobs(
     shard_spec: str | None,
     store: RunStore,
     ui: GridProgress,
-) -> None:
+) -> list[RunSpec]:
     """Run `todo` in `jobs` child processes, each a sub-shard of this shard; the parent shows progress.
 
     Children are plain `carebench run --shard ...` processes (no shared state, no pickled objects):
     shard I of N splits into sub-shards I + N*j of N*jobs, which partition it exactly. Each child
-    logs to `<out>/logs/job-<j>.log`.
+    logs to `<out>/logs/job-<j>.log` and takes each run's lock itself.
+
+    Returns:
+        The runs that are not done: the children (all of which exited cleanly) skipped them because
+        another process held them at the time.
     """
     index, count = parse_shard(shard_spec) if shard_spec is not None else (0, 1)
     logs = store.root / "logs"
@@ -187,8 +234,93 @@ def _run_jobs(
     for job, log, process in children:
         if process.returncode != 0:
             raise CliError(f"job {job} failed (exit code {process.returncode}); see its log {log}")
-    if pending:
-        raise CliError(f"{len(pending)} run(s) did not finish; see the job logs in {logs}")
+    return [spec for spec in pending.values() if store.status(spec.run_id) is not RunStatus.DONE]
+
+
+_WAIT_SECONDS = 2.0
+
+
+class _Trainer:
+    """Trains the runs of a grid in this process, one at a time, each under its lock."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        ui: GridProgress,
+        console: Console,
+        *,
+        dataset_dir: Path,
+        task_infos: dict[str, Any],
+        device: str,
+    ) -> None:
+        self.store, self.ui, self.console = store, ui, console
+        self.dataset_dir, self.task_infos, self.device = dataset_dir, task_infos, device
+        self.trained = 0
+        self.finished_meanwhile = 0
+
+    def train_available(self, specs: list[RunSpec]) -> list[RunSpec]:
+        """Train every run of `specs` that no other live process holds; returns the ones it holds."""
+        elsewhere = []
+        for spec in specs:
+            try:
+                lock = self.store.claim(spec.run_id)
+            except LockHeldError as held:
+                self.ui.finish_run(_elsewhere_row(spec, held.holder), advance=False)
+                elsewhere.append(spec)
+                continue
+            if lock.taken_over is not None:
+                self.console.print(
+                    f"[yellow]warning:[/] run {spec.run_id}: taking over the lock of "
+                    f"{lock.taken_over.describe()}, a process that is gone"
+                )
+            try:
+                self._train(spec)
+            finally:
+                self.store.release(spec.run_id)
+        return elsewhere
+
+    def _train(self, spec: RunSpec) -> None:
+        from carebench_cli.pipeline import RunHooks, execute_run
+
+        if self.store.status(spec.run_id) is RunStatus.DONE:  # finished by another process meanwhile
+            self.ui.finish_run(_cached_row(self.store, spec))
+            self.finished_meanwhile += 1
+            return
+        self.ui.start_run(spec)
+        result = execute_run(
+            spec,
+            store=self.store,
+            dataset_dir=self.dataset_dir,
+            task_info=self.task_infos[spec.task],
+            device=self.device,
+            hooks=RunHooks(on_epoch=self.ui.on_epoch, on_batch=self.ui.on_batch, on_phase=self.ui.set_phase),
+        )
+        self.trained += 1
+        self.ui.finish_run(
+            FinishedRow(
+                spec=spec,
+                status="done",
+                epochs=result.epochs,
+                val_metric=result.val_metric,
+                test_metric=result.test_metric,
+                test_metric_name=result.test_metric_name,
+                seconds=result.seconds,
+            )
+        )
+
+    def wait_for(self, elsewhere: list[RunSpec]) -> list[RunSpec]:
+        """Poll runs held by other processes until each is done, or train it here once it is free."""
+        while elsewhere:
+            time.sleep(_WAIT_SECONDS)
+            waiting, free = [], []
+            for spec in elsewhere:
+                if self.store.status(spec.run_id) is RunStatus.DONE:
+                    self.ui.finish_run(_cached_row(self.store, spec, status="done elsewhere"))
+                    self.finished_meanwhile += 1
+                else:
+                    (free if self.store.holder(spec.run_id) is None else waiting).append(spec)
+            elsewhere = waiting + self.train_available(free)
+        return elsewhere
 
 
 MAX_AUTO_JOBS = 8
@@ -228,13 +360,15 @@ def run_grid(
     Returns:
         The run store directory.
     """
-    from carebench_cli.pipeline import RunHooks, bundled_defaults, execute_run, resolve_device
+    from carebench_cli.pipeline import bundled_defaults, resolve_device
     from carebench_data.tasks import read_manifest, task_specs
     from carebench_models import available_models
 
     dataset_dir = prepare_dataset(config, console)
+    check_output_dir(config.out, inputs=[dataset_dir], what="run store")
     task_infos = task_specs(dataset_dir)
     config = check_names(config, known_models=available_models(), known_tasks=list(task_infos))
+    check_override_types(config)
     dataset_hash = str(read_manifest(dataset_dir)["content_hash"])
     specs = expand_grid(config, dataset_hash=dataset_hash, defaults=bundled_defaults)
     grid_size = len(specs)
@@ -243,48 +377,53 @@ def run_grid(
         specs = shard(specs, index, count)
     device = resolve_device(config.device)
     jobs = jobs or auto_jobs(config, device)
-    with torch_threads(config, device) as threads:
+    store = RunStore(config.out)
+    with torch_threads(config, device) as threads, _locks_released_on_exit(store):
         preflight(specs, task_infos, dataset_dir)
 
-        store = RunStore(config.out)
-        done = [spec for spec in specs if store.status(spec.run_id) is RunStatus.DONE]
-        todo = [spec for spec in specs if store.status(spec.run_id) is not RunStatus.DONE]
-        redo = [spec for spec in todo if store.status(spec.run_id) is not RunStatus.ABSENT]
+        statuses = {spec.run_id: store.status(spec.run_id) for spec in specs}
+        done = [spec for spec in specs if statuses[spec.run_id] is RunStatus.DONE]
+        todo = [spec for spec in specs if statuses[spec.run_id] is not RunStatus.DONE]
+        redo = [spec for spec in todo if statuses[spec.run_id] is not RunStatus.ABSENT]
+        busy = sum(store.holder(spec.run_id) is not None for spec in todo)
         shard_text = f", shard {shard_spec}: {len(specs)} runs" if shard_spec is not None else ""
+        busy_text = f", {busy} of them running in another process" if busy else ""
         console.print(
             f"[bold]carebench run[/]: {grid_size} runs in the grid{shard_text}; {len(done)} finished, "
-            f"{len(todo)} to run ({len(redo)} unfinished to redo); dataset {dataset_dir} ({dataset_hash[:12]}); "
+            f"{len(todo)} to run ({len(redo)} unfinished to redo{busy_text}); dataset {dataset_dir} ({dataset_hash[:12]}); "
             f"profile {config.profile}, device {device}, {jobs} job(s) of {threads} CPU thread(s); store {config.out}"
         )
         with GridProgress(len(specs), console=console) as ui:
             for spec in done:
                 ui.finish_run(_cached_row(store, spec))
+            runner = _Trainer(
+                store, ui, console, dataset_dir=dataset_dir, task_infos=task_infos, device=device
+            )
             if jobs > 1 and len(todo) > 1:
                 arguments = [*(child_args or []), "--dataset", str(dataset_dir)]
-                _run_jobs(todo, jobs=jobs, child_args=arguments, shard_spec=shard_spec, store=store, ui=ui)
-                todo = []
-            for spec in todo:
-                ui.start_run(spec)
-                result = execute_run(
-                    spec,
-                    store=store,
-                    dataset_dir=dataset_dir,
-                    task_info=task_infos[spec.task],
-                    device=device,
-                    hooks=RunHooks(on_epoch=ui.on_epoch, on_batch=ui.on_batch, on_phase=ui.set_phase),
+                skipped = _run_jobs(
+                    todo, jobs=jobs, child_args=arguments, shard_spec=shard_spec, store=store, ui=ui
                 )
-                ui.finish_run(
-                    FinishedRow(
-                        spec=spec,
-                        status="done",
-                        epochs=result.epochs,
-                        val_metric=result.val_metric,
-                        test_metric=result.test_metric,
-                        test_metric_name=result.test_metric_name,
-                        seconds=result.seconds,
-                    )
-                )
-        if write_report and shard_spec is None:
+                runner.trained = len(todo) - len(skipped)
+                elsewhere = runner.train_available(skipped)  # those freed meanwhile are trained here
+            else:
+                elsewhere = runner.train_available(todo)
+            wait = write_report and shard_spec is None
+            if elsewhere and wait:
+                # The report needs the whole grid: wait for the other processes, and take over any
+                # run they drop (released or dead) instead of reporting a partial grid.
+                ui.progress.console.print(f"waiting for {len(elsewhere)} run(s) that other processes train")
+                elsewhere = runner.wait_for(elsewhere)
+        console.print(
+            f"{runner.trained} run(s) trained by this command, {runner.finished_meanwhile} finished meanwhile "
+            f"by other processes, {len(elsewhere)} running in other processes"
+        )
+        if elsewhere:
+            console.print(
+                f"{len(elsewhere)} run(s) are being trained by other processes (see the table); "
+                f"when they finish: carebench report {config.out}"
+            )
+        elif wait:
             from carebench_cli.report_cmd import write_report as build_report
 
             report_dir = build_report(config.out, report_config=config.report, console=console)
@@ -340,7 +479,12 @@ def run_command(
 ) -> None:
     """Train and evaluate the benchmark grid (resumable), then write the report."""
     flags = _flags(
-        dataset=dataset, models=_names(models), tasks=_names(tasks), profile=profile, device=device, out=out
+        dataset=dataset,
+        models=_names(models, option="--models"),
+        tasks=_names(tasks, option="--tasks"),
+        profile=profile,
+        device=device,
+        out=out,
     )
     run_config = load_run_config(config, flags)
     console = Console(stderr=True)

@@ -45,12 +45,14 @@ from carebench_data.manifest import (
     atomic_directory,
     content_hash,
     file_hashes,
+    is_dataset_dir,
     make_read_only,
     write_json,
     write_npy,
     write_parquet,
 )
 from carebench_data.normalization import compute_fold_stats
+from carebench_data.outputs import DatasetExistsError, check_output_dir
 from carebench_data.phenotype_tables import COMPAT_FILE, GEM_CCS_FILE
 from carebench_data.raw import (
     CHEXPERT_FINDINGS,
@@ -216,6 +218,29 @@ def _synthetic_row_count(synthetic: dict[str, Any], table: str) -> int | None:
     return None
 
 
+def check_build_output(config: BuildConfig) -> None:
+    """Fail fast when `config.out` may not be written.
+
+    It may not be an input, lie inside or around one, or be a file; with overwrite an existing folder
+    must be a carebench dataset, without overwrite it must not exist.
+
+    Raises:
+        OutputDirectoryError: one line naming the output and the conflict.
+    """
+    check_output_dir(
+        config.out,
+        inputs=(config.mimic_iv, config.mimic_cxr),
+        replace=config.build.overwrite,
+        is_ours=is_dataset_dir,
+        what="dataset",
+    )
+    if config.out.exists() and not config.build.overwrite:
+        raise DatasetExistsError(f"{config.out} already exists; {_EXISTS_HINT}")
+
+
+_EXISTS_HINT = "pass --overwrite (build.overwrite = true) to replace it"
+
+
 def build_dataset(config: BuildConfig, *, progress: ProgressCallback | None = None) -> Path:
     """Build the benchmark dataset directory from raw files (spec/data.md §2, stages S0-S8).
 
@@ -237,9 +262,24 @@ def build_dataset(config: BuildConfig, *, progress: ProgressCallback | None = No
         if config.build.work_dir
         else config.out.absolute().parent / ".carebench-work"
     )
-    with atomic_directory(config.out, overwrite=config.build.overwrite) as partial:
+    with atomic_directory(
+        config.out,
+        overwrite=config.build.overwrite,
+        is_ours=is_dataset_dir,
+        inputs=(config.mimic_iv, config.mimic_cxr),
+        what="dataset",
+        exists_hint=_EXISTS_HINT,
+    ) as partial:
         work_root.mkdir(parents=True, exist_ok=True)
-        staging = work_root / partial.name
+        # Staging folders are named after the target's full path, so a shared work_dir never mixes
+        # two targets; the ones a killed build of this target left behind go now (we hold its lock).
+        staging_prefix = (
+            f".{config.out.name}-{hashlib.sha256(str(config.out.absolute()).encode()).hexdigest()[:8]}"
+        )
+        for stale in work_root.glob(f"{staging_prefix}.partial-*"):
+            logger.warning("removing %s, left by an interrupted build", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = work_root / f"{staging_prefix}.partial-{secrets.token_hex(4)}"
         staging.mkdir()
         try:
             manifest = _build_into(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from carebench_data.errors import CarebenchDataError
+from carebench_data.typed_toml import ConfigValueError, load_dataclass
 
 
 class ConfigError(CarebenchDataError):
@@ -151,8 +152,8 @@ class BuildConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
-        """Build from a nested dict (TOML layout); unknown keys raise `ConfigError`."""
-        return _from_dict(cls, data, prefix="")
+        """Build from a nested dict (TOML layout); unknown keys and values of the wrong type raise `ConfigError`."""
+        return _from_dict(cls, data)
 
     @classmethod
     def from_toml(cls, path: Path | None = None, **overrides: Any) -> BuildConfig:
@@ -161,7 +162,7 @@ class BuildConfig:
         if path is not None:
             try:
                 data = tomllib.loads(Path(path).read_text())
-            except (OSError, tomllib.TOMLDecodeError) as error:
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
                 raise ConfigError(f"{path}: cannot read the build configuration ({error})") from None
         for key, value in overrides.items():
             if value is None:
@@ -170,6 +171,8 @@ class BuildConfig:
             target = data
             if section:
                 target = data.setdefault(section, {})
+                if not isinstance(target, dict):
+                    raise ConfigError(f"build configuration: {section} must be a table, got {target!r}")
             target[name] = value
         return cls.from_dict(data)
 
@@ -186,30 +189,16 @@ class BuildConfig:
         return plain
 
 
-def _from_dict(cls: type, data: dict[str, Any], *, prefix: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown build configuration key(s): {', '.join(prefix + k for k in unknown)}")
-    values: dict[str, Any] = {}
-    for name, value in data.items():
-        default = fields[name].default_factory  # type: ignore[misc]
-        if (
-            isinstance(value, dict)
-            and default is not dataclasses.MISSING
-            and dataclasses.is_dataclass(default)
-        ):
-            values[name] = _from_dict(default, value, prefix=f"{prefix}{name}.")  # type: ignore[arg-type]
-        elif name in {"mimic_iv", "mimic_cxr", "out"}:
-            values[name] = None if value is None else Path(str(value))
-        elif name == "views":
-            values[name] = tuple(str(view).upper() for view in value)
-        else:
-            values[name] = value
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Every key and value checked against the dataclass fields (`typed_toml`); views upper-cased."""
+    cxr = data.get("cxr")
+    if isinstance(cxr, dict) and isinstance(cxr.get("views"), list | tuple):
+        views = cxr["views"]
+        data = {**data, "cxr": {**cxr, "views": [v.upper() if isinstance(v, str) else v for v in views]}}
     try:
-        return cls(**values)
-    except TypeError as error:
-        raise ConfigError(f"invalid build configuration: {error}") from None
+        return load_dataclass(cls, data)
+    except ConfigValueError as error:
+        raise ConfigError(f"build configuration: {error}") from None
 
 
 def _to_plain(value: Any) -> Any:

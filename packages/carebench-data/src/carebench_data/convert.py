@@ -7,6 +7,7 @@ streamed into `<out>/<folder>/<table>.parquet`; the result is written atomically
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -16,6 +17,8 @@ from pathlib import Path
 import polars as pl
 
 from carebench_data.errors import CarebenchDataError
+from carebench_data.locks import LockHeldError, acquire_lock
+from carebench_data.outputs import check_output_dir
 from carebench_data.raw import (
     CXR_TABLES,
     MIMIC_IV_TABLES,
@@ -27,6 +30,9 @@ from carebench_data.raw import (
 )
 
 logger = logging.getLogger(__name__)
+
+CONVERTED_MARKER = "carebench-convert.json"
+"""Written into every converted root; a later conversion may write into a folder that holds it."""
 
 
 def _convert_table(resolved: ResolvedTable, target: Path, *, chunk_bytes: int) -> int:
@@ -87,11 +93,56 @@ def convert_raw(
         Rows written per table (`hosp/patients`, `icu/chartevents`, ...).
     """
     root, out = Path(root), Path(out)
-    if out.resolve() == root.resolve():
-        raise CarebenchDataError(f"convert_raw: the output {out} must differ from the input root")
+    cxr_target = check_convert_output(root, out, mimic_cxr=mimic_cxr, cxr_out=cxr_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = acquire_lock(out.parent / f".{out.name}.lock", purpose=f"convert into {out}")
+    except LockHeldError as held:
+        raise CarebenchDataError(f"another process is converting into {out}: {held}") from None
+    with lock:
+        written = _convert_all(
+            root, out, mimic_cxr=mimic_cxr, cxr_target=cxr_target, chunk_mib=chunk_mib, progress=progress
+        )
+    return written
+
+
+def check_convert_output(
+    root: Path, out: Path, *, mimic_cxr: Path | None = None, cxr_out: Path | None = None
+) -> Path | None:
+    """Refuse outputs that are, lie in or contain an input, and existing folders not written by a conversion.
+
+    Returns:
+        Where the CXR tables go (None without `mimic_cxr`).
+
+    Raises:
+        OutputDirectoryError: one line naming the output and the conflict.
+    """
+    cxr_target = Path(cxr_out or Path(out) / "mimic-cxr") if mimic_cxr is not None else None
+    for target in (Path(out), cxr_target):
+        if target is not None:
+            check_output_dir(
+                target, inputs=(root, mimic_cxr), replace=True, is_ours=_is_converted, what="converted root"
+            )
+    return cxr_target
+
+
+def _is_converted(path: Path) -> bool:
+    """Whether `path` was written by `convert_raw` (it holds the marker file)."""
+    return (path / CONVERTED_MARKER).is_file()
+
+
+def _convert_all(
+    root: Path,
+    out: Path,
+    *,
+    mimic_cxr: Path | None,
+    cxr_target: Path | None,
+    chunk_mib: int,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, int]:
     jobs: list[tuple[Path, TableSpec, Path]] = [(root, spec, out) for spec in MIMIC_IV_TABLES.values()]
-    if mimic_cxr is not None:
-        jobs += [(Path(mimic_cxr), spec, Path(cxr_out or out / "mimic-cxr")) for spec in CXR_TABLES.values()]
+    if mimic_cxr is not None and cxr_target is not None:
+        jobs += [(Path(mimic_cxr), spec, cxr_target) for spec in CXR_TABLES.values()]
     written: dict[str, int] = {}
     for done, (source_root, spec, target_root) in enumerate(jobs):
         resolved = resolve_table(source_root, spec)
@@ -102,11 +153,15 @@ def convert_raw(
             logger.info("converted %s: %d rows", key, written[key])
         if progress is not None:
             progress(done + 1, len(jobs))
-    if mimic_cxr is not None:
-        files = Path(cxr_out or out / "mimic-cxr") / "files"
+    if mimic_cxr is not None and cxr_target is not None:
+        files = cxr_target / "files"
         if not files.exists():
             files.symlink_to((Path(mimic_cxr) / "files").resolve(), target_is_directory=True)
     marker = root / "SYNTHETIC.json"
     if marker.is_file():
         shutil.copyfile(marker, out / "SYNTHETIC.json")
+    for target in (out, cxr_target):
+        if target is not None and target.is_dir():
+            text = json.dumps({"source": str(root.absolute()), "tables": written}, indent=2, sort_keys=True)
+            (target / CONVERTED_MARKER).write_text(text + "\n", encoding="utf-8")
     return written

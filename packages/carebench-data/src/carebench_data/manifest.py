@@ -2,33 +2,42 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import secrets
-import shutil
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from carebench_data.errors import CarebenchDataError
+from carebench_data.outputs import DatasetExistsError, atomic_directory, current_umask
+
+__all__ = [
+    "MANIFEST",
+    "SCHEMA_VERSION",
+    "DatasetExistsError",
+    "atomic_directory",
+    "canonical_json",
+    "content_hash",
+    "file_hashes",
+    "is_dataset_dir",
+    "make_read_only",
+    "plain",
+    "sha256_file",
+    "write_json",
+    "write_npy",
+    "write_parquet",
+]
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PARQUET_ROW_GROUP = 65_536
-
-
-class DatasetExistsError(CarebenchDataError):
-    """The target dataset directory exists (pass overwrite to replace it) or is being built."""
 
 
 def plain(value: Any) -> Any:
@@ -98,62 +107,21 @@ def content_hash(files: dict[str, dict[str, Any]], *, config: dict[str, Any]) ->
 
 def make_read_only(directory: Path) -> None:
     """Data files are written read-only (verify flags hash drift if someone changes them anyway)."""
+    mode = (stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH) & ~current_umask()
     for path in directory.rglob("*"):
         if path.is_file():
-            path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            path.chmod(mode)
 
 
-@contextlib.contextmanager
-def atomic_directory(target: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a partial directory next to `target`; on success rename it into place, on error delete it.
-
-    A lock file `.<name>.lock` (exclusive create) guards against two builds of the same target; stale
-    partial directories of the target are swept. With `overwrite`, an existing target is moved aside
-    and deleted only after the new directory is in place.
-    """
-    target = target.absolute()
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not overwrite:
-        raise DatasetExistsError(
-            f"{target} already exists; pass --overwrite (build.overwrite = true) to replace it"
-        )
-    lock = parent / f".{target.name}.lock"
+def is_dataset_dir(path: Path) -> bool:
+    """Whether `path` holds a carebench dataset: its manifest.json names a schema version, files and hash."""
     try:
-        descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        raise DatasetExistsError(
-            f"{lock} exists: another build of {target.name} is running (delete the lock file if it crashed)"
-        ) from None
-    os.write(descriptor, str(os.getpid()).encode())
-    os.close(descriptor)
-    try:
-        for stale in parent.glob(f".{target.name}.partial-*"):
-            logger.info("removing stale partial directory %s", stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        partial = parent / f".{target.name}.partial-{secrets.token_hex(4)}"
-        partial.mkdir()
-        try:
-            yield partial
-            _sync_directory(partial)
-            if target.exists():
-                aside = parent / f".{target.name}.old-{secrets.token_hex(4)}"
-                os.replace(target, aside)
-                os.replace(partial, target)
-                shutil.rmtree(aside, ignore_errors=True)
-            else:
-                os.replace(partial, target)
-            _sync_directory(parent)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _sync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return (
+        isinstance(manifest, dict)
+        and isinstance(manifest.get("schema_version"), int)
+        and isinstance(manifest.get("files"), dict)
+        and isinstance(manifest.get("content_hash"), str)
+    )

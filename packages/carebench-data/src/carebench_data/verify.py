@@ -108,6 +108,28 @@ class VerifyReport:
             raise VerificationError(f"{what}: {len(self.problems)} problem(s): " + "; ".join(self.problems))
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest, checked to be a JSON object whose `files` map each path to its `sha256`.
+
+    Raises:
+        VerificationError: the manifest is not UTF-8, not JSON, or lacks the file list.
+    """
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise VerificationError(
+            f"{path}: not valid JSON ({str(error).splitlines()[0]}); the dataset is damaged, rebuild it"
+        ) from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("sha256"), str) for entry in files.values()
+    ):
+        raise VerificationError(
+            f"{path}: no file list with SHA-256 hashes; not a carebench manifest, or a damaged one (rebuild it)"
+        )
+    return manifest
+
+
 def verify_dataset(path: Path, *, raise_on_error: bool = True) -> VerifyReport:
     """Check a built dataset directory against its manifest and the schema (spec/data.md §14).
 
@@ -115,13 +137,20 @@ def verify_dataset(path: Path, *, raise_on_error: bool = True) -> VerifyReport:
     `raise_on_error` is False.
     """
     path = Path(path)
-    report = VerifyReport()
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise VerificationError(
             f"{path}: no manifest.json; not a carebench dataset (or an interrupted build)"
         )
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _read_manifest(manifest_path)
+    try:
+        return _verify_dataset(path, manifest, raise_on_error=raise_on_error)
+    except KeyError as error:  # the hashes held, but the manifest was edited (it is not hashed itself)
+        raise VerificationError(f"{manifest_path}: lacks the entry {error}; the dataset is damaged") from None
+
+
+def _verify_dataset(path: Path, manifest: dict[str, Any], *, raise_on_error: bool) -> VerifyReport:
+    report = VerifyReport()
     problems = report.problems
 
     for relpath, entry in manifest["files"].items():

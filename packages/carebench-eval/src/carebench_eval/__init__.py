@@ -12,7 +12,7 @@ from typing import Any
 from carebench_eval import presets
 from carebench_eval.api import score
 from carebench_eval.compare import DeLongResult, compare, compare_grid, delong_test
-from carebench_eval.errors import PredictionsError
+from carebench_eval.errors import PredictionsError, PredictionsFileError
 from carebench_eval.fairness import demographic_parity_difference, equalized_odds_difference, fairness
 from carebench_eval.io import from_arrays, read_predictions, to_long, to_wide, validate
 from carebench_eval.metrics import (
@@ -62,6 +62,7 @@ __all__ = [
     "MetricSpec",
     "PermutationResult",
     "PredictionsError",
+    "PredictionsFileError",
     "TopK",
     "UndefinedMetricWarning",
     "__version__",

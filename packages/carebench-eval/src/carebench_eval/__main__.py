@@ -1,8 +1,9 @@
 """``python -m carebench_eval {score,compare,fairness} PRED... -o OUT [--config FILE]`` (eval.md §8.5).
 
 A standard-library command line so that carebench-eval stays usable without carebench-cli. Keyword
-arguments of the called function come from a TOML file (``--config``), e.g. ``n_boot = 2000``. A
-`PredictionsError` (or another input error) prints one line and exits 2.
+arguments of the called function come from a TOML file (``--config``), e.g. ``n_boot = 2000``, each
+checked against the function's type hints. A `PredictionsError` (or another input error: a file that
+cannot be read, a mistyped option) prints one line and exits 2; ``CAREBENCH_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ import argparse
 import importlib
 import inspect
 import logging
+import os
 import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
+from carebench_eval._typed_toml import ConfigValueError, check_value
 from carebench_eval.errors import PredictionsError
+
+DEBUG_ENV = "CAREBENCH_DEBUG"
+"""Set to 1 to see the traceback of an input error instead of its one line."""
 
 COMMANDS = {
     "score": ("carebench_eval.api", "score"),
@@ -46,9 +52,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(path: Path | None, function: Any, name: str) -> dict[str, Any]:
+    """The keyword arguments of `--config`, each checked against the function's type hint."""
     if path is None:
         return {}
-    options = tomllib.loads(path.read_text(encoding="utf-8"))
+    try:
+        options = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--config {path}: not UTF-8 text ({error.reason})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"--config {path}: not valid TOML ({error})") from None
     allowed = [
         parameter.name
         for parameter in inspect.signature(function).parameters.values()
@@ -59,7 +71,11 @@ def _config(path: Path | None, function: Any, name: str) -> dict[str, Any]:
         raise ValueError(
             f"--config {path}: unknown option(s) {unknown} for {name}; allowed: {', '.join(allowed)}"
         )
-    return options
+    hints = get_type_hints(function)
+    try:
+        return {key: check_value(value, hints.get(key, Any), key=key) for key, value in options.items()}
+    except ConfigValueError as error:
+        raise ValueError(f"--config {path}: {error}") from None
 
 
 def _run(arguments: argparse.Namespace) -> Path:
@@ -94,8 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         _run(arguments)
-    except (PredictionsError, ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as error:
-        sys.stderr.write(f"error: {str(error).splitlines()[0]}\n")
+    except (PredictionsError, ValueError, OSError) as error:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        if isinstance(error, OSError) and error.strerror:
+            message = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+        else:
+            message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        sys.stderr.write(f"error: {message}\n")
         return 2
     return 0
 

@@ -26,7 +26,7 @@ import polars as pl
 from carebench_eval.errors import PredictionsError, join_notes, warn_undefined
 from carebench_eval.io import load_predictions, same_samples_subset
 from carebench_eval.metrics.core import MULTICLASS_SCALARS
-from carebench_eval.metrics.threshold import Fixed
+from carebench_eval.metrics.threshold import Fixed, ThresholdPolicy
 from carebench_eval.multiplicity import CORRECTIONS, adjust_pvalues
 from carebench_eval.registry import defaults, metric_spec, primary_metric
 from carebench_eval.resampling import cluster_universe
@@ -651,7 +651,7 @@ def compare(
     n_perm: int = 10_000,
     n_boot: int = 1000,
     delong: bool = False,
-    threshold: Any = None,
+    threshold: ThresholdPolicy | None = None,
     cluster: str | None = "subject_id",
     kinds: Mapping[str, str] | None = None,
     classes: Mapping[str, Sequence[str]] | Sequence[str] | None = None,

@@ -11,19 +11,31 @@ import functools
 import warnings
 from collections.abc import Iterable
 
-__all__ = ["PredictionsError", "join_notes", "undefined_metric_warning", "warn_undefined"]
+__all__ = [
+    "PredictionsError",
+    "PredictionsFileError",
+    "join_notes",
+    "undefined_metric_warning",
+    "warn_undefined",
+]
 
 
 class PredictionsError(ValueError):
     """A predictions table violates the contract of eval.md §1.3.
 
     Attributes:
-        code: the rule that failed, ``"P001"`` … ``"P019"``.
+        code: the rule that failed, ``"P001"`` … ``"P020"`` (P020: a column holds values of the wrong
+            type: non-scalar ids or attributes, non-integer ``seed``/``fold``, a ``has_cxr`` that is
+            not a boolean).
     """
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class PredictionsFileError(ValueError):
+    """A predictions file cannot be read: unknown suffix, empty, not UTF-8, corrupt Parquet or gzip."""
 
 
 @functools.cache

@@ -25,6 +25,7 @@ import polars as pl
 from carebench_eval._kernels import weighted_sums
 from carebench_eval.errors import PredictionsError, join_notes, undefined_metric_warning
 from carebench_eval.io import CORE_COLUMNS
+from carebench_eval.metrics.threshold import ThresholdPolicy
 from carebench_eval.registry import defaults, metric_spec
 from carebench_eval.resampling import (
     GAP_TEST_STREAM,
@@ -749,7 +750,7 @@ def fairness(
     attributes: Sequence[str] | None = None,
     intersections: str | Sequence[Sequence[str]] | None = "pairs",
     metrics: Sequence[str] | None = None,
-    threshold: Any = None,
+    threshold: ThresholdPolicy | None = None,
     min_group_n: int = 30,
     include_small: bool = False,
     age_edges: Sequence[float] = DEFAULT_AGE_EDGES,

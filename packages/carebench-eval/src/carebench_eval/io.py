@@ -2,7 +2,8 @@
 
 Long format, one row per (sample, target): ``sample_id, task, target, y_true, y_score`` plus optional
 ``subject_id``, run keys ``model, seed, fold, setting`` and sensitive attributes. `validate` checks the
-contract rules P001–P015 in order and raises `PredictionsError` with the exact message of §1.3;
+contract rules P001–P015 in order (P020, the column types, right after P002) and raises
+`PredictionsError` with the exact message of §1.3;
 `read_predictions` reads files (Parquet, CSV, CSV.gz, lists and globs) or frames, validates and
 normalizes dtypes. `to_long` / `to_wide` / `from_arrays` convert other layouts.
 """
@@ -14,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from carebench_eval import meds
-from carebench_eval.errors import PredictionsError
+from carebench_eval.errors import PredictionsError, PredictionsFileError
 from carebench_eval.registry import task_kind
 from carebench_eval.schema import recall, remember
 
@@ -92,12 +94,24 @@ def _expand(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -
 
 
 def _read_file(path: Path) -> pl.DataFrame:
+    """One predictions file; any reading failure becomes a one-line `PredictionsFileError`."""
     name = path.name.lower()
-    if name.endswith((".parquet", ".pq")):
-        return pl.read_parquet(path)
-    if name.endswith((".csv", ".csv.gz")):
+    if not name.endswith((".parquet", ".pq", ".csv", ".csv.gz")):
+        raise PredictionsFileError(
+            f"predictions: unknown file type {path.name!r}; use .parquet, .pq, .csv or .csv.gz"
+        )
+    try:
+        if name.endswith((".parquet", ".pq")):
+            return pl.read_parquet(path)
         return pl.read_csv(path, null_values=["", "NaN"], infer_schema_length=None, encoding="utf8")
-    raise ValueError(f"predictions: unknown file type {path.name!r}; use .parquet, .pq, .csv or .csv.gz")
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (pl.exceptions.PolarsError, OSError, EOFError, UnicodeDecodeError, zlib.error) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        kind = (
+            "Parquet" if name.endswith((".parquet", ".pq")) else "CSV (UTF-8, comma-separated, with a header)"
+        )
+        raise PredictionsFileError(f"predictions: cannot read {path} as {kind}: {detail}") from None
 
 
 def _from_meds(frame: pl.DataFrame, path: Path | None = None) -> pl.DataFrame:
@@ -128,7 +142,8 @@ def read_predictions(
         The validated frame with normalized dtypes (§1.1); `frame_info` gives each file's SHA-256.
 
     Raises:
-        PredictionsError: the first violated rule P001–P015.
+        PredictionsError: the first violated rule P001–P015 or P020.
+        PredictionsFileError: a file cannot be read (empty, not UTF-8, corrupt Parquet, truncated gzip).
         FileNotFoundError: a path or pattern matches no file.
     """
     checked_with = _validation_key(kinds, classes)
@@ -228,6 +243,58 @@ def _check_required(frame: pl.DataFrame) -> None:
         raise _fail("P002", "no rows")
 
 
+def _shown(value: Any) -> str:
+    """A cell value for a message, on one line (a list cell shows as a list)."""
+    if isinstance(value, pl.Series):
+        value = value.to_list()
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_scalar(dtype: pl.DataType) -> bool:
+    return (
+        dtype.is_numeric()
+        or dtype.is_temporal()
+        or dtype in (pl.String, pl.Boolean, pl.Null)
+        or isinstance(dtype, pl.Categorical | pl.Enum)
+    )
+
+
+def _wrong_type(frame: pl.DataFrame, column: str, bad: pl.Series, expected: str) -> PredictionsError:
+    index = int(bad.arg_max())  # type: ignore[arg-type]
+    return _fail(
+        "P020",
+        f"column {column!r} must hold {expected}; {int(bad.sum())} row(s) violate this "
+        f"(first: row {frame[_ROW][index]}, value {_shown(frame[column][index])})",
+    )
+
+
+def _check_types(frame: pl.DataFrame) -> None:
+    """P020: ids, keys and attributes are scalars, `seed`/`fold` integers, `has_cxr` a boolean."""
+    for column in frame.columns:
+        if column in (_ROW, "y_true", "y_score"):
+            continue  # P004 and P005 say what these must hold
+        values = frame[column]
+        if not _is_scalar(values.dtype):
+            raise _wrong_type(frame, column, values.is_not_null(), f"scalar values, not {values.dtype}")
+    for name in ("seed", "fold"):
+        if name not in frame.columns:
+            continue
+        column = frame[name]
+        converted = column.cast(pl.Int64, strict=False)
+        bad = converted.is_null() & column.is_not_null()
+        if column.dtype.is_float():
+            bad = bad | (column.is_not_null() & (column != column.floor()))
+        if bad.any():
+            raise _wrong_type(frame, name, bad, "integers")
+    for name in ATTRIBUTE_DTYPES:
+        if name in frame.columns:
+            flag = _as_flag(frame[name])
+            bad = frame[name].is_not_null() & (flag.is_null() | ~flag.is_in([0.0, 1.0]))
+            if bad.any():
+                raise _wrong_type(frame, name, bad, 'true or false (a boolean, 0/1 or "true"/"false")')
+
+
 def _check_values(frame: pl.DataFrame) -> None:
     for column in ("sample_id", "task", "target"):
         k, first = _first(frame, pl.col(column).is_null())
@@ -240,7 +307,7 @@ def _check_values(frame: pl.DataFrame) -> None:
         raise _fail(
             "P004",
             f"y_true must be 0 or 1; {int(bad_true.sum())} row(s) violate this "
-            f"(first: row {frame[_ROW][index]}, value {frame['y_true'][index]!r})",
+            f"(first: row {frame[_ROW][index]}, value {_shown(frame['y_true'][index])})",
         )
     score_raw = frame["y_score"]
     score = (
@@ -258,9 +325,9 @@ def _check_values(frame: pl.DataFrame) -> None:
             "P005",
             f"y_score must be a probability in [0, 1]; {int(bad.sum())} row(s) violate this "
             f"({int(missing.sum())} NaN or null, {int(outside.sum())} outside [0, 1]; "
-            f"first: row {frame[_ROW][index]}, value {value!r})",
+            f"first: row {frame[_ROW][index]}, value {_shown(value)})",
         )
-    reserved = frame.filter(pl.col("target").str.starts_with("("))
+    reserved = frame.filter(pl.col("target").cast(pl.String).str.starts_with("("))
     if reserved.height:
         target = reserved["target"][0]
         raise _fail("P006", f'target name {target!r} is reserved (names starting with "(" label aggregates)')
@@ -285,22 +352,6 @@ def _normalize_ids(frame: pl.DataFrame) -> pl.DataFrame:
         else:
             columns.append(pl.col(name).cast(pl.String))
     return frame.select(columns)
-
-
-def _check_int_keys(raw: pl.DataFrame) -> None:
-    for name in ("seed", "fold"):
-        if name not in raw.columns:
-            continue
-        column = raw[name]
-        converted = column.cast(pl.Int64, strict=False)
-        bad = converted.is_null() & column.is_not_null()
-        if column.dtype.is_float():
-            bad = bad | (column.is_not_null() & (column != column.floor()))
-        if bad.any():
-            index = int(bad.arg_max())  # type: ignore[arg-type]
-            raise ValueError(
-                f"predictions: column {name!r} must hold integers (first: row {index}, value {column[index]!r})"
-            )
 
 
 def _key_text(row: Mapping[str, Any], columns: Sequence[str]) -> str:
@@ -337,8 +388,8 @@ def validate(
         frame = frame.collect()
     _check_required(frame)
     raw = frame.with_row_index(_ROW)
+    _check_types(raw)
     _check_values(raw)
-    _check_int_keys(frame)
     data = _normalize_ids(raw)
     run_keys = [key for key in RUN_KEYS if key in data.columns]
 

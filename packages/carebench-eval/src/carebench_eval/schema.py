@@ -26,6 +26,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SORT_COLUMNS",
     "check_notes",
+    "check_results_path",
     "empty_results",
     "make_rows",
     "read_results",
@@ -267,6 +268,17 @@ def _dumps(document: Any) -> str:
     return json.dumps(_finite_or_none(document), indent=2, default=_json_default, allow_nan=False) + "\n"
 
 
+def _umask() -> int:
+    """The process umask (from /proc on Linux, so other threads never see it change)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            return int(next(line for line in handle if line.startswith("Umask:")).split()[1], 8)
+    except (OSError, ValueError, StopIteration):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """Write through `write(temporary_path)` in the target folder, then rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -274,6 +286,8 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.close(handle)
     try:
         write(Path(temporary))
+        # mkstemp creates 0600; a result file gets the permissions of any file the user creates.
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -286,6 +300,18 @@ def _sidecar(path: Path) -> Path:
         if name.endswith(suffix):
             return path.with_name(name[: -len(suffix)] + ".meta.json")
     return path.with_name(name + ".meta.json")
+
+
+RESULT_SUFFIXES = (".parquet", ".pq", ".csv", ".json")
+
+
+def check_results_path(path: str | os.PathLike[str]) -> None:
+    """Raise `ValueError` (one line) unless `path` can take a result file: a known suffix, not a directory."""
+    target = Path(path)
+    if target.suffix.lower() not in RESULT_SUFFIXES:
+        raise ValueError(f"unknown result format {target.suffix!r} of {target}; use .parquet, .csv or .json")
+    if target.is_dir():
+        raise ValueError(f"{target} is a directory; give the path of a .parquet, .csv or .json file")
 
 
 def write_results(
@@ -310,6 +336,7 @@ def write_results(
     """
     check_schema(frame)
     target = Path(path)
+    check_results_path(target)
     document = _provenance({**recall(frame), **dict(provenance or {})})
     suffix = target.suffix.lower()
     if suffix == ".json":
@@ -319,10 +346,8 @@ def write_results(
         return target
     if suffix in (".parquet", ".pq"):
         _atomic_write(target, lambda temporary: frame.write_parquet(temporary))
-    elif suffix == ".csv":
-        _atomic_write(target, lambda temporary: frame.write_csv(temporary, null_value=""))
     else:
-        raise ValueError(f"unknown result format {target.suffix!r}; use .parquet, .csv or .json")
+        _atomic_write(target, lambda temporary: frame.write_csv(temporary, null_value=""))
     sidecar_text = _dumps(document)
     _atomic_write(_sidecar(target), lambda temporary: temporary.write_text(sidecar_text, encoding="utf-8"))
     return target

@@ -20,6 +20,17 @@ def cpu_state_dict(model: nn.Module) -> dict[str, Tensor]:
     }
 
 
+def _umask() -> int:
+    """The process umask (from /proc on Linux, so other threads never see it change)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            return int(next(line for line in handle if line.startswith("Umask:")).split()[1], 8)
+    except (OSError, ValueError, StopIteration):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
 def save_state_dict(state: Mapping[str, Tensor], path: str | os.PathLike[str]) -> Path:
     """Write tensors to a safetensors file atomically (temporary file in the same folder, then rename)."""
     target = Path(path)
@@ -29,6 +40,7 @@ def save_state_dict(state: Mapping[str, Tensor], path: str | os.PathLike[str]) -
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata={"format": "pt"})
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; weights are as readable as any file
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):

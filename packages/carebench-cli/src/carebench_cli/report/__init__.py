@@ -7,8 +7,6 @@ row-level data).
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,13 +25,14 @@ from carebench_cli.report.sections import (
     robustness_section,
     strategies_section,
 )
-from carebench_cli.report.tidy import ordered, value_of
+from carebench_cli.report.tidy import ordered, suppress_small_groups, value_of
 
 __all__ = ["build_report", "write_report_dir"]
 
 logger = logging.getLogger(__name__)
 
 RESULTS_DIR = "results"
+REPORT_TITLE = "carebench report"
 
 
 def _summary(context: ReportContext) -> list[str]:
@@ -66,7 +65,9 @@ def _methods(context: ReportContext) -> Section:
             "claims, Benjamini-Hochberg for screens (pairwise grid, per-label gains).",
             "Primary metrics: AUPRC for mortality, macro AUPRC for phenotype, accuracy for length of stay "
             "(eval.md §5.5). Best unimodal and best fusion models are chosen on validation predictions.",
-            f"Tidy result tables (aggregates only, never row-level predictions) are in `{RESULTS_DIR}/`.",
+            f"Tidy result tables (aggregates only, never row-level predictions) are in `{RESULTS_DIR}/`. "
+            f"Numbers of groups with fewer than {config.min_group_n} stays are suppressed everywhere: in the "
+            "tables they read `suppressed`, and no figure or results file holds them.",
         ],
     )
 
@@ -102,12 +103,27 @@ def build_report(
             + " | ".join(undefined)
         )
     report = Report(
-        title="carebench report",
+        title=REPORT_TITLE,
         summary=[f"Run store: {collection.root}.", *summary],
         sections=[*sections, methods],
     )
-    results = {name: frame for name, frame in context.results.items() if not name.startswith("_")}
+    # Groups smaller than min_group_n never leave the process: no results file holds them.
+    results = {
+        name: suppress_small_groups(frame, config.min_group_n)
+        for name, frame in context.results.items()
+        if not name.startswith("_")
+    }
     return report, results
+
+
+def is_report_dir(path: Path) -> bool:
+    """Whether `path` holds a report that `carebench report` wrote (so it may be replaced)."""
+    try:
+        with (path / "report.md").open(encoding="utf-8") as handle:
+            first = handle.readline().rstrip("\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first == f"# {REPORT_TITLE}" and (path / "index.html").is_file()
 
 
 def write_report_dir(
@@ -119,17 +135,23 @@ def write_report_dir(
 ) -> Path:
     """Build the report of `runs_dir` and write it to `out_dir` (default `<runs_dir>/report`), atomically.
 
+    An existing `out_dir` is replaced only when it is empty or a carebench report; two writers of one
+    report take turns under its lock.
+
     Returns:
         The report directory (holding `index.html`, `report.md`, `*.png`, `results/*.csv`).
+
+    Raises:
+        OutputDirectoryError: `out_dir` is a file, or a folder that is not a carebench report.
     """
     import carebench_eval as ce
+    from carebench_data.outputs import atomic_directory, check_output_dir
 
+    target = out_dir or runs_dir / "report"
+    check_output_dir(target, replace=True, is_ours=is_report_dir, what="report")
     collection = collect_runs(runs_dir)
     report, results = build_report(collection, config=config, status=status)
-    target = out_dir or runs_dir / "report"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
+    with atomic_directory(target, overwrite=True, is_ours=is_report_dir, what="report", wait=True) as staging:
         (staging / "report.md").write_text(render_markdown(report), encoding="utf-8")
         (staging / "index.html").write_text(render_html(report), encoding="utf-8")
         for figure in report.figures:
@@ -137,14 +159,4 @@ def write_report_dir(
         (staging / RESULTS_DIR).mkdir()
         for name, frame in sorted(results.items()):
             ce.write_results(frame, staging / RESULTS_DIR / f"{name}.csv", provenance={"runs": str(runs_dir)})
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}")
-            target.rename(old)
-        staging.rename(target)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return target

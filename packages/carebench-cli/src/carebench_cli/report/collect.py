@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 
 from carebench_cli.errors import CliError
-from carebench_cli.run_store import FinishedRun, RunStatus, RunStore
+from carebench_cli.run_store import READ_FILES, FinishedRun, RunStatus, RunStore
 
 UNIMODAL_GROUP = "unimodal"
 
@@ -84,13 +84,13 @@ def _read(paths: list[Path]) -> pl.DataFrame:
 
 
 def collect_runs(root: Path) -> RunCollection:
-    """Load every finished run under `root`.
+    """Load every finished run under `root` whose files still match the hashes in its `DONE`.
 
     Raises:
         CliError: `root` has no finished run.
     """
     store = RunStore(root)
-    runs, skipped = store.finished()
+    runs, skipped = store.finished(files=READ_FILES)
     if not runs:
         detail = f" ({len(skipped)} unfinished run director(ies) left out)" if skipped else ""
         raise CliError(f"{root}: no finished runs to report{detail}; run `carebench run --out {root}` first")

@@ -26,7 +26,18 @@ from carebench_cli.report.context import (
 )
 from carebench_cli.report.document import Figure, Section, Table
 from carebench_cli.report.formatting import fmt_ci, fmt_p, fmt_rate, fmt_sd, fmt_value
-from carebench_cli.report.tidy import headline, ordered, summary_target, value_of, where
+from carebench_cli.report.tidy import (
+    SUPPRESSED,
+    group_size_text,
+    headline,
+    ordered,
+    small_group,
+    summary_target,
+    suppress_small_groups,
+    value_of,
+    where,
+)
+from carebench_cli.run_store import RunStatus
 
 SIGNIFICANCE = 0.05
 PAPER_PHENOTYPES: tuple[str, ...] = ("chf", "heart failure", "copd", "obstructive", "pneumonia")
@@ -89,18 +100,20 @@ def overview_section(context: ReportContext) -> Section:
     collection = context.collection
     runs = collection.runs_table()
     section = Section("Runs")
-    skipped = len(collection.skipped)
+    corrupt = sum(status is RunStatus.CORRUPT for status in collection.skipped.values())
+    unfinished = len(collection.skipped) - corrupt
+    left_out = [
+        f"{unfinished} unfinished run director(ies)" if unfinished else "",
+        f"{corrupt} run director(ies) whose files no longer match their DONE hashes" if corrupt else "",
+    ]
+    left_out_text = " and ".join(part for part in left_out if part)
     section.paragraphs.append(
         f"{runs.height} finished runs: {len(collection.models)} models × {len(collection.tasks)} tasks "
         f"({', '.join(collection.tasks)}), cohorts {', '.join(sorted(runs['cohort'].unique().to_list()))}, "
         f"folds {', '.join(map(str, sorted(runs['fold'].unique().to_list())))}, "
         f"seeds {', '.join(map(str, sorted(runs['seed'].unique().to_list())))}, "
         f"profile {', '.join(sorted(runs['profile'].unique().to_list()))}."
-        + (
-            f" {skipped} unfinished run director(ies) were left out (rerun `carebench run` to redo them)."
-            if skipped
-            else ""
-        )
+        + (f" {left_out_text} were left out (rerun `carebench run` to redo them)." if left_out_text else "")
     )
     settings = sorted(collection.test["setting"].unique().to_list())
     section.paragraphs.append(
@@ -209,6 +222,7 @@ def _label_gains(
             random_state=context.config.random_state,
         )
     frame = headline(where(context.results[key], group_attribute="has_cxr", group="true"))
+    frame = frame.filter(~small_group(context.config.min_group_n))
     return frame.filter(~pl.col("target").str.starts_with("("))
 
 
@@ -366,9 +380,13 @@ def fusion_section(context: ReportContext) -> Section:
                                 )
                             )
                         )
-                        cells[f"Δ {label}"] = _gain_text(row)
-                        cells[f"p (Holm), {label}"] = fmt_p(row["p_adjusted"]) if row else "-"  # type: ignore[arg-type]
-                        cells[f"n, {label}"] = str(row["n"]) if row else "-"
+                        minimum = context.config.min_group_n
+                        small = row is not None and int(row["n"]) < minimum  # type: ignore[call-overload]
+                        cells[f"Δ {label}"] = SUPPRESSED if small else _gain_text(row)
+                        cells[f"p (Holm), {label}"] = (
+                            SUPPRESSED if small else fmt_p(row["p_adjusted"]) if row else "-"  # type: ignore[arg-type]
+                        )
+                        cells[f"n, {label}"] = group_size_text(row["n"] if row else None, minimum)  # type: ignore[arg-type]
                     split_rows.append(cells)
             if "has_cxr" in test.columns and context.kinds[task] == "multilabel":
                 cxr_gains[task] = _label_gains(context, cohort, task, fused, unimodal)
@@ -955,8 +973,9 @@ def fairness_section(context: ReportContext) -> Section:
     config = context.config
     section = Section("Q4. Is fusion fair?")
     section.paragraphs.append(
-        "Thresholds are chosen on validation predictions (Youden's J) per run. Groups with fewer than 30 "
-        "stays are shown with the note small_group and left out of gaps. A gap CI above 0 does not by "
+        f"Thresholds are chosen on validation predictions (Youden's J) per run. Groups with fewer than "
+        f"{config.min_group_n} stays are shown as suppressed (no number, figure or results row) and left "
+        "out of gaps. A gap CI above 0 does not by "
         "itself prove a disparity (the plug-in gap is biased upward in small groups); the gap p comes from "
         "a permutation test that shuffles the attribute among patients. Δgap = gap of the "
         "best fusion model − gap of the best unimodal model, paired bootstrap CI and permutation p, "
@@ -986,6 +1005,7 @@ def fairness_section(context: ReportContext) -> Section:
                 n_boot=config.n_boot,
                 test_gaps=True,
                 n_perm=gap_permutations(config.n_perm),
+                min_group_n=config.min_group_n,
                 random_state=config.random_state,
             )
             context.results[f"fairness_{cohort}_{task}"] = fair
@@ -1022,7 +1042,14 @@ def fairness_section(context: ReportContext) -> Section:
                 row
                 for model in (best_fused, best_unimodal)
                 if model is not None
-                for row in _group_rows(fair, model=model, task=task, target=target, attributes=attributes)
+                for row in _group_rows(
+                    fair,
+                    model=model,
+                    task=task,
+                    target=target,
+                    attributes=attributes,
+                    min_group_n=config.min_group_n,
+                )
             ]
             if group_rows:
                 section.tables.append(
@@ -1035,7 +1062,12 @@ def fairness_section(context: ReportContext) -> Section:
                 )
             section.figures.extend(
                 _fairness_figures(
-                    context, fair, cohort, task, [m for m in (best_fused, best_unimodal) if m], target
+                    context,
+                    suppress_small_groups(fair, config.min_group_n),
+                    cohort,
+                    task,
+                    [m for m in (best_fused, best_unimodal) if m],
+                    target,
                 )
             )
             if best_fused and best_unimodal:
@@ -1084,7 +1116,13 @@ def _note_value(row: dict[str, object] | None, token: str) -> str:
 
 
 def _group_rows(
-    fair: pl.DataFrame, *, model: str, task: str, target: str | None, attributes: Sequence[str]
+    fair: pl.DataFrame,
+    *,
+    model: str,
+    task: str,
+    target: str | None,
+    attributes: Sequence[str],
+    min_group_n: int,
 ) -> list[dict[str, str]]:
     rows = []
     per_group = where(fair, model=model, task=task, statistic="estimate").filter(
@@ -1108,14 +1146,18 @@ def _group_rows(
     ):
         cells = {"task": task, "model": model, "attribute": str(attribute), "group": str(group)}
         n = part["n"].max()
-        cells["n"] = str(n)
+        cells["n"] = group_size_text(n, min_group_n)  # type: ignore[arg-type]
         notes = ";".join(sorted({str(note) for note in part["notes"].drop_nulls().to_list()}))
         for metric in present:
             row = _row(part.filter(pl.col("metric") == metric))
             cells[metric_label(metric)] = (
-                fmt_value(_float(row["value"])) if metric == "base_rate" and row else _ci_text(row)
+                SUPPRESSED
+                if n < min_group_n  # type: ignore[operator]
+                else fmt_value(_float(row["value"]))
+                if metric == "base_rate" and row
+                else _ci_text(row)
             )
-        cells["notes"] = "small_group" if "small_group" in notes else ""
+        cells["notes"] = "small_group" if "small_group" in notes and n >= min_group_n else ""  # type: ignore[operator]
         rows.append(cells)
     return rows
 
@@ -1182,7 +1224,8 @@ def _fairness_figures(
             figures.append(
                 Figure(
                     key=f"fig6_age_race_{cohort}_{task}",
-                    caption=f"Figure 6 ({cohort} cohort, {task}). TPR of {models[0]} per age group × race, annotated with n.",
+                    caption=f"Figure 6 ({cohort} cohort, {task}). TPR of {models[0]} per age group × race, annotated with n; "
+                    f"cells with fewer than {context.config.min_group_n} stays are left blank.",
                     png=plots.heatmap(
                         matrix,
                         row_labels=ages,
@@ -1223,6 +1266,7 @@ def _delta_gaps(
                     threshold=threshold,
                     n_perm=context.config.n_perm,
                     n_boot=context.config.n_boot,
+                    min_group_n=context.config.min_group_n,
                     random_state=context.config.random_state,
                 )
             )

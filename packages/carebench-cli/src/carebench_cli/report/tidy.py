@@ -64,3 +64,26 @@ def ordered(names: Sequence[str], *, by: dict[str, float | None], descending: bo
         return (0, -score if descending else score, name)
 
     return sorted(names, key=key)
+
+
+SUPPRESSED = "suppressed"
+"""What a table shows in place of a number computed on a group smaller than `min_group_n`."""
+
+
+def small_group(min_group_n: int) -> pl.Expr:
+    """Rows computed on a group (`group` set) of fewer than `min_group_n` stays."""
+    return pl.col("group").is_not_null() & (pl.col("n") < min_group_n)
+
+
+def suppress_small_groups(frame: pl.DataFrame, min_group_n: int) -> pl.DataFrame:
+    """The result table without rows of groups smaller than `min_group_n` (what a results file may hold)."""
+    if "group" not in frame.columns or "n" not in frame.columns:
+        return frame
+    return frame.filter(~small_group(min_group_n))
+
+
+def group_size_text(n: int | None, min_group_n: int) -> str:
+    """A group's size as shown: the count, or `< min_group_n` for a suppressed group."""
+    if n is None:
+        return "-"
+    return str(n) if n >= min_group_n else f"< {min_group_n}"

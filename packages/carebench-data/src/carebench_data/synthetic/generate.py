@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import polars as pl
 import carebench_data
 from carebench_data.errors import CarebenchDataError
 from carebench_data.mimic_schemas import MIMIC_CXR_TABLES, MIMIC_IV_TABLES
+from carebench_data.outputs import atomic_directory, is_empty_dir
 from carebench_data.synthetic import cxr, hosp
 from carebench_data.synthetic.chart import DIRT_KINDS, chart_chunk
 from carebench_data.synthetic.config import SyntheticConfig
@@ -85,19 +84,9 @@ def generate_synthetic(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SyntheticOutputError(f"{out} exists and is not empty; choose a new directory or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.synth-tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        _generate_into(tmp, config, progress)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # Under the target's lock: a second writer is refused, a killed one's partial tree is removed.
+    with atomic_directory(out, overwrite=True, is_ours=is_empty_dir, what="synthetic tree") as partial:
+        _generate_into(partial, config, progress)
     return out
 
 

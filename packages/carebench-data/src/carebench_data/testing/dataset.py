@@ -30,6 +30,7 @@ from carebench_data import __version__
 from carebench_data.errors import CarebenchDataError
 from carebench_data.manifest import sha256_file
 from carebench_data.normalization import compute_fold_stats, write_fold_stats
+from carebench_data.outputs import use_umask
 from carebench_data.registry import load_registry
 from carebench_data.splits import N_FOLDS, fold_parts, split_of
 
@@ -308,6 +309,7 @@ def write_tiny_dataset(
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    use_umask(staging, directory=True)  # mkdtemp makes 0700
     try:
         stays.write_parquet(staging / "stays.parquet", compression="zstd", compression_level=3)
         labels.write_parquet(staging / "labels.parquet", compression="zstd", compression_level=3)
