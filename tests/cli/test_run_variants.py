@@ -39,7 +39,12 @@ def test_daft_direction_and_medfuse_stages_reach_the_run_store_and_the_report(tm
     )
 
     context = ReportContext(collection=collect_runs(out), config=ReportConfig(n_boot=0, n_perm=0))
-    runs = overview_section(context).tables[0].frame
+    overview = overview_section(context)
+    # Only models with a CXR encoder have initial CXR weights to name.
+    assert (
+        "CXR encoder initial weights: random init (none): 2 run(s) of daft, medfuse." in overview.paragraphs
+    )
+    runs = overview.tables[0].frame
     variants = dict(zip(runs["model"], runs["variant"], strict=True))
     assert variants["daft"] == "cxr_to_ehr: the CXR stages scale and shift the EHR embedding (CareBench)"
     assert variants["medfuse"].startswith("staged training (MedFuse paper)")

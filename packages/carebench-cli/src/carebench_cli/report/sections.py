@@ -155,8 +155,9 @@ def overview_section(context: ReportContext) -> Section:
 def _weights_text(runs: pl.DataFrame) -> str:
     """Which initial CXR weights the runs' CNNs started from (name and SHA-256 prefix), with run counts."""
     parts = []
+    with_cnn = runs.filter(pl.col("reads_cxr"))
     for (weights, digest), group in sorted(
-        runs.group_by("cxr_weights", "cxr_weights_sha256"),
+        with_cnn.group_by("cxr_weights", "cxr_weights_sha256"),
         key=lambda item: (str(item[0][0]), str(item[0][1])),
     ):
         label = "random init (none)" if weights == "none" else f"{weights} (sha256 {str(digest)[:12]}…)"
