@@ -87,17 +87,19 @@ def test_run_id_is_a_pinned_literal():
         dataset_hash="0" * 64,
     )
     # Pinned: if this changes, existing run stores are no longer resumed (bump RUN_ID_VERSION on purpose).
-    assert spec.run_id == "lstm-mortality-437fb84aacc1"
+    assert spec.run_id == "lstm-mortality-59aa47491ed8"
     canonical = (
-        '{"cohort":"base","dataset_hash":"' + "0" * 64 + '","fold":0,"hparams":{},"model":"lstm",'
+        '{"cohort":"base","cxr_weights":"none","cxr_weights_sha256":"none","dataset_hash":"'
+        + "0" * 64
+        + '","fold":0,"hparams":{},"model":"lstm",'
         '"profile":"quick","seed":42,"task":"mortality","test_settings":["natural"],"train":{},'
-        '"train_cxr_drop":0.0,"version":1}'
+        '"train_cxr_drop":0.0,"version":2}'
     )
-    assert hashlib.sha256(canonical.encode()).hexdigest()[:12] == "437fb84aacc1"
+    assert hashlib.sha256(canonical.encode()).hexdigest()[:12] == "59aa47491ed8"
 
 
 def test_setting_names():
-    spec = _grid(train_cxr_drop=[0.3], cohorts=["matched"])[0]
+    spec = _grid(train_cxr_drop=[0.3], cohorts=["matched"], train_cxr_drop_protocol="train_only")[0]
     assert spec.setting_name("natural") == "cohort_matched+train_cxr_drop_0.3"
     assert spec.setting_name("test_cxr_mcar_0.5") == "cohort_matched+train_cxr_drop_0.3+test_cxr_mcar_0.5"
     assert spec.train_missingness == ("train_cxr_drop_0.3",)

@@ -71,9 +71,9 @@ def test_report_numbers_match_carebench_eval(finished_store):
         ).row(0, named=True)
         cell = fmt_ci(row["value"], row["ci_low"], row["ci_high"])
         leaderboard = markdown.split("Table 2 (base cohort, mortality)")[1].split("**Table")[0]
-        assert re.search(rf"\| {model}( •)? \| [^|]+ \| [^|]+ \| {re.escape(cell)} \|", leaderboard), (
-            leaderboard
-        )
+        assert re.search(
+            rf"\| {model}( •)?( \(reference\))? \| [^|]+ \| [^|]+ \| {re.escape(cell)} \|", leaderboard
+        ), leaderboard
     # The saved tidy table is the same computation.
     saved = ce.read_results(report_dir / "results" / "score_base.csv")
     assert saved.equals(direct)

@@ -9,16 +9,19 @@ import torch
 from safetensors.torch import save_file
 from torchvision.models import resnet50
 
-from carebench_models import CarebenchModelError, TransformerEHRConfig
+from carebench_models import CarebenchModelError, TransformerEHRConfig, create_model
 from carebench_models.encoders import (
     LSTMEHR,
     ResNet50CXR,
     SmallCNN,
     TransformerEHR,
     build_cxr_encoder,
+    download_imagenet_weights,
     ehr_input,
+    file_sha256,
     imagenet_cache_path,
     load_cxr_weights,
+    resolve_cxr_weights,
 )
 from carebench_models.missing import MissingToken, paired_index, scatter_rows
 from carebench_models.testing import task_spec, tiny_batch
@@ -153,3 +156,67 @@ def test_rows_without_ehr_are_refused() -> None:
     batch = {"has_cxr": torch.tensor([True, False]), "has_ehr": torch.tensor([True, False])}
     with pytest.raises(CarebenchModelError, match="has_ehr=False"):
         paired_index(batch)
+
+
+def test_paper_profile_fine_tunes_imagenet_weights_and_quick_starts_random() -> None:
+    from carebench_models.zoo.latefusion import LateFusionConfig
+
+    assert LateFusionConfig.for_profile("paper").cxr_weights == "imagenet"
+    assert LateFusionConfig().cxr_weights == "imagenet"
+    assert LateFusionConfig.for_profile("quick").cxr_weights == "none"
+    assert LateFusionConfig.for_profile("paper", cxr_weights="none").cxr_weights == "none"
+
+
+def test_paper_profile_model_refuses_uncached_imagenet_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    expected = imagenet_cache_path("imagenet")
+    assert expected == tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    with pytest.raises(CarebenchModelError, match=f"not cached at {expected}"):
+        create_model("resnet", task=task_spec("binary"), profile="paper")
+
+
+def test_imagenet_download_uses_torchvisions_weights_api_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision.models._api as torchvision_api
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    fetched: list[str] = []
+
+    def fake_download(url: str, *args: object, **kwargs: object) -> dict[str, torch.Tensor]:
+        # What torch hub does: the file lands in <hub>/checkpoints/<basename of the url>.
+        fetched.append(url)
+        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        state = resnet50(weights=None).state_dict()
+        torch.save(state, target)
+        return state
+
+    monkeypatch.setattr(torchvision_api, "load_state_dict_from_url", fake_download)
+    with pytest.raises(CarebenchModelError, match="not cached"):
+        resolve_cxr_weights("imagenet_v1", allow_download=False)
+    assert fetched == []
+    path = download_imagenet_weights("imagenet_v1")
+    assert fetched == ["https://download.pytorch.org/models/resnet50-0676ba61.pth"]
+    assert path == imagenet_cache_path("imagenet_v1") and path.is_file()
+    assert resolve_cxr_weights("imagenet_v1", allow_download=False) == path
+    encoder = build_cxr_encoder(TransformerEHRConfig.for_profile("paper", cxr_weights="imagenet_v1"))
+    assert encoder.weights_sha256 == file_sha256(path)
+    assert fetched == ["https://download.pytorch.org/models/resnet50-0676ba61.pth"]  # no second fetch
+    with pytest.raises(CarebenchModelError, match="unknown named CXR weights"):
+        imagenet_cache_path("imagenet_v3")
+
+
+def test_a_local_cxr_domain_weight_file_is_used_like_imagenet(tmp_path: Path) -> None:
+    # CXR-pretrained weights with torchvision key names (and a classifier head, which is ignored).
+    torch.manual_seed(3)
+    source = resnet50(weights=None)
+    state = {key: value.contiguous() for key, value in source.state_dict().items()}
+    path = tmp_path / "cxr_domain.safetensors"
+    save_file(state, str(path))
+    model = create_model("latefusion", task=task_spec("binary"), profile="paper", cxr_weights=str(path))
+    encoder = model.cxr_branch.encoder
+    torch.testing.assert_close(encoder.layer4[2].conv3.weight, source.layer4[2].conv3.weight)
+    assert encoder.weights_sha256 == file_sha256(path)

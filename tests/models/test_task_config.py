@@ -170,6 +170,21 @@ def test_register_model_rejects_duplicates_and_missing_annotations() -> None:
         register_model("unannotated_for_test", paper="none", group="unimodal")(lambda task, config=None: None)
     with pytest.raises(CarebenchModelError, match="group"):
         register_model("x", paper="none", group="fancy")  # type: ignore[arg-type]
+    with pytest.raises(CarebenchModelError, match="modalities"):
+        register_model("x", paper="none", group="unimodal", modalities=("ehr", "notes"))
+
+
+def test_registry_names_the_modalities_each_model_reads() -> None:
+    from carebench_models.encoders import CXREncoder
+
+    assert model_info("lstm").modalities == model_info("transformer").modalities == ("ehr",)
+    assert model_info("resnet").modalities == ("cxr",)
+    assert model_info("latefusion").modalities == ("ehr", "cxr")
+    # A model without the CXR modality builds no CXR encoder, so its CXR weights never matter.
+    for name in available_models():
+        model = create_model(name, task=task_spec("binary"), profile="quick")
+        has_cnn = any(isinstance(module, CXREncoder) for module in model.modules())
+        assert has_cnn == ("cxr" in model_info(name).modalities), name
 
 
 def test_cohort_defaults_reach_the_config() -> None:

@@ -13,13 +13,16 @@ import torch
 from carebench_models import (
     BatchDictDataset,
     CarebenchModelError,
+    TaskSpec,
     TrainConfig,
     Trainer,
+    TrainingStage,
     load_weights,
     long_predictions,
 )
 from carebench_models.testing import task_spec, tiny_arrays, tiny_dataset, tiny_model
 from carebench_models.training.trainer import _chunks
+from carebench_models.zoo.lstm import LSTMConfig, LSTMModel
 
 CPU = {"device": "cpu"}
 
@@ -257,3 +260,77 @@ def test_validation_metric_matches_scikit_learn() -> None:
     expected = np.mean([average_precision_score(y[:, k], proba[:, k]) for k in range(3)])
     assert macro_auprc(y, proba) == pytest.approx(expected, rel=1e-12)
     assert accuracy(np.array([2, 0]), np.array([[0.1, 0.2, 0.7], [0.3, 0.6, 0.1]])) == 0.5
+
+
+class _StagedLSTM(LSTMModel):
+    """The `lstm` model with two training stages; records what the trainer hands each stage."""
+
+    def __init__(self, task: TaskSpec, config: LSTMConfig) -> None:
+        super().__init__(task, config)
+        self.stage: str | None = None
+        self.calls: list[str | None] = []
+        self.rows_seen: dict[tuple[str | None, bool], list[bool]] = {}
+        self.optimizer_ids: list[int] = []
+
+    def training_stages(self) -> tuple[TrainingStage, ...]:
+        return (TrainingStage("warmup"), TrainingStage("images", rows="paired"))
+
+    def set_training_stage(self, stage: str | None) -> None:
+        self.stage = stage
+        self.calls.append(stage)
+
+    def configure_optimizers(self, train_cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+        optimizers = super().configure_optimizers(train_cfg)
+        self.optimizer_ids.append(id(optimizers[0]))
+        return optimizers
+
+    def forward(self, batch):  # type: ignore[no-untyped-def]
+        self.rows_seen.setdefault((self.stage, self.training), []).extend(batch["has_cxr"].tolist())
+        return super().forward(batch)
+
+
+def test_staged_models_fit_stage_by_stage_with_their_own_rows_and_optimisers() -> None:
+    task = task_spec("binary")
+    train, val = tiny_dataset(task, 40, seed=1), tiny_dataset(task, 24, seed=2)
+    torch.manual_seed(0)
+    model = _StagedLSTM(task, LSTMConfig.for_profile("quick", ehr_features=6))
+    progress: list[tuple[int, int]] = []
+    config = TrainConfig(
+        max_epochs=3, patience=1, min_epochs=1, monitor=scripted_monitor([0.5, 0.4, 0.6, 0.7, 0.1]), **CPU
+    )
+    result = Trainer(model, config).fit(
+        train, val, progress=lambda done, total: progress.append((done, total))
+    )
+    # Stage 1 stops after epochs 0-1 (no improvement at epoch 1); stage 2 runs epochs 2-4.
+    assert model.calls == ["warmup", "images", None]
+    assert [(record["epoch"], record["stage"]) for record in result.epochs] == [
+        (0, "warmup"), (1, "warmup"), (2, "images"), (3, "images"), (4, "images"),
+    ]  # fmt: skip
+    assert [(s["stage"], s["first_epoch"], s["epochs"], s["best_epoch"]) for s in result.stages] == [
+        ("warmup", 0, 2, 0),
+        ("images", 2, 3, 3),
+    ]
+    assert (result.best_epoch, result.best_metric) == (3, 0.7)
+    assert progress[-1] == (5, 6)  # epoch budget: 3 per stage
+    assert len(set(model.optimizer_ids)) == 2  # fresh optimisers for every stage
+    # The paired stage trains and validates on the rows with a CXR only; the other sees every row.
+    assert all(model.rows_seen[("images", True)]) and all(model.rows_seen[("images", False)])
+    assert len(model.rows_seen[("images", True)]) == 3 * int(train.has_cxr.sum())
+    assert len(model.rows_seen[("images", False)]) == 3 * int(val.has_cxr.sum())
+    assert not all(model.rows_seen[("warmup", True)]) and len(model.rows_seen[("warmup", True)]) == 2 * 40
+    # The model holds the best epoch of the last stage.
+    assert all(torch.equal(value, result.best_state[key]) for key, value in model.state_dict().items())
+
+
+def test_a_paired_stage_needs_a_dataset_with_cxrs() -> None:
+    task = task_spec("binary")
+    model = _StagedLSTM(task, LSTMConfig.for_profile("quick", ehr_features=6))
+    batches = [tiny_arrays(task, 8, seed=3)]
+    config = TrainConfig(max_epochs=1, min_epochs=1, **CPU)
+    with pytest.raises(CarebenchModelError, match="'images' uses only the rows with a CXR"):
+        Trainer(model, config).fit(batches, batches)
+    without_cxr = tiny_dataset(task, 16, paired_fraction=0.0)
+    with pytest.raises(CarebenchModelError, match="the training data has none"):
+        Trainer(_StagedLSTM(task, LSTMConfig.for_profile("quick", ehr_features=6)), config).fit(
+            without_cxr, without_cxr
+        )

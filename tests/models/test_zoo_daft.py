@@ -10,6 +10,7 @@ from torch import nn
 
 from carebench_models import CarebenchModelError, create_model
 from carebench_models.encoders.cxr import SmallCNN
+from carebench_models.missing import paired_batch_norm
 from carebench_models.testing import count_cxr_encoder_calls, task_spec, tiny_batch, tiny_model, train_steps
 from carebench_models.zoo.daft import DAFTBlock, DAFTModel, _map_side
 
@@ -120,3 +121,117 @@ def test_invalid_options_raise() -> None:
     # ResNet-50's last bottleneck has no downsample path, so location 2 would equal location 1.
     with pytest.raises(CarebenchModelError, match="location 2"):
         create_model("daft", task=task, profile="paper", location=2)
+
+
+def test_batch_norm_statistics_never_see_the_placeholder_maps() -> None:
+    # Rows without a CXR enter the DAFT block as the learned map u_miss; in training, the block's
+    # BatchNorms must normalise with statistics of the paired rows only.
+    task = task_spec("binary")
+    model = tiny_model("daft", task, dropout=0.0)
+    assert isinstance(model, DAFTModel)
+    batch = tiny_batch(task, 8, paired_fraction=0.5, seed=6)
+    paired = batch["has_cxr"]
+    norms = [module for module in model.daft_block.modules() if isinstance(module, nn.BatchNorm2d)]
+    assert len(norms) >= 3
+    outputs, running = [], []
+    for value in (0.0, 5.0):
+        for norm in norms:
+            norm.reset_running_stats()
+        with torch.no_grad():
+            model.missing_input.fill_(value)
+        model.train()
+        with torch.no_grad():
+            outputs.append(model(batch).logits)
+        running.append([norm.running_mean.clone() for norm in norms])
+    torch.testing.assert_close(outputs[0][paired], outputs[1][paired], atol=1e-5, rtol=0)
+    assert (outputs[0][~paired] - outputs[1][~paired]).abs().max() > 1e-4
+    for first, second in zip(*running, strict=True):
+        torch.testing.assert_close(first, second)
+
+
+def test_paired_batch_norm_equals_batch_norm_on_the_paired_rows() -> None:
+    torch.manual_seed(7)
+    reference, norm = nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+    for module in (reference, norm):
+        nn.init.normal_(module.weight)
+        nn.init.normal_(module.bias)
+    norm.load_state_dict(reference.state_dict())
+    x = torch.randn(6, 4, 3, 3) * 2 + 1
+    idx = torch.tensor([0, 2, 5])
+    out = paired_batch_norm(norm, x, idx)
+    torch.testing.assert_close(out[idx], reference(x[idx]), atol=1e-5, rtol=1e-5)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(norm, name), getattr(reference, name))
+    # The other rows are normalised with the same statistics.
+    mean, var = x[idx].mean(dim=(0, 2, 3)), x[idx].var(dim=(0, 2, 3), unbiased=False)
+    expected = (x[1] - mean[:, None, None]) / torch.sqrt(var[:, None, None] + norm.eps)
+    expected = expected * norm.weight[:, None, None] + norm.bias[:, None, None]
+    torch.testing.assert_close(out[1], expected, atol=1e-5, rtol=1e-5)
+    # No paired row: running statistics, left untouched; eval mode: plain BatchNorm.
+    before = norm.running_mean.clone()
+    none = paired_batch_norm(norm, x, idx[:0])
+    torch.testing.assert_close(norm.running_mean, before)
+    norm.eval()
+    torch.testing.assert_close(none, norm(x))
+    torch.testing.assert_close(paired_batch_norm(norm, x, idx), norm(x))
+
+
+def test_cxr_to_ehr_direction_lets_the_cxr_stages_modulate_the_ehr() -> None:
+    task = task_spec("binary")
+    model = tiny_model("daft", task, direction="cxr_to_ehr")
+    assert isinstance(model, DAFTModel)
+    assert "CareBench" in model.variant() and "DAFT paper" in tiny_model("daft", task).variant()
+    assert not hasattr(model, "daft_block") and len(model.film_blocks) == 5
+    assert [block.aux_hidden.in_features for block in model.film_blocks] == [
+        16 + 32,
+        16 + 32,
+        32 + 32,
+        64 + 32,
+        128 + 32,
+    ]
+    assert all(block.aux_out.out_features == 2 * 32 for block in model.film_blocks)
+    train_steps(model, [tiny_batch(task, 8, paired_fraction=0.5, seed=1)])
+    model.eval()
+    batch = tiny_batch(task, 8, paired_fraction=0.5, seed=2)
+    paired = batch["has_cxr"]
+    # Each stage's transform reads its pooled map and scales and shifts the EHR vector [B, d].
+    inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handles = [
+        block.register_forward_hook(lambda _m, args, _out: inputs.append((args[0], args[1])))
+        for block in model.film_blocks
+    ]
+    with torch.no_grad():
+        reference = model(batch).logits
+    for handle in handles:
+        handle.remove()
+    assert [tuple(squeeze.shape) for squeeze, _ in inputs] == [(8, 16), (8, 16), (8, 32), (8, 64), (8, 128)]
+    assert all(tuple(ehr.shape) == (8, 32) for _, ehr in inputs)
+    # Rows without a CXR use the learned pooled maps.
+    for (squeeze, _), missing in zip(inputs, model.squeeze_missing, strict=True):
+        torch.testing.assert_close(squeeze[~paired], missing.detach().expand(int((~paired).sum()), -1))
+    # The image changes the paired rows' predictions only; the EHR changes every row's.
+    with torch.no_grad():
+        brighter = model(dict(batch, cxr=batch["cxr"] * 2.0)).logits
+        other = tiny_batch(task, 8, paired_fraction=0.5, seed=3)
+        shifted = model(dict(batch, ehr=other["ehr"], ehr_mask=other["ehr_mask"])).logits
+    assert (brighter - reference)[paired].abs().min() > 1e-6
+    torch.testing.assert_close(brighter[~paired], reference[~paired])
+    assert (shifted - reference).abs().min() > 1e-7
+
+
+@pytest.mark.parametrize("check", ["gradients", "all_missing", "missing_invariance", "row_independence"])
+def test_cxr_to_ehr_direction_keeps_the_model_contract(check: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import carebench_models.testing as testing
+
+    original = testing.tiny_model
+    monkeypatch.setattr(
+        testing,
+        "tiny_model",
+        lambda name, task, **kw: original(name, task, **{"direction": "cxr_to_ehr", **kw}),
+    )
+    testing.CONTRACT_CHECKS[check]("daft", "multilabel")
+
+
+def test_unknown_direction_raises() -> None:
+    with pytest.raises(CarebenchModelError, match="direction"):
+        tiny_model("daft", task_spec("binary"), direction="both")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from carebench_models import CarebenchModelError, save_weights
-from carebench_models.testing import task_spec, tiny_batch, tiny_model, train_steps
+from carebench_models import CarebenchModelError, TrainConfig, Trainer, save_weights
+from carebench_models.testing import task_spec, tiny_batch, tiny_dataset, tiny_model, train_steps
 from carebench_models.zoo.medfuse import MedFuseConfig, MedFuseModel
 
 
@@ -102,3 +102,74 @@ def test_pretrained_encoders_reject_foreign_or_partial_files(tmp_path: Path) -> 
         tiny_model("medfuse", task, pretrained_encoders=str(tmp_path / "absent.safetensors"))
     with pytest.raises(CarebenchModelError, match=r"\.safetensors"):
         MedFuseConfig.for_profile("quick", pretrained_encoders="weights.pt")
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.clone() for key, value in module.state_dict().items()}
+
+
+def test_staged_training_pretrains_each_encoder_alone_then_fuses() -> None:
+    task = task_spec("binary")
+    model = tiny_model("medfuse", task, training="staged")
+    assert isinstance(model, MedFuseModel)
+    assert [stage.name for stage in model.training_stages()] == ["ehr_pretrain", "cxr_pretrain", "fusion"]
+    assert "MedFuse paper" in model.variant()
+    # What each stage changed: snapshots taken at every stage boundary.
+    parts = ("ehr_lstm", "cxr_branch", "fusion_lstm", "head", "ehr_head", "cxr_head")
+    snapshots: list[tuple[str | None, dict[str, dict[str, torch.Tensor]]]] = []
+    switch = model.set_training_stage
+
+    def record(stage: str | None) -> None:
+        snapshots.append((stage, {part: _snapshot(getattr(model, part)) for part in parts}))
+        switch(stage)
+
+    model.set_training_stage = record  # type: ignore[method-assign]
+    train = tiny_dataset(task, 64, paired_fraction=0.5, seed=1)
+    val = tiny_dataset(task, 32, paired_fraction=0.5, seed=2)
+    result = Trainer(model, TrainConfig(max_epochs=2, min_epochs=2, patience=5, device="cpu")).fit(train, val)
+    assert [stage for stage, _ in snapshots] == ["ehr_pretrain", "cxr_pretrain", "fusion", None]
+    # The training log names the stage of every epoch: the stage boundaries.
+    assert [record["stage"] for record in result.epochs] == ["ehr_pretrain"] * 2 + ["cxr_pretrain"] * 2 + [
+        "fusion"
+    ] * 2
+    assert [summary["first_epoch"] for summary in result.stages] == [0, 2, 4]
+    after = {part: _snapshot(getattr(model, part)) for part in parts}
+    states = [state for _, state in snapshots] + [after]
+
+    def moved(stage_index: int) -> set[str]:
+        start, end = states[stage_index], states[stage_index + 1]
+        return {
+            part
+            for part in parts
+            if any(not torch.equal(start[part][key], end[part][key]) for key in start[part])
+        }
+
+    assert moved(0) == {"ehr_lstm", "ehr_head"}  # EHR encoder pretrained alone
+    assert moved(1) == {"cxr_branch", "cxr_head"}  # then the CXR encoder alone
+    assert moved(2) == {"ehr_lstm", "cxr_branch", "fusion_lstm", "head"}  # then fused, encoders fine-tuned
+    # Prediction uses the fused model.
+    assert model.stage is None
+    batch = tiny_batch(task, 8, paired_fraction=0.5, seed=3)
+    model.eval()
+    reference = ehr_only_logits(model, batch)
+    with torch.no_grad():
+        logits = model(batch).logits
+    missing = ~batch["has_cxr"]
+    torch.testing.assert_close(logits[missing], reference[missing], atol=1e-6, rtol=0)
+
+
+def test_cxr_pretraining_refuses_rows_without_a_cxr_and_bad_protocols_raise() -> None:
+    model = tiny_model("medfuse", task_spec("binary"), training="staged")
+    model.set_training_stage("cxr_pretrain")
+    with pytest.raises(CarebenchModelError, match="rows with a CXR only"):
+        model(tiny_batch(model.task, 4, paired_fraction=0.5))
+    with pytest.raises(CarebenchModelError, match="end_to_end, staged"):
+        MedFuseConfig.for_profile("quick", training="pretrained")
+    default = tiny_model("medfuse", task_spec("binary"))
+    assert default.training_stages() == () and not hasattr(default, "ehr_head")
+    assert "end-to-end" in default.variant()
+
+
+def test_paper_profile_starts_from_imagenet_v1_weights() -> None:
+    assert MedFuseConfig.for_profile("paper").cxr_weights == "imagenet_v1"
+    assert MedFuseConfig.for_profile("quick").cxr_weights == "none"

@@ -155,3 +155,47 @@ def test_profiles_and_validation() -> None:
         UTDEConfig.for_profile("quick", time_dim=12, mtand_heads=8)
     with pytest.raises(CarebenchModelError, match="fusion_heads"):
         UTDEConfig.for_profile("quick", fusion_heads=5)
+
+
+def test_ehr_layers_see_the_hour_through_learned_positions() -> None:
+    # A stay whose every hour looks the same gives the same gated embedding at every step; only the
+    # positions of TransformerEHR (a [T, d] table, U(-0.1, 0.1)) let the EHR layers tell the hours apart.
+    model = tiny_model("utde", task_spec("binary")).eval()
+    assert isinstance(model, UTDEModel)
+    assert tuple(model.ehr_position.shape) == (48, 32)
+    assert 0 < float(model.ehr_position.detach().abs().max()) <= 0.1
+    batch = tiny_batch(model.task, 2, seed=6)
+    constant = dict(
+        batch,
+        ehr=batch["ehr"][:, :1].expand_as(batch["ehr"]).contiguous(),
+        ehr_mask=torch.ones_like(batch["ehr_mask"]),
+    )
+    with torch.no_grad():
+        sequence = model.embed_ehr(constant)
+    assert (sequence[:, 0] - sequence[:, -1]).abs().max() > 1e-3
+    with torch.no_grad():
+        model.ehr_position.zero_()
+        flat = model.embed_ehr(constant)
+    torch.testing.assert_close(flat[:, 0], flat[:, -1], atol=1e-5, rtol=0)
+
+
+def test_cxr_batch_norm_statistics_never_see_the_missing_token() -> None:
+    task = task_spec("binary")
+    model = tiny_model("utde", task, dropout=0.0)
+    assert isinstance(model, UTDEModel)
+    batch = tiny_batch(task, 8, paired_fraction=0.5, seed=7)
+    paired = batch["has_cxr"]
+    norm = model.cxr_embedding[1]
+    assert isinstance(norm, RowBatchNorm)
+    outputs, running = [], []
+    for value in (0.0, 4.0):
+        norm.reset_running_stats()
+        with torch.no_grad():
+            model.cxr_missing.value.fill_(value)
+        model.train()
+        with torch.no_grad():
+            outputs.append(model(batch).logits)
+        running.append((norm.running_mean.clone(), norm.running_var.clone()))
+    torch.testing.assert_close(outputs[0][paired], outputs[1][paired], atol=1e-5, rtol=0)
+    assert (outputs[0][~paired] - outputs[1][~paired]).abs().max() > 1e-4
+    torch.testing.assert_close(running[0], running[1])

@@ -10,8 +10,10 @@ A TOML file mirrors the flags and adds the grid axes and overrides that have no 
     folds = [0]
     seeds = [42, 123, 1234]
     train_cxr_drop = [0.0]
+    train_cxr_drop_protocol = "upstream"   # or "train_only"
     test_settings = ["natural", "test_cxr_mcar_0.5", "test_cxr_mcar_1.0", "test_cxr_mnar_0.5"]
     profile = "paper"
+    cxr_weights = "imagenet"               # omit for the profile's default; "none" = random init
     device = "auto"
 
     [train]                                # carebench_models.TrainConfig fields
@@ -46,6 +48,10 @@ DEFAULT_TASKS: tuple[str, ...] = ("mortality", "phenotype", "los")
 COHORTS: tuple[str, ...] = ("base", "matched")
 PROFILES: tuple[str, ...] = ("quick", "paper")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DROP_PROTOCOLS: tuple[str, ...] = ("upstream", "train_only")
+"""Train-time CXR drop protocols: `upstream` drops the CXR from the same share of training and
+validation stays (as CareBench does); `train_only` from training stays only."""
+NAMED_CXR_WEIGHTS: tuple[str, ...] = ("none", "imagenet", "imagenet_v1")
 DEFAULT_TEST_SETTINGS: tuple[str, ...] = (
     "natural",
     "test_cxr_mcar_0.5",
@@ -112,11 +118,18 @@ class RunConfig:
     seeds: tuple[int, ...] = (42,)
     """Training seeds."""
     train_cxr_drop: tuple[float, ...] = (0.0,)
-    """Train-time CXR drop rates (the upstream protocol); 0 = no drop."""
+    """Train-time CXR drop rates; 0 = no drop."""
+    train_cxr_drop_protocol: str = "upstream"
+    """Which splits a train-time drop applies to: `upstream` (training and validation stays, as
+    CareBench) or `train_only` (training stays; validation keeps every CXR)."""
     test_settings: tuple[str, ...] = DEFAULT_TEST_SETTINGS
     """Test-time CXR settings each trained model is evaluated under, without retraining."""
     profile: str = "quick"
     """Model and trainer profile: `quick` (CPU-sized) or `paper`."""
+    cxr_weights: str | None = None
+    """Initial CXR encoder weights of every model that reads the CXR: `none` (random init),
+    `imagenet`, `imagenet_v1` or a weights file; None = each model's profile default (`paper`:
+    ImageNet, `quick`: none). `[hparams.<model>] cxr_weights` beats it for one model."""
     device: str = "auto"
     """`auto` (CUDA when available), `cpu` or `cuda`."""
     threads: int = 0
@@ -130,7 +143,15 @@ class RunConfig:
     """Statistics settings of the report written after the grid (defaults follow the profile)."""
 
 
-_SCALAR_KEYS = ("dataset", "out", "profile", "device", "threads")
+_SCALAR_KEYS = (
+    "dataset",
+    "out",
+    "profile",
+    "device",
+    "threads",
+    "cxr_weights",
+    "train_cxr_drop_protocol",
+)
 _LIST_KEYS = ("models", "tasks", "cohorts", "folds", "seeds", "train_cxr_drop", "test_settings")
 _TABLE_KEYS = ("train", "hparams", "report")
 VALID_KEYS: tuple[str, ...] = _SCALAR_KEYS + _LIST_KEYS + _TABLE_KEYS
@@ -215,17 +236,29 @@ def resolve_config(
     """
     file_values = dict(file_values or {})
     for key, path_value in list(file_values.items()):
-        if key in ("dataset", "out") and isinstance(path_value, str):
+        is_path = key in ("dataset", "out") or (key == "cxr_weights" and path_value not in NAMED_CXR_WEIGHTS)
+        if is_path and isinstance(path_value, str):
             path = Path(path_value).expanduser()
-            file_values[key] = path if path.is_absolute() or base_dir is None else base_dir / path
+            path = path if path.is_absolute() or base_dir is None else base_dir / path
+            file_values[key] = str(path) if key == "cxr_weights" else path
+    if isinstance(flags, Mapping) and isinstance(flags.get("cxr_weights"), Path):
+        flags = {**flags, "cxr_weights": str(flags["cxr_weights"])}
     merged = {**file_values, **{key: value for key, value in (flags or {}).items() if value is not None}}
     report = merged.pop("report", {})
     typed = {key: _as_list(value) if key in _LIST_KEYS else value for key, value in merged.items()}
     config: RunConfig = _typed(load_dataclass, RunConfig, typed)
 
-    for key, valid in (("profile", PROFILES), ("device", DEVICES)):
+    for key, valid in (
+        ("profile", PROFILES),
+        ("device", DEVICES),
+        ("train_cxr_drop_protocol", DROP_PROTOCOLS),
+    ):
         if getattr(config, key) not in valid:
             raise _usage(f"unknown {key} {getattr(config, key)!r}; valid {key}s: {', '.join(valid)}")
+    if config.cxr_weights is not None and not config.cxr_weights:
+        raise _usage(
+            f"cxr_weights must be one of {', '.join(NAMED_CXR_WEIGHTS)} or a weights file path, got ''"
+        )
     if config.threads < 0:
         raise _usage(
             f"config key 'threads' must be a non-negative integer (0 = auto), got {config.threads!r}"
@@ -276,6 +309,28 @@ def check_override_types(config: RunConfig) -> None:
         _typed(check_table, model_info(model).config_class, overrides, section=f"hparams.{model}")
 
 
+def check_model_names(config: RunConfig, *, known_models: Sequence[str]) -> RunConfig:
+    """Check model names (and `hparams` keys) against the registry and fill the default model list.
+
+    Needs no dataset, so a run can check its models (and their weights) before preparing one.
+
+    Returns:
+        The config with `models` = every registered model when none was named.
+
+    Raises:
+        CliError: an unknown model, naming the valid ones (usage exit).
+    """
+    _check_names("model", config.models, known_models)
+    _check_names("model", list(config.hparams), known_models)
+    models = config.models or tuple(known_models)
+    unused = sorted(set(config.hparams) - set(models))
+    if unused:
+        raise _usage(
+            f"[hparams] names model(s) {unused} that are not in the grid; grid models: {', '.join(models)}"
+        )
+    return replace(config, models=models)
+
+
 def check_names(config: RunConfig, *, known_models: Sequence[str], known_tasks: Sequence[str]) -> RunConfig:
     """Check model and task names (and `hparams` keys) and fill the default model list.
 
@@ -287,14 +342,7 @@ def check_names(config: RunConfig, *, known_models: Sequence[str], known_tasks: 
     """
     _check_names("model", config.models, known_models)
     _check_names("task", config.tasks, known_tasks)
-    _check_names("model", list(config.hparams), known_models)
-    models = config.models or tuple(known_models)
-    unused = sorted(set(config.hparams) - set(models))
-    if unused:
-        raise _usage(
-            f"[hparams] names model(s) {unused} that are not in the grid; grid models: {', '.join(models)}"
-        )
-    return replace(config, models=models)
+    return check_model_names(config, known_models=known_models)
 
 
 def format_rate(rate: float) -> str:

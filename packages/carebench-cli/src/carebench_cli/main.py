@@ -45,7 +45,7 @@ def _register() -> None:
 
     app.command("run")(run_cmd.run_command)
     app.command("report")(report_cmd.report_command)
-    app.command("models")(models_cmd.models_command)
+    app.add_typer(models_cmd.models_app, name="models")
 
 
 _register()

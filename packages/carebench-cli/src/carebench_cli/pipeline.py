@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from carebench_cli.grid import RunSpec
+from carebench_cli.config import RunConfig
+from carebench_cli.errors import USAGE_EXIT, CliError
+from carebench_cli.grid import NO_WEIGHTS, RunSpec
 from carebench_cli.report.context import PRIMARY_METRICS
 from carebench_cli.run_store import (
     MEDS_PREDICTIONS_DIR,
@@ -67,8 +69,6 @@ def resolve_device(device: str) -> str:
     """
     import torch
 
-    from carebench_cli.errors import CliError
-
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -88,6 +88,93 @@ def bundled_defaults(model: str, task: str, cohort: str) -> tuple[dict[str, Any]
     return dict(defaults.config), dict(defaults.train)
 
 
+WEIGHTS_COMMAND = "carebench models weights --download"
+"""The one command that downloads CXR weights (nothing else does)."""
+
+
+def resolve_model_weights(config: RunConfig) -> dict[str, tuple[str, str]]:
+    """Each grid model's initial CXR weights and the SHA-256 of their file, found without downloading.
+
+    A model's weights are its `[hparams.<model>] cxr_weights`, else the run's `cxr_weights`, else its
+    profile default (`paper`: ImageNet; `quick`: none). Models that do not read the CXR get `none`.
+    Named ImageNet weights must already be in the torch hub cache.
+
+    Args:
+        config: a config whose model list is filled (`config.check_model_names`).
+
+    Returns:
+        model -> (`none`, `imagenet`, `imagenet_v1` or the absolute file path; SHA-256 or `none`).
+
+    Raises:
+        CliError: named weights not cached (one line naming every expected file and the download
+            command), or a weights file that does not exist (usage exit).
+    """
+    from carebench_models import model_info
+    from carebench_models.encoders import (
+        IMAGENET_WEIGHT_NAMES,
+        file_sha256,
+        imagenet_cache_path,
+        resolve_cxr_weights,
+    )
+
+    chosen: dict[str, str] = {}
+    for model in config.models:
+        info = model_info(model)
+        if "cxr" not in info.modalities:
+            chosen[model] = NO_WEIGHTS
+            continue
+        value = config.hparams.get(model, {}).get("cxr_weights", config.cxr_weights)
+        if value is None:
+            value = info.config_class.for_profile(config.profile).cxr_weights
+        # Checks the value against the profile's encoder (e.g. the quick CNN has no ImageNet weights).
+        info.config_class.for_profile(config.profile, cxr_weights=str(value))
+        chosen[model] = str(value)
+    uncached = sorted(
+        {
+            name
+            for name in chosen.values()
+            if name in IMAGENET_WEIGHT_NAMES and not imagenet_cache_path(name).is_file()
+        }
+    )
+    if uncached:
+        files = ", ".join(f"{imagenet_cache_path(name)} ({name})" for name in uncached)
+        raise CliError(
+            f"CXR weights not found: {files}; download them once with `{WEIGHTS_COMMAND}`, "
+            'or set cxr_weights = "none" (--cxr-weights none) to start the CNN from random weights',
+            exit_code=USAGE_EXIT,
+        )
+    digests: dict[Path, str] = {}
+    resolved: dict[str, tuple[str, str]] = {}
+    for model, value in chosen.items():
+        if value == NO_WEIGHTS:
+            resolved[model] = (NO_WEIGHTS, NO_WEIGHTS)
+            continue
+        path = resolve_cxr_weights(value, allow_download=False).resolve()
+        if path not in digests:
+            digests[path] = file_sha256(path)
+        resolved[model] = (value if value in IMAGENET_WEIGHT_NAMES else str(path), digests[path])
+    return resolved
+
+
+def model_overrides(spec: RunSpec, features: int) -> dict[str, Any]:
+    """The model config overrides of a run: F, its hyperparameters and its CXR weights."""
+    return {"ehr_features": features, **dict(spec.hparams), "cxr_weights": spec.cxr_weights}
+
+
+def check_loaded_weights(model: Any, spec: RunSpec) -> None:
+    """Raise when the CXR encoder did not load the weights file the run was planned with (changed since)."""
+    from carebench_models.encoders import CXREncoder
+
+    if spec.cxr_weights_sha256 == NO_WEIGHTS:
+        return
+    for module in model.modules():
+        if isinstance(module, CXREncoder) and module.weights_sha256 != spec.cxr_weights_sha256:
+            raise CliError(
+                f"CXR weights {spec.cxr_weights} changed since the grid was planned (SHA-256 "
+                f"{str(module.weights_sha256)[:12]}..., planned {spec.cxr_weights_sha256[:12]}...); run again"
+            )
+
+
 def train_config_values(values: Mapping[str, Any]) -> dict[str, Any]:
     """TOML/JSON lists -> tuples (e.g. `betas`), as the frozen TrainConfig expects."""
     return {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
@@ -98,8 +185,12 @@ def feature_count(dataset_dir: Path) -> int:
     return len(json.loads((dataset_dir / "features.json").read_text(encoding="utf-8"))["features"])
 
 
-def model_metadata(name: str) -> dict[str, Any]:
-    """Registry facts about a model (group, paper), stored in `metrics.json` so reports need no registry."""
+def model_metadata(name: str, model: Any = None) -> dict[str, Any]:
+    """Registry facts about a model (group, paper, ...) and, given the built model, its variant.
+
+    Stored in `metrics.json` so that reports need no registry; `variant` names the method variant
+    the run's config selected (e.g. DAFT's direction), empty for models with one form.
+    """
     from carebench_models import model_info
 
     info = model_info(name)
@@ -108,6 +199,8 @@ def model_metadata(name: str) -> dict[str, Any]:
         "paper": info.paper,
         "custom_step": info.custom_step,
         "batch_dependent": info.batch_dependent,
+        "modalities": list(info.modalities),
+        "variant": model.variant() if model is not None else "",
     }
 
 
@@ -272,11 +365,12 @@ def execute_run(
     started = time.perf_counter()
     writer = store.start(spec)
     task = TaskSpec.from_info(task_info)
-    overrides = {"ehr_features": feature_count(dataset_dir), **dict(spec.hparams)}
+    overrides = model_overrides(spec, feature_count(dataset_dir))
     # The initial weights come from the run's seed, not from whatever the process drew before
     # (torch's unseeded start, earlier runs of the grid, preflight); `fit` seeds again for training.
     seed_everything(spec.seed, deterministic=False)
     model = create_model(spec.model, task=task, profile=spec.profile, **overrides)
+    check_loaded_weights(model, spec)
     image_size = int(model.config.image_size)
 
     def dataset(split: str, missingness: tuple[str, ...], seed: int, *, augment: bool = True) -> Any:
@@ -298,7 +392,11 @@ def execute_run(
     train_ds = ProgressDataset(
         dataset("train", spec.train_missingness, spec.seed), train_config.batch_size, hooks.on_batch
     )
-    val_ds = ProgressDataset(dataset("val", (), spec.seed), train_config.eval_batch_size, hooks.on_batch)
+    # The upstream drop protocol removes CXRs from validation stays too (`train_missingness` says
+    # which splits the drop reaches; on the validation split `train_only`'s spec is a no-op).
+    val_ds = ProgressDataset(
+        dataset("val", spec.train_missingness, spec.seed), train_config.eval_batch_size, hooks.on_batch
+    )
     trainer = Trainer(model, train_config)
 
     if hooks.on_phase:
@@ -345,7 +443,7 @@ def execute_run(
         METRICS_FILE,
         {
             "run_id": spec.run_id,
-            "model_info": model_metadata(spec.model),
+            "model_info": model_metadata(spec.model, model),
             "task_kind": task.kind,
             "primary_metric": primary,
             "val": {primary: val_metric},

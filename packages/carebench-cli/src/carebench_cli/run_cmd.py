@@ -23,7 +23,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from carebench_cli.config import RunConfig, check_names, check_override_types, read_toml, resolve_config
+from carebench_cli.config import (
+    RunConfig,
+    check_model_names,
+    check_names,
+    check_override_types,
+    read_toml,
+    resolve_config,
+)
 from carebench_cli.errors import USAGE_EXIT, CliError, handle_errors
 from carebench_cli.grid import RunSpec, expand_grid, parse_shard, shard
 from carebench_cli.progress import FinishedRow, GridProgress
@@ -79,24 +86,24 @@ def prepare_dataset(config: RunConfig, console: Console) -> Path:
 
 
 def preflight(specs: list[RunSpec], task_infos: dict[str, Any], dataset_dir: Path) -> None:
-    """Build each distinct model config and trainer config once, so a bad override fails before training."""
-    from carebench_cli.pipeline import feature_count, train_config_values
+    """Build each distinct model config and trainer config once, so a bad override fails before training.
+
+    The models load their CXR weights here too, so a weights file that does not fit the CNN fails now.
+    """
+    from carebench_cli.pipeline import feature_count, model_overrides, train_config_values
     from carebench_models import TaskSpec, create_model
     from carebench_models.training import TrainConfig
 
     features = feature_count(dataset_dir)
     seen: set[str] = set()
     for spec in specs:
-        key = json.dumps(
-            [spec.model, spec.task, spec.profile, dict(spec.hparams), dict(spec.train)], sort_keys=True
-        )
+        overrides = model_overrides(spec, features)
+        key = json.dumps([spec.model, spec.task, spec.profile, overrides, dict(spec.train)], sort_keys=True)
         if key in seen:
             continue
         seen.add(key)
         task = TaskSpec.from_info(task_infos[spec.task])
-        create_model(
-            spec.model, task=task, profile=spec.profile, **{"ehr_features": features, **spec.hparams}
-        )
+        create_model(spec.model, task=task, profile=spec.profile, **overrides)
         TrainConfig.for_profile(spec.profile, **train_config_values(spec.train))
 
 
@@ -360,17 +367,23 @@ def run_grid(
     Returns:
         The run store directory.
     """
-    from carebench_cli.pipeline import bundled_defaults, resolve_device
+    from carebench_cli.pipeline import bundled_defaults, resolve_device, resolve_model_weights
     from carebench_data.tasks import read_manifest, task_specs
     from carebench_models import available_models
 
+    # Models and their CXR weights need no dataset: a missing weights file stops the run before the
+    # (possibly long) dataset preparation and before any training.
+    config = check_model_names(config, known_models=available_models())
+    weights = resolve_model_weights(config)
     dataset_dir = prepare_dataset(config, console)
     check_output_dir(config.out, inputs=[dataset_dir], what="run store")
     task_infos = task_specs(dataset_dir)
     config = check_names(config, known_models=available_models(), known_tasks=list(task_infos))
     check_override_types(config)
     dataset_hash = str(read_manifest(dataset_dir)["content_hash"])
-    specs = expand_grid(config, dataset_hash=dataset_hash, defaults=bundled_defaults)
+    specs = expand_grid(
+        config, dataset_hash=dataset_hash, defaults=bundled_defaults, weights=weights.__getitem__
+    )
     grid_size = len(specs)
     if shard_spec is not None:
         index, count = parse_shard(shard_spec)
@@ -457,6 +470,15 @@ def run_command(
         ),
     ] = None,
     profile: Annotated[str | None, typer.Option("--profile", help="quick (CPU-sized) or paper.")] = None,
+    cxr_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--cxr-weights",
+            help="Initial CXR encoder weights: none (random), imagenet, imagenet_v1 or a weights file; "
+            "default: the profile's (paper: ImageNet, fetched once with `carebench models weights "
+            "--download`; quick: none).",
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run store directory (default: runs).")
@@ -483,6 +505,7 @@ def run_command(
         models=_names(models, option="--models"),
         tasks=_names(tasks, option="--tasks"),
         profile=profile,
+        cxr_weights=cxr_weights,
         device=device,
         out=out,
     )
@@ -493,6 +516,7 @@ def run_command(
         *(["--models", ",".join(flags["models"])] if flags["models"] else []),
         *(["--tasks", ",".join(flags["tasks"])] if flags["tasks"] else []),
         *(["--profile", profile] if profile else []),
+        *(["--cxr-weights", cxr_weights] if cxr_weights else []),
         *(["--device", device] if device else []),
         "--out",
         str(run_config.out),

@@ -5,7 +5,7 @@
 >>> model = create_model("latefusion", task=task, profile="quick")
 """
 
-from carebench_models.base import Batch, FusionModel, ModelOutput, TrainState
+from carebench_models.base import Batch, FusionModel, ModelOutput, TrainingStage, TrainState
 from carebench_models.config import CommonConfig, TransformerEHRConfig
 from carebench_models.data import BatchDictDataset
 from carebench_models.defaults import TaskDefaults, task_defaults
@@ -46,6 +46,7 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "Trainer",
+    "TrainingStage",
     "TransformerEHRConfig",
     "__version__",
     "available_models",

@@ -1,7 +1,8 @@
 """The model contract (DESIGN.md §4, models.md §2): `FusionModel`, `ModelOutput`, `TrainState`.
 
 A model implements `forward(batch) -> ModelOutput`; everything else has a default. Training-time
-extras (several optimisers, per-epoch statistics, a warm-up sample order) are optional hooks.
+extras (several optimisers, per-epoch statistics, a warm-up sample order, training stages) are
+optional hooks.
 """
 
 from __future__ import annotations
@@ -23,6 +24,22 @@ Batch = Mapping[str, Tensor]
 """A batch dict of DESIGN.md §2: ehr, ehr_mask, cxr, has_ehr, has_cxr, cxr_hours, y (optional), stay_id."""
 SampleOrder = Literal["shuffle", "modality_count_desc"]
 StepLog = dict[str, "float | Tensor"]
+StageRows = Literal["all", "paired"]
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """One stage of a staged training protocol (see `FusionModel.training_stages`).
+
+    Attributes:
+        name: the stage's name, passed to `FusionModel.set_training_stage` and logged with each of its
+            epochs (`stage` in the training log).
+        rows: `all` (every training and validation row) or `paired` (only the rows with a CXR, for a
+            stage that trains the image side alone).
+    """
+
+    name: str
+    rows: StageRows = "all"
 
 
 @dataclass
@@ -142,6 +159,30 @@ class FusionModel(nn.Module):
     def on_epoch_end(self, state: TrainState, optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
         """Called after each training epoch, before validation; returns values to log."""
         return {}
+
+    def training_stages(self) -> tuple[TrainingStage, ...]:
+        """The stages `Trainer.fit` runs in order; `()` (the default) is one ordinary fit.
+
+        Each stage is a complete fit of its own: fresh optimisers and schedulers from
+        `configure_optimizers`, early stopping on the validation metric of that stage's outputs, and its
+        best epoch reloaded before the next stage starts.
+        """
+        return ()
+
+    def set_training_stage(self, stage: str | None) -> None:
+        """Called by the trainer before each stage with its name, and with None after the last one.
+
+        A staged model switches what `forward` computes here (e.g. a unimodal head while an encoder is
+        pretrained); None restores the full model, which prediction uses. No-op by default.
+        """
+
+    def variant(self) -> str:
+        """A short description of the method variant the config selects, for reports.
+
+        Empty for models with a single form; models with a documented option (e.g. DAFT's direction)
+        name the one that runs.
+        """
+        return ""
 
     def sample_order(self, epoch: int) -> SampleOrder:
         """Training order of the epoch: seeded `shuffle`, or `modality_count_desc` (paired rows first)."""

@@ -28,7 +28,7 @@ class CommonConfig:
 
     profile_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "paper": {},
-        "quick": {"d_model": 32, "cxr_encoder": "smallcnn", "image_size": 64},
+        "quick": {"d_model": 32, "cxr_encoder": "smallcnn", "image_size": 64, "cxr_weights": "none"},
     }
 
     profile: Profile = "paper"
@@ -43,8 +43,12 @@ class CommonConfig:
     """Dropout probability used throughout the model unless a model section says otherwise."""
     cxr_encoder: CXREncoderName = "resnet50"
     """CXR backbone: `resnet50` (paper) or `smallcnn` (quick)."""
-    cxr_weights: str = "none"
-    """`none` (random init), `imagenet` (torchvision IMAGENET1K_V2), `imagenet_v1`, or a local file path."""
+    cxr_weights: str = "imagenet"
+    """Initial weights of the CXR encoder: `imagenet` (torchvision IMAGENET1K_V2, what CareBench
+    fine-tunes; the `paper` default), `imagenet_v1` (IMAGENET1K_V1), `none` (random init; the `quick`
+    default, the right choice on synthetic data), or a local file path (`.safetensors`, `.pt`,
+    `.pth`, torchvision key names; e.g. CXR-domain weights). ImageNet files must be in the torch hub
+    cache (`encoders.cxr.imagenet_cache_path`); nothing is downloaded unless `allow_download`."""
     allow_download: bool = False
     """Allow fetching ImageNet weights that are not cached yet; otherwise an uncached file raises."""
     channels_last: bool | None = None

@@ -4,6 +4,9 @@
 2. No paired row: no CXR encoder runs; CXR-derived tensors come from the model's missing rule.
 3. Otherwise the CXR encoder runs on `cxr[idx]` only and its rows are scattered into a `[B, ...]`
    tensor pre-filled by the missing rule (`MissingToken.fill`, `scatter_rows`).
+
+A layer that runs on all B rows after the scatter normalises with statistics of the paired rows only
+(`paired_batch_norm`), so BatchNorm never learns from the placeholders of the rows without a CXR.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from carebench_models.errors import CarebenchModelError
@@ -106,3 +110,57 @@ def require_ehr(batch: Mapping[str, Tensor]) -> None:
         raise CarebenchModelError(
             f"{missing} row(s) of the batch have has_ehr=False; carebench models require the EHR of every stay"
         )
+
+
+def paired_batch_norm(norm: nn.modules.batchnorm._BatchNorm, x: Tensor, idx: Tensor) -> Tensor:
+    """`norm` applied to every row of `x`, with training statistics from the rows `idx` only.
+
+    In training mode the per-channel mean and (biased) variance come from `x[idx]` and update the
+    running statistics exactly as `norm` would on that sub-batch (unbiased variance, `momentum`, or a
+    cumulative average when it is None); every row, placeholders included, is then normalised with
+    them. Placeholder rows (a learned stand-in for a missing CXR) therefore never shift the
+    statistics. When the paired rows hold a single value per channel (no row, or one row of a
+    `[B, C]` input) the running statistics normalise the batch and are left untouched. In eval mode
+    this is `norm(x)`.
+
+    Args:
+        norm: a BatchNorm1d/2d (its affine parameters and running buffers are used).
+        x: [B, C] or [B, C, H, W].
+        idx: int64 [n_c] rows whose statistics count.
+
+    Returns:
+        Normalised `x`, same shape and dtype.
+    """
+    if not norm.training:
+        return norm(x)
+    values_per_channel = idx.numel() * (x[0, 0].numel() if x.ndim > 2 else 1)
+    if values_per_channel <= 1:
+        if norm.running_mean is None or norm.running_var is None:
+            raise CarebenchModelError(
+                "paired_batch_norm needs running statistics to normalise a batch with fewer than two paired values"
+            )
+        return F.batch_norm(
+            x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
+        )
+    dims = [0, *range(2, x.ndim)]
+    paired = x.index_select(0, idx).float()
+    mean = paired.mean(dim=dims)
+    var = paired.var(dim=dims, unbiased=False)
+    if norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None:
+        count = paired.numel() // paired.shape[1]
+        with torch.no_grad():
+            if norm.num_batches_tracked is not None:
+                norm.num_batches_tracked.add_(1)
+            momentum = (
+                1.0 / float(norm.num_batches_tracked)
+                if norm.momentum is None and norm.num_batches_tracked is not None
+                else float(norm.momentum or 0.0)
+            )
+            norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), momentum)
+            unbiased = var * (count / max(count - 1, 1))
+            norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), momentum)
+    shape = (1, -1, *([1] * (x.ndim - 2)))
+    out = (x.float() - mean.view(shape)) * torch.rsqrt(var.view(shape) + norm.eps)
+    if norm.weight is not None and norm.bias is not None:
+        out = out * norm.weight.float().view(shape) + norm.bias.float().view(shape)
+    return out.to(x.dtype)

@@ -21,6 +21,7 @@ from carebench_models.task import TaskSpec
 
 ModelGroup = Literal["unimodal", "complete", "imbalance", "missing"]
 MODEL_GROUPS: tuple[str, ...] = get_args(ModelGroup)
+MODALITIES: tuple[str, ...] = ("ehr", "cxr")
 Builder = Callable[..., FusionModel]
 BuilderT = TypeVar("BuilderT", bound=Builder)
 
@@ -40,6 +41,8 @@ class ModelInfo:
         cnn_stages: which CNN stages the fusion reads (`"-"` when only the pooled feature).
         batch_dependent: eval outputs depend on the other rows of the batch.
         builder: `builder(task, config) -> FusionModel`.
+        modalities: the inputs the model reads, `("ehr", "cxr")` for fusion models; a model without
+            `cxr` builds no CXR encoder (so its CXR weights never matter).
     """
 
     name: str
@@ -52,13 +55,19 @@ class ModelInfo:
     cnn_stages: str
     batch_dependent: bool
     builder: Builder
+    modalities: tuple[str, ...] = MODALITIES
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    name: str, *, paper: str, group: ModelGroup, cnn_stages: str = "-"
+    name: str,
+    *,
+    paper: str,
+    group: ModelGroup,
+    cnn_stages: str = "-",
+    modalities: tuple[str, ...] = MODALITIES,
 ) -> Callable[[BuilderT], BuilderT]:
     """Register a builder `fn(task: TaskSpec, config: XConfig | None = None) -> XModel`.
 
@@ -66,7 +75,8 @@ def register_model(
     therefore required.
 
     Raises:
-        CarebenchModelError: the name is taken, the group is unknown or an annotation is missing.
+        CarebenchModelError: the name is taken, the group or a modality is unknown, or an annotation
+            is missing.
 
     Example:
         >>> @register_model("mymodel", paper="arXiv:0000.00000", group="complete")  # doctest: +SKIP
@@ -75,6 +85,10 @@ def register_model(
     """
     if group not in MODEL_GROUPS:
         raise CarebenchModelError(f"model group must be one of {', '.join(MODEL_GROUPS)}, got {group!r}")
+    if not modalities or not set(modalities) <= set(MODALITIES):
+        raise CarebenchModelError(
+            f"model modalities must be a non-empty subset of {', '.join(MODALITIES)}, got {modalities!r}"
+        )
 
     def decorate(builder: BuilderT) -> BuilderT:
         if name in _REGISTRY:
@@ -94,6 +108,7 @@ def register_model(
             cnn_stages=cnn_stages,
             batch_dependent=model_class.eval_batch_dependent,
             builder=builder,
+            modalities=tuple(modalities),
         )
         return builder
 

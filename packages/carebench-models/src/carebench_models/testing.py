@@ -392,8 +392,12 @@ CONTRACT_CHECKS: Mapping[str, Callable[[str, str], None]] = {
 def parameter_count(
     name: str, *, task: TaskSpec | None = None, profile: str = "paper", **overrides: Any
 ) -> int:
-    """Number of parameters of model `name` (default: paper profile, F 27, phenotype K 25)."""
+    """Number of parameters of model `name` (default: paper profile, F 27, phenotype K 25).
+
+    The CNN starts from random weights unless `cxr_weights` is given: the count does not depend on
+    them, and counting needs no weights file.
+    """
     task = task or TaskSpec("phenotype", "multilabel", 25, tuple(f"label_{i}" for i in range(25)))
     model_info(name)
-    model = create_model(name, task=task, profile=profile, **overrides)
+    model = create_model(name, task=task, profile=profile, **{"cxr_weights": "none", **overrides})
     return sum(parameter.numel() for parameter in model.parameters())

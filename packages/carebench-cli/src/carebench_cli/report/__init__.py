@@ -19,6 +19,7 @@ from carebench_cli.report.context import ReportContext, metric_label
 from carebench_cli.report.document import Report, Section, render_html, render_markdown
 from carebench_cli.report.formatting import fmt_ci
 from carebench_cli.report.sections import (
+    SEED_SD_STATEMENT,
     fairness_section,
     fusion_section,
     overview_section,
@@ -63,8 +64,12 @@ def _methods(context: ReportContext) -> Section:
             f"bootstrap ({config.n_boot} replicates, 95% level), paired permutation tests ({config.n_perm} "
             f"permutations, two-sided, +1 correction), random_state {config.random_state}. Holm for headline "
             "claims, Benjamini-Hochberg for screens (pairwise grid, per-label gains).",
+            SEED_SD_STATEMENT,
             "Primary metrics: AUPRC for mortality, macro AUPRC for phenotype, accuracy for length of stay "
-            "(eval.md §5.5). Best unimodal and best fusion models are chosen on validation predictions.",
+            "(eval.md §5.5). Every reference model (best unimodal, best fusion, the reference of the "
+            "leaderboard's • marks, the EHR-only model behind the break-even rate) is chosen on "
+            "validation predictions; where no validation score exists the choice falls back to test and "
+            "is marked selected_on_test.",
             f"Tidy result tables (aggregates only, never row-level predictions) are in `{RESULTS_DIR}/`. "
             f"Numbers of groups with fewer than {config.min_group_n} stays are suppressed everywhere: in the "
             "tables they read `suppressed`, and no figure or results file holds them.",

@@ -52,7 +52,7 @@ class RunCollection:
         return [model for model in self.models if self.model_groups.get(model) != UNIMODAL_GROUP]
 
     def runs_table(self) -> pl.DataFrame:
-        """One row per finished run: keys, epochs, validation metric, seconds."""
+        """One row per finished run: keys, drop protocol, CXR weights, variant, epochs, validation metric, seconds."""
         rows: list[dict[str, Any]] = []
         for run in self.runs:
             metrics = run.metrics
@@ -66,7 +66,12 @@ class RunCollection:
                     "fold": run.spec.fold,
                     "seed": run.spec.seed,
                     "train_cxr_drop": run.spec.train_cxr_drop,
+                    "train_cxr_drop_protocol": run.spec.train_cxr_drop_protocol,
                     "profile": run.spec.profile,
+                    "cxr_weights": run.spec.cxr_weights,
+                    "cxr_weights_sha256": run.spec.cxr_weights_sha256,
+                    "variant": str(metrics.get("model_info", {}).get("variant", "")),
+                    "reads_cxr": "cxr" in metrics.get("model_info", {}).get("modalities", ["ehr", "cxr"]),
                     "epochs": metrics.get("epochs"),
                     "best_epoch": metrics.get("best_epoch"),
                     "primary_metric": primary,

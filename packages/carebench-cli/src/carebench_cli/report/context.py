@@ -57,23 +57,56 @@ def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
-def parse_setting(setting: str) -> dict[str, str | float]:
-    """Split a predictions setting into cohort, train drop, test mechanism and rate.
+DROP_PROTOCOL_TOKENS: dict[str, str] = {"trainval_cxr_drop_": "upstream", "train_cxr_drop_": "train_only"}
+"""Setting token prefix of a train-time CXR drop -> its protocol (`upstream` also drops validation CXRs)."""
 
-    Example: `cohort_base+test_cxr_mnar_0.5` -> {cohort: base, train_drop: 0.0, mechanism: mnar, rate: 0.5}.
+
+def parse_setting(setting: str) -> dict[str, str | float]:
+    """Split a predictions setting into cohort, train drop (rate and protocol), test mechanism and rate.
+
+    Example: `cohort_base+test_cxr_mnar_0.5` -> {cohort: base, train_drop: 0.0, drop_protocol: "",
+    mechanism: mnar, rate: 0.5}; `cohort_base+trainval_cxr_drop_0.5` has train_drop 0.5 and
+    drop_protocol `upstream`.
     """
-    parsed: dict[str, str | float] = {"cohort": "", "train_drop": 0.0, "mechanism": "natural", "rate": 0.0}
+    parsed: dict[str, str | float] = {
+        "cohort": "",
+        "train_drop": 0.0,
+        "drop_protocol": "",
+        "mechanism": "natural",
+        "rate": 0.0,
+    }
     for token in setting.split("+"):
+        drop = next((prefix for prefix in DROP_PROTOCOL_TOKENS if token.startswith(prefix)), None)
         if token.startswith("cohort_"):
             parsed["cohort"] = token.removeprefix("cohort_")
-        elif token.startswith("train_cxr_drop_"):
-            parsed["train_drop"] = float(token.removeprefix("train_cxr_drop_"))
+        elif drop is not None:
+            parsed["train_drop"] = float(token.removeprefix(drop))
+            parsed["drop_protocol"] = DROP_PROTOCOL_TOKENS[drop]
         elif match := _TEST_TOKEN.match(token):
             parsed["mechanism"] = match.group(1)
             parsed["rate"] = float(match.group(2))
         else:
             parsed["mechanism"] = token
     return parsed
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A reference model of a comparison and the split its score was read on.
+
+    Attributes:
+        model: the chosen model.
+        on: `validation` (the rule), or `test` when no candidate has a finite validation score: then
+            the choice is marked `selected_on_test` (picking the maximum on test favours it there).
+    """
+
+    model: str
+    on: str = "validation"
+
+    @property
+    def note(self) -> str:
+        """`selected_on_test` when chosen on test, else empty."""
+        return "selected_on_test" if self.on == "test" else ""
 
 
 @dataclass
@@ -188,18 +221,32 @@ class ReportContext:
             str(model): rows.filter(pl.col("model") == model) for model in rows["model"].unique().to_list()
         }
 
-    def best(self, cohort: str, task: str, candidates: list[str]) -> str | None:
-        """The candidate with the best validation primary metric (ties: name order)."""
+    def _finite_scores(self, scores: pl.DataFrame, task: str, candidates: list[str]) -> dict[str, float]:
+        values = self.headline_values(scores, task=task, metric=self.primary(task))
+        scored = {
+            model: rows["value"][0] for model, rows in values.items() if model in candidates and rows.height
+        }
+        return {
+            model: float(value) for model, value in scored.items() if value is not None and value == value
+        }
+
+    def select(self, cohort: str, task: str, candidates: list[str]) -> Selection | None:
+        """The candidate with the best primary metric on validation predictions (ties: name order).
+
+        Without a finite validation score for any candidate, the test point estimates decide and the
+        selection says so (`Selection.on == "test"`); None when neither split scores any candidate.
+        """
         if not candidates:
             return None
-        metric = self.primary(task)
-        values = self.headline_values(self.val_score(cohort), task=task, metric=metric)
-        scored = {
-            model: float(rows["value"][0])
-            for model, rows in values.items()
-            if model in candidates and rows.height
-        }
-        finite = {model: value for model, value in scored.items() if value == value}
-        if not finite:
-            return sorted(candidates)[0]
-        return sorted(finite, key=lambda model: (-finite[model], model))[0]
+        for split, scores in (("validation", self.val_score), ("test", self.score)):
+            finite = self._finite_scores(scores(cohort), task, candidates)
+            if finite:
+                return Selection(sorted(finite, key=lambda model: (-finite[model], model))[0], on=split)
+        return None
+
+    def best(self, cohort: str, task: str, candidates: list[str]) -> str | None:
+        """The model of `select` (a candidate by name order when no split scores any)."""
+        selection = self.select(cohort, task, candidates)
+        if selection is not None:
+            return selection.model
+        return sorted(candidates)[0] if candidates else None

@@ -21,6 +21,7 @@ from carebench_cli.report.context import (
     EHR_ONLY_MODELS,
     TABLE_METRICS,
     ReportContext,
+    Selection,
     metric_label,
     parse_setting,
 )
@@ -40,6 +41,12 @@ from carebench_cli.report.tidy import (
 from carebench_cli.run_store import RunStatus
 
 SIGNIFICANCE = 0.05
+SEED_SD_STATEMENT = (
+    "With several seeds, every CI and p-value is about the mean of the per-seed scores and reflects "
+    "test-set sampling only (all seeds share the bootstrap resamples and permutation flips); the seed "
+    "SD (training variability) is reported beside the CIs and p-values (Table 2), not inside them."
+)
+"""How seed variability relates to the reported intervals and tests (stated wherever they appear)."""
 PAPER_PHENOTYPES: tuple[str, ...] = ("chf", "heart failure", "copd", "obstructive", "pneumonia")
 """Substrings of the phenotype labels the paper singles out (CHF, COPD, pneumonia)."""
 Q1_LABELS: tuple[str, ...] = (
@@ -121,20 +128,22 @@ def overview_section(context: ReportContext) -> Section:
         + ", ".join(settings)
         + "."
     )
+    section.paragraphs.append(_weights_text(runs))
     summary = (
-        runs.group_by("model", "task")
+        runs.group_by("model", "task", "variant")
         .agg(
             pl.len().alias("runs"),
             pl.col("epochs").mean().alias("epochs"),
             pl.col("val_metric").mean().alias("val"),
             pl.col("seconds").sum().alias("seconds"),
         )
-        .sort("model", "task")
+        .sort("model", "task", "variant")
     )
     rows = [
         {
             "model": row["model"],
             "group": group_title(collection.model_groups.get(row["model"], "unknown")),
+            "variant": row["variant"] or "-",
             "task": row["task"],
             "runs": str(row["runs"]),
             "mean epochs": fmt_value(row["epochs"], digits=1),
@@ -144,8 +153,32 @@ def overview_section(context: ReportContext) -> Section:
         }
         for row in summary.iter_rows(named=True)
     ]
-    section.tables.append(_table("runs", "Finished runs per model and task", rows))
+    section.tables.append(
+        _table(
+            "runs",
+            "Finished runs per model and task",
+            rows,
+            note="variant: the method variant that ran, for models with a documented option (e.g. DAFT's "
+            "direction, MedFuse's training protocol).",
+        )
+    )
     return section
+
+
+def _weights_text(runs: pl.DataFrame) -> str:
+    """Which initial CXR weights the runs' CNNs started from (name and SHA-256 prefix), with run counts."""
+    parts = []
+    with_cnn = runs.filter(pl.col("reads_cxr"))
+    for (weights, digest), group in sorted(
+        with_cnn.group_by("cxr_weights", "cxr_weights_sha256"),
+        key=lambda item: (str(item[0][0]), str(item[0][1])),
+    ):
+        label = "random init (none)" if weights == "none" else f"{weights} (sha256 {str(digest)[:12]}…)"
+        models = ", ".join(sorted(group["model"].unique().to_list()))
+        parts.append(f"{label}: {group.height} run(s) of {models}")
+    if not parts:
+        return "No run has a CXR encoder."
+    return "CXR encoder initial weights: " + "; ".join(parts) + "."
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,7 +327,8 @@ def fusion_section(context: ReportContext) -> Section:
         [
             "Δ = fused model − best unimodal baseline (chosen per task on validation predictions) on the "
             "task's primary metric, with a paired cluster-bootstrap 95% CI and a paired permutation p, "
-            "Holm-corrected across the fused models of a task. The paper's finding: fusion helps when both "
+            f"Holm-corrected across the fused models of a task. {SEED_SD_STATEMENT} "
+            "The paper's finding: fusion helps when both "
             "modalities are present, and the gain shrinks on the base cohort, where most stays lack a CXR.",
             f"Most fusion models use the Transformer EHR encoder, so Table 1 also compares each with "
             f"`{EHR_ENCODER_REFERENCE}`: a fusion model can add image information to its own EHR encoder "
@@ -487,7 +521,10 @@ def _phenotype_forest(
 # Q2: how do fusion strategies compare?
 
 
-def _leaderboard(context: ReportContext, cohort: str, task: str) -> tuple[list[dict[str, str]], list[str]]:
+def _leaderboard(
+    context: ReportContext, cohort: str, task: str
+) -> tuple[list[dict[str, str]], list[str], Selection | None]:
+    """Table 2 rows, their columns, and the reference model of the • marks (chosen on validation)."""
     import carebench_eval as ce
 
     scores = context.score(cohort)
@@ -496,14 +533,14 @@ def _leaderboard(context: ReportContext, cohort: str, task: str) -> tuple[list[d
     primary = context.headline_values(scores, task=task, metric=metric)
     models = ordered(list(primary), by={model: value_of(rows) for model, rows in primary.items()})
     if not models:
-        return [], []
-    best = models[0]
-    tied: set[str] = {best}
-    if len(models) > 1:
-        context.status(f"comparisons with the best model: {cohort} / {task}")
+        return [], [], None
+    reference = context.select(cohort, task, models)
+    tied: set[str] = {reference.model} if reference else set()
+    if reference is not None and len(models) > 1:
+        context.status(f"comparisons with the reference model: {cohort} / {task}")
         versus = ce.compare_grid(
             context.test(cohort, task=task),
-            reference=best,
+            reference=reference.model,
             metrics=[metric],
             correction="holm",
             n_perm=context.config.n_perm,
@@ -520,9 +557,12 @@ def _leaderboard(context: ReportContext, cohort: str, task: str) -> tuple[list[d
     columns = ["rank", "model", "group"]
     rows = []
     for rank, model in enumerate(models, start=1):
+        mark = " •" if model in tied else ""
+        if reference is not None and model == reference.model:
+            mark += f" (reference{', ' + reference.note if reference.note else ''})"
         cells = {
             "rank": str(rank),
-            "model": model + (" •" if model in tied else ""),
+            "model": model + mark,
             "group": group_title(context.collection.model_groups.get(model, "unknown")),
         }
         for name in TABLE_METRICS[kind]:
@@ -540,7 +580,7 @@ def _leaderboard(context: ReportContext, cohort: str, task: str) -> tuple[list[d
         cells[f"seed SD ({metric_label(metric)})"] = fmt_sd(value_of(sd), int(n_runs) if n_runs else None)
         rows.append(cells)
     columns.append(f"seed SD ({metric_label(metric)})")
-    return rows, columns
+    return rows, columns, reference
 
 
 def _pairwise_heatmap(context: ReportContext, cohort: str, task: str) -> Figure | None:
@@ -671,22 +711,32 @@ def strategies_section(context: ReportContext) -> Section:
     section = Section("Q2. How do fusion strategies compare?")
     section.paragraphs.append(
         "Leaderboard: mean over seeds and folds with a patient-clustered bootstrap 95% CI (test-set "
-        "sampling uncertainty); the seed SD (model variability) is shown apart and never added to the "
-        "CI. • = not significantly different from the best model (paired permutation test, Holm). "
+        f"sampling uncertainty); {SEED_SD_STATEMENT} • = not significantly different from the "
+        "reference model, the one with the best validation score (paired permutation test, Holm); a "
+        "reference chosen on test because no validation score exists is marked selected_on_test. "
         "D_CXR = metric drop when the CXR is withheld from every test stay; a small D_CXR while the "
         "CXR-only model is informative means the fused model under-uses the image (modality imbalance)."
     )
     for cohort in context.cohorts:
         contribution_rows: list[dict[str, str]] = []
         for task in context.tasks(cohort):
-            rows, columns = _leaderboard(context, cohort, task)
+            rows, columns, reference = _leaderboard(context, cohort, task)
             if rows:
+                metric = metric_label(context.primary(task))
+                chosen = (
+                    f"{reference.model}, best validation {metric}"
+                    if reference and reference.on == "validation"
+                    else f"{reference.model}, best test {metric}: selected_on_test, no validation score"
+                    if reference
+                    else "none: no model has a finite score"
+                )
                 section.tables.append(
                     _table(
                         f"leaderboard_{cohort}_{task}",
-                        f"Table 2 ({cohort} cohort, {task}). Leaderboard, ranked by {metric_label(context.primary(task))}",
+                        f"Table 2 ({cohort} cohort, {task}). Leaderboard, ranked by test {metric}",
                         rows,
                         columns,
+                        note=f"Reference of the • marks: {chosen}.",
                     )
                 )
             heat = _pairwise_heatmap(context, cohort, task)
@@ -720,7 +770,7 @@ def robustness_section(context: ReportContext) -> Section:
         "Each trained model is scored again with the CXR removed from a share of test stays (MCAR: at "
         "random; MNAR: lowest-acuity stays first), without retraining. area = mean metric over the "
         "missing-rate range; relative area = area / complete-CXR metric; break-even = the missing rate "
-        "at which the curve meets the best EHR-only model (dashed line)."
+        "at which the curve meets the test score of the EHR-only model chosen on validation (dashed line)."
     )
     for cohort in context.cohorts:
         summary_rows: list[dict[str, str]] = []
@@ -735,19 +785,22 @@ def robustness_section(context: ReportContext) -> Section:
                 continue
             metric = context.primary(task)
             context.status(f"robustness: {cohort} / {task}")
+            ehr_only = context.select(
+                cohort, task, [model for model in context.models(cohort, task) if model in EHR_ONLY_MODELS]
+            )
             curves = ce.robustness(
                 frame,
                 axis="test",
                 mechanisms=tuple(mechanisms),
                 metrics=[metric],
-                reference="best_ehr_only",
+                reference=ehr_only.model if ehr_only else None,
                 n_boot=context.config.n_boot,
                 random_state=context.config.random_state,
             )
             context.results[f"robustness_{cohort}_{task}"] = curves
             target = summary_target(curves, task=task, metric=metric)
             points = headline(where(curves, metric=metric, target=target, group_attribute=None))
-            reference = _ehr_reference(context, cohort, task)
+            reference = _ehr_reference(context, cohort, task, ehr_only)
             panels: dict[str, list[plots.Curve]] = {}
             for mechanism in mechanisms:
                 panel: list[plots.Curve] = []
@@ -799,6 +852,7 @@ def robustness_section(context: ReportContext) -> Section:
                                 )
                                 if stats["break_even_rate"]
                                 else "-",
+                                "break-even vs": _selection_text(ehr_only),
                             }
                         )
                 panels[mechanism.upper()] = panel
@@ -808,7 +862,8 @@ def robustness_section(context: ReportContext) -> Section:
                         key=f"fig4_degradation_{cohort}_{task}",
                         caption=(
                             f"Figure 4 ({cohort} cohort, {task}). {metric_label(metric)} vs test-time missing-CXR "
-                            "rate, 95% CI bands; dashed: best EHR-only model."
+                            "rate, 95% CI bands; dashed: the EHR-only model with the best validation "
+                            f"score ({_selection_text(ehr_only)}), at its test score."
                         ),
                         png=plots.degradation_curves(
                             panels,
@@ -900,62 +955,87 @@ def _area_versus_reference(
     ]
 
 
-def _ehr_reference(context: ReportContext, cohort: str, task: str) -> tuple[str, float] | None:
+def _selection_text(selection: Selection | None) -> str:
+    """`lstm`, or `lstm (selected_on_test)` when the choice could not use validation; `-` for none."""
+    if selection is None:
+        return "-"
+    return selection.model + (f" ({selection.note})" if selection.note else "")
+
+
+def _ehr_reference(
+    context: ReportContext, cohort: str, task: str, selection: Selection | None
+) -> tuple[str, float] | None:
+    """The dashed line of Figure 4: the test score of the EHR-only model chosen on validation."""
+    if selection is None:
+        return None
     metric = context.primary(task)
     values = context.headline_values(context.score(cohort), task=task, metric=metric)
-    candidates = {model: value_of(rows) for model, rows in values.items() if model in EHR_ONLY_MODELS}
-    finite = {
-        model: value for model, value in candidates.items() if value is not None and not math.isnan(value)
-    }
-    if not finite:
+    value = value_of(values[selection.model]) if selection.model in values else None
+    if value is None or math.isnan(value):
         return None
-    best = max(finite, key=lambda model: (finite[model], model))
-    return (f"best EHR-only ({best})", finite[best])
+    return (f"EHR-only ({_selection_text(selection)})", value)
+
+
+DROP_PROTOCOL_LABELS: dict[str, str] = {
+    "upstream": "upstream protocol: the CXR is removed from the same share of training and validation "
+    "stays, as CareBench does, test set untouched",
+    "train_only": "train-only protocol: the CXR is removed from a share of training stays, validation "
+    "and test sets untouched",
+}
 
 
 def _train_drop_tables(context: ReportContext) -> list[Table]:
-    """Table 4: the upstream protocol (CXR dropped from a share of training stays), its own curves."""
+    """Table 4: models trained with the CXR dropped from a share of stays, labelled with the protocol that ran."""
     import carebench_eval as ce
 
     runs = context.collection.runs_table()
     drops = sorted(runs["train_cxr_drop"].unique().to_list())
     if len(drops) < 2:
         return []
+    dropped = runs.filter(pl.col("train_cxr_drop") > 0)
+    protocols = sorted(dropped["train_cxr_drop_protocol"].unique().to_list())
     rows = []
     for cohort in sorted(runs["cohort"].unique().to_list()):
-        settings = [
-            setting
-            for setting in context.collection.test["setting"].unique().to_list()
-            if parse_setting(setting)["cohort"] == cohort and parse_setting(setting)["mechanism"] == "natural"
-        ]
-        frame = context.collection.test.filter(pl.col("setting").is_in(settings))
-        for task in context.collection.tasks:
-            metric = context.primary(task)
-            part = frame.filter(pl.col("task") == task)
-            if part.height == 0:
-                continue
-            context.status(f"train-time drop curves: {cohort} / {task}")
-            scores = ce.score(
-                part, metrics=[metric], n_boot=context.config.n_boot, random_state=context.config.random_state
-            )
-            context.results[f"train_drop_{cohort}_{task}"] = scores
-            target = summary_target(scores, task=task, metric=metric)
-            for model in sorted(part["model"].unique().to_list()):
-                cells = {"cohort": cohort, "task": task, "model": model}
-                for row in headline(
-                    where(scores, model=model, metric=metric, target=target, group_attribute=None)
-                ).iter_rows(named=True):
-                    rate = float(parse_setting(str(row["setting"]))["train_drop"])
-                    cells[f"drop {fmt_rate(rate)}"] = _ci_text(row)
-                rows.append(cells)
+        for protocol in protocols:
+            settings = [
+                setting
+                for setting in context.collection.test["setting"].unique().to_list()
+                if (parsed := parse_setting(setting))["cohort"] == cohort
+                and parsed["mechanism"] == "natural"
+                and parsed["drop_protocol"] in ("", protocol)
+            ]
+            frame = context.collection.test.filter(pl.col("setting").is_in(settings))
+            for task in context.collection.tasks:
+                metric = context.primary(task)
+                part = frame.filter(pl.col("task") == task)
+                if part.height == 0:
+                    continue
+                context.status(f"train-time drop curves ({protocol}): {cohort} / {task}")
+                scores = ce.score(
+                    part,
+                    metrics=[metric],
+                    n_boot=context.config.n_boot,
+                    random_state=context.config.random_state,
+                )
+                context.results[f"train_drop_{protocol}_{cohort}_{task}"] = scores
+                target = summary_target(scores, task=task, metric=metric)
+                for model in sorted(part["model"].unique().to_list()):
+                    cells = {"protocol": protocol, "cohort": cohort, "task": task, "model": model}
+                    for row in headline(
+                        where(scores, model=model, metric=metric, target=target, group_attribute=None)
+                    ).iter_rows(named=True):
+                        rate = float(parse_setting(str(row["setting"]))["train_drop"])
+                        cells[f"drop {fmt_rate(rate)}"] = _ci_text(row)
+                    rows.append(cells)
     if not rows:
         return []
-    columns = ["cohort", "task", "model"] + [f"drop {fmt_rate(rate)}" for rate in drops]
+    columns = (["protocol"] if len(protocols) > 1 else []) + ["cohort", "task", "model"]
+    columns += [f"drop {fmt_rate(rate)}" for rate in drops]
+    label = "; ".join(DROP_PROTOCOL_LABELS.get(protocol, protocol) for protocol in protocols)
     return [
         _table(
             "train_drop",
-            "Table 4. Train-time CXR dropout (upstream protocol: CXR removed from a share of training stays; "
-            "test set untouched), primary metric",
+            f"Table 4. Train-time CXR dropout ({label}), primary metric",
             [{column: row.get(column, "-") for column in columns} for row in rows],
             columns,
         )

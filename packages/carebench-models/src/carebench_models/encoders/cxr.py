@@ -32,6 +32,8 @@ _IMAGENET_WEIGHTS = {
     "imagenet": ResNet50_Weights.IMAGENET1K_V2,
     "imagenet_v1": ResNet50_Weights.IMAGENET1K_V1,
 }
+IMAGENET_WEIGHT_NAMES: tuple[str, ...] = tuple(_IMAGENET_WEIGHTS)
+"""Named ImageNet weights of ResNet-50: `imagenet` (IMAGENET1K_V2) and `imagenet_v1` (IMAGENET1K_V1)."""
 
 
 class CXREncoder(nn.Module):
@@ -150,9 +152,39 @@ def build_cxr_encoder(config: CommonConfig) -> CXREncoder:
 
 
 def imagenet_cache_path(name: str) -> Path:
-    """Where torch hub caches the torchvision file of `imagenet` / `imagenet_v1`."""
+    """Where torch hub caches the torchvision file of `imagenet` / `imagenet_v1` (honours `$TORCH_HOME`).
+
+    Raises:
+        CarebenchModelError: `name` is not a named ImageNet weight.
+    """
+    if name not in _IMAGENET_WEIGHTS:
+        raise CarebenchModelError(
+            f"unknown named CXR weights {name!r}; named weights: {', '.join(IMAGENET_WEIGHT_NAMES)}"
+        )
     url = _IMAGENET_WEIGHTS[name].url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def imagenet_weights_description(name: str) -> str:
+    """`torchvision ResNet50_Weights.IMAGENET1K_V2` for `imagenet` (and V1 for `imagenet_v1`)."""
+    return f"torchvision {_IMAGENET_WEIGHTS[name]}"
+
+
+def download_imagenet_weights(name: str) -> Path:
+    """Fetch the torchvision ImageNet file of `name` into the torch hub cache (hash checked); returns its path.
+
+    The only function of this package that downloads anything; it is called when a user asks for
+    the download explicitly (`allow_download=True`, or the command line's weights download).
+
+    Raises:
+        CarebenchModelError: unknown name, or the download did not leave the expected file.
+    """
+    path = imagenet_cache_path(name)
+    logger.info("downloading %s weights (%s) to %s", name, imagenet_weights_description(name), path)
+    _IMAGENET_WEIGHTS[name].get_state_dict(progress=False, check_hash=True)
+    if not path.is_file():
+        raise CarebenchModelError(f"downloading {name!r} weights did not write {path}")
+    return path
 
 
 def resolve_cxr_weights(spec: str, *, allow_download: bool) -> Path:
@@ -170,14 +202,10 @@ def resolve_cxr_weights(spec: str, *, allow_download: bool) -> Path:
             return path
         if not allow_download:
             raise CarebenchModelError(
-                f"CXR weights {spec!r} are not cached at {path}; place the torchvision file there, "
-                "or set allow_download=True to fetch it once"
+                f"CXR weights {spec!r} ({imagenet_weights_description(spec)}) are not cached at {path}; "
+                "place the torchvision file there, or set allow_download=True to fetch it once"
             )
-        logger.info("downloading %s weights to %s", spec, path)
-        torch.hub.load_state_dict_from_url(
-            _IMAGENET_WEIGHTS[spec].url, progress=False, check_hash=True, weights_only=True
-        )
-        return path
+        return download_imagenet_weights(spec)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise CarebenchModelError(f"CXR weights file not found: {path}")

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from carebench_models.base import Batch, FusionModel, SampleOrder, TrainState
+from carebench_models.base import Batch, FusionModel, SampleOrder, TrainingStage, TrainState
 from carebench_models.encoders.cxr import CXREncoder
 from carebench_models.encoders.ehr import LSTMEHR, TransformerEHR
 from carebench_models.errors import CarebenchModelError
@@ -68,6 +68,8 @@ class FitResult:
         best_state: CPU state dict of the best epoch (already loaded into the model).
         stopped_early: whether patience ended the run before `max_epochs`.
         seconds: wall-clock time of the fit.
+        stages: for a staged model, one summary per stage (stage, first_epoch, epochs, best_epoch,
+            best_metric, stopped_early); the other fields then describe the last stage.
     """
 
     best_epoch: int
@@ -78,6 +80,7 @@ class FitResult:
     best_state: dict[str, Tensor] = field(default_factory=dict)
     stopped_early: bool = False
     seconds: float = 0.0
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
@@ -190,7 +193,9 @@ class Trainer:
             f"unknown sample order {order!r} from {type(self.model).__name__}.sample_order"
         )
 
-    def _train_batches(self, data: DataSource, epoch: int) -> Iterator[dict[str, Any]]:
+    def _train_batches(
+        self, data: DataSource, epoch: int, rows: np.ndarray | None = None
+    ) -> Iterator[dict[str, Any]]:
         order = self.model.sample_order(epoch)
         if not _is_dataset(data):
             if order != "shuffle":
@@ -199,14 +204,20 @@ class Trainer:
                     "a dataset with a has_cxr array; got ready-made batches"
                 )
             return (self._to_device(batch) for batch in data)
-        batches = _chunks(self._epoch_order(data, epoch, order), self.config.batch_size)
+        indices = self._epoch_order(data, epoch, order)
+        if rows is not None:
+            keep = np.zeros(len(data), dtype=bool)
+            keep[rows] = True
+            indices = [index for index in indices if keep[index]]
+        batches = _chunks(indices, self.config.batch_size)
         generator = torch.Generator().manual_seed(self.config.seed + epoch)
         return (self._to_device(batch) for batch in self._loader(data, batches, generator))
 
-    def _eval_batches(self, data: DataSource) -> Iterator[dict[str, Any]]:
+    def _eval_batches(self, data: DataSource, rows: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
         if not _is_dataset(data):
             return (self._to_device(batch) for batch in data)
-        batches = _chunks(range(len(data)), self.config.eval_batch_size)
+        indices = range(len(data)) if rows is None else [int(index) for index in rows]
+        batches = _chunks(indices, self.config.eval_batch_size)
         return (
             self._to_device(batch) for batch in self._loader(data, batches, torch.Generator().manual_seed(0))
         )
@@ -221,22 +232,92 @@ class Trainer:
     ) -> FitResult:
         """Train with early stopping on the validation metric and reload the best epoch's weights.
 
+        A model with `training_stages` is fitted stage by stage, each stage with this protocol (fresh
+        optimisers and schedulers, its own early stopping and best epoch); epochs are numbered across
+        stages and every epoch record names its `stage`.
+
         Args:
             train: training data (dataset or re-iterable of batches).
             val: validation data, evaluated in its fixed order after every epoch.
-            progress: called with (epochs done, max epochs) after every epoch.
+            progress: called with (epochs done, epoch budget of all stages) after every epoch.
             prepare_data: what the model's `prepare` hook reads, in its fixed order (batches of
                 `eval_batch_size`); None = `train`. Pass the training split without augmentation
                 when `train` augments its images (SMIL's priors must not see augmented images).
 
         Returns:
-            The `FitResult`; the model holds the best epoch's weights afterwards.
+            The `FitResult`; the model holds the best epoch's weights (of the last stage) afterwards.
         """
         config, model = self.config, self.model
         seed_everything(config.seed, deterministic=config.deterministic)
         started = time.perf_counter()
         prepare_source = train if prepare_data is None else prepare_data
         model.prepare(_Reiterable(lambda: self._eval_batches(prepare_source)))
+        stages = model.training_stages()
+        state = TrainState(
+            max_epochs=config.max_epochs,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            generator=torch.Generator().manual_seed(config.seed),
+            max_grad_norm=config.max_grad_norm,
+        )
+        result = FitResult(
+            best_epoch=-1, best_metric=math.nan, best_val_loss=math.nan, metric_name=self.metric_name
+        )
+        budget = config.max_epochs * max(1, len(stages))
+        for stage in stages or (None,):
+            if stage is not None:
+                model.set_training_stage(stage.name)
+                logger.info("training stage %r (rows: %s)", stage.name, stage.rows)
+            epochs_before = len(result.epochs)
+            stage_result = self._fit_stage(
+                train,
+                val,
+                stage,
+                state,
+                epochs=result.epochs,
+                progress=None if progress is None else lambda done: progress(done, budget),
+            )
+            # The fit's result is the last stage's: its best epoch is what the model holds now.
+            result.best_epoch, result.best_metric = stage_result.best_epoch, stage_result.best_metric
+            result.best_val_loss, result.best_state = stage_result.best_val_loss, stage_result.best_state
+            result.stopped_early = stage_result.stopped_early
+            if stage is not None:
+                result.stages.append(
+                    {
+                        "stage": stage.name,
+                        "first_epoch": epochs_before,
+                        "epochs": len(result.epochs) - epochs_before,
+                        "best_epoch": stage_result.best_epoch,
+                        "best_metric": stage_result.best_metric,
+                        "stopped_early": stage_result.stopped_early,
+                    }
+                )
+        if stages:
+            model.set_training_stage(None)
+        if config.checkpoint_path is not None:
+            save_state_dict(result.best_state, config.checkpoint_path)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _fit_stage(
+        self,
+        train: DataSource,
+        val: DataSource,
+        stage: TrainingStage | None,
+        state: TrainState,
+        *,
+        epochs: list[dict[str, Any]],
+        progress: Callable[[int], None] | None,
+    ) -> FitResult:
+        """One stage (or the whole fit of an unstaged model): epochs until early stopping, best epoch reloaded.
+
+        Appends its epoch records to `epochs` (numbered after the records already there).
+        """
+        config, model = self.config, self.model
+        train_rows = val_rows = None
+        if stage is not None and stage.rows == "paired":
+            train_rows = self._paired_rows(train, stage, "training")
+            val_rows = self._paired_rows(val, stage, "validation")
         optimizers = model.configure_optimizers(config)
         schedulers = [
             torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -248,30 +329,26 @@ class Trainer:
             )
             for optimizer in optimizers
         ]
-        state = TrainState(
-            max_epochs=config.max_epochs,
-            device=self.device,
-            amp_dtype=self.amp_dtype,
-            generator=torch.Generator().manual_seed(config.seed),
-            max_grad_norm=config.max_grad_norm,
-        )
         result = FitResult(
             best_epoch=-1, best_metric=math.nan, best_val_loss=math.nan, metric_name=self.metric_name
         )
         epochs_without_improvement = 0
-        for epoch in range(config.max_epochs):
+        first_epoch = len(epochs)
+        for stage_epoch in range(config.max_epochs):
+            epoch = first_epoch + stage_epoch
             epoch_started = time.perf_counter()
             state.epoch = epoch
             model.train()
             model.on_epoch_start(state)
-            train_logs, samples = self._train_epoch(train, epoch, optimizers, state)
+            train_logs, samples = self._train_epoch(train, epoch, optimizers, state, rows=train_rows)
             hook_logs = model.on_epoch_end(state, optimizers)
-            val_loss, val_metric = self.evaluate(val)
+            val_loss, val_metric = self.evaluate(val, rows=val_rows)
             for scheduler in schedulers:
                 scheduler.step(val_loss)
             seconds = time.perf_counter() - epoch_started
             record: dict[str, Any] = {
                 "epoch": epoch,
+                **({"stage": stage.name} if stage is not None else {}),
                 "lr": [group["lr"] for optimizer in optimizers for group in optimizer.param_groups],
                 **{f"train_{key}": value for key, value in train_logs.items()},
                 **{key: float(value) for key, value in hook_logs.items()},
@@ -280,7 +357,7 @@ class Trainer:
                 "seconds": round(seconds, 3),
                 "samples_per_s": round(samples / seconds, 1) if seconds > 0 else None,
             }
-            result.epochs.append(record)
+            epochs.append(record)
             logger.info(json.dumps(record, allow_nan=True))
             improved = result.best_epoch < 0 or (
                 math.isfinite(val_metric)
@@ -293,22 +370,39 @@ class Trainer:
             else:
                 epochs_without_improvement += 1
             if progress is not None:
-                progress(epoch + 1, config.max_epochs)
-            if epochs_without_improvement >= config.patience and epoch + 1 >= config.min_epochs:
-                result.stopped_early = epoch + 1 < config.max_epochs
+                progress(epoch + 1)
+            if epochs_without_improvement >= config.patience and stage_epoch + 1 >= config.min_epochs:
+                result.stopped_early = stage_epoch + 1 < config.max_epochs
                 break
         model.load_state_dict(result.best_state)
-        if config.checkpoint_path is not None:
-            save_state_dict(result.best_state, config.checkpoint_path)
-        result.seconds = time.perf_counter() - started
         return result
 
+    def _paired_rows(self, data: DataSource, stage: TrainingStage, split: str) -> np.ndarray:
+        """Indices of the rows with a CXR, for a stage that uses only those."""
+        if not _is_dataset(data) or not hasattr(data, "has_cxr"):
+            raise CarebenchModelError(
+                f"training stage {stage.name!r} uses only the rows with a CXR, which needs a dataset with a "
+                "has_cxr array; got ready-made batches"
+            )
+        rows = np.flatnonzero(np.asarray(data.has_cxr, dtype=bool))
+        if rows.size == 0:
+            raise CarebenchModelError(
+                f"training stage {stage.name!r} uses only the rows with a CXR, and the {split} data has none"
+            )
+        return rows
+
     def _train_epoch(
-        self, train: DataSource, epoch: int, optimizers: list[torch.optim.Optimizer], state: TrainState
+        self,
+        train: DataSource,
+        epoch: int,
+        optimizers: list[torch.optim.Optimizer],
+        state: TrainState,
+        *,
+        rows: np.ndarray | None = None,
     ) -> tuple[dict[str, float], int]:
         sums: dict[str, Tensor | float] = {}
         steps = samples = 0
-        for batch in self._train_batches(train, epoch):
+        for batch in self._train_batches(train, epoch, rows):
             with self._autocast():
                 logs = self.model.training_step(batch, optimizers, state)
             for key, value in logs.items():
@@ -321,15 +415,17 @@ class Trainer:
             raise CarebenchModelError("the training data yielded no batch")
         return {key: float(value) / steps for key, value in sums.items()}, samples
 
-    def _collect(self, data: DataSource, *, with_logits: bool) -> dict[str, Any]:
+    def _collect(
+        self, data: DataSource, *, with_logits: bool, rows: np.ndarray | None = None
+    ) -> dict[str, Any]:
         model = self.model
         training = model.training
         model.eval()
         probas, labels, stay_ids, has_cxr, losses = [], [], [], [], []
-        rows = 0
+        seen = 0
         try:
             with torch.inference_mode(), self._autocast():
-                for batch in self._eval_batches(data):
+                for batch in self._eval_batches(data, rows):
                     if with_logits:
                         logits = model(batch).logits.float()
                         proba = model.task.proba(logits)
@@ -342,10 +438,10 @@ class Trainer:
                     if "y" in batch:
                         labels.append(batch["y"])
                     stay_ids.append(
-                        batch["stay_id"] if "stay_id" in batch else torch.arange(rows, rows + size)
+                        batch["stay_id"] if "stay_id" in batch else torch.arange(seen, seen + size)
                     )
                     has_cxr.append(batch["has_cxr"])
-                    rows += size
+                    seen += size
         finally:
             model.train(training)
         if not probas:
@@ -358,9 +454,14 @@ class Trainer:
             "loss": float(torch.cat(losses).mean()) if losses and len(losses) == len(probas) else math.nan,
         }
 
-    def evaluate(self, data: DataSource) -> tuple[float, float]:
-        """(validation loss, monitored metric) in eval mode; the loss is the task loss on the final logits."""
-        collected = self._collect(data, with_logits=True)
+    def evaluate(self, data: DataSource, *, rows: np.ndarray | None = None) -> tuple[float, float]:
+        """(validation loss, monitored metric) in eval mode; the loss is the task loss on the final logits.
+
+        Args:
+            data: validation data.
+            rows: evaluate only these row indices of a dataset (None = every row).
+        """
+        collected = self._collect(data, with_logits=True, rows=rows)
         if collected["y"] is None:
             raise CarebenchModelError("validation data has no labels ('y')")
         return collected["loss"], float(self.monitor(collected["y"], collected["proba"]))

@@ -37,7 +37,7 @@ class LSTMModel(FusionModel):
         return ModelOutput(self.head(self.ehr_encoder(ehr_input(batch))).float())
 
 
-@register_model("lstm", paper="Hochreiter & Schmidhuber 1997", group="unimodal")
+@register_model("lstm", paper="Hochreiter & Schmidhuber 1997", group="unimodal", modalities=("ehr",))
 def lstm(task: TaskSpec, config: LSTMConfig | None = None) -> LSTMModel:
     """Bidirectional LSTM on the EHR only."""
     return LSTMModel(task, config or LSTMConfig())

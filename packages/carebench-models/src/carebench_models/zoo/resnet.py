@@ -43,7 +43,7 @@ class ResNetModel(FusionModel):
         return ModelOutput(self.head(self.dropout(features)).float())
 
 
-@register_model("resnet", paper="arXiv:1512.03385", group="unimodal")
+@register_model("resnet", paper="arXiv:1512.03385", group="unimodal", modalities=("cxr",))
 def resnet(task: TaskSpec, config: ResNetConfig | None = None) -> ResNetModel:
     """ResNet-50 on the chest X-ray only; a learned prior for stays without one."""
     return ResNetModel(task, config or ResNetConfig())

@@ -37,7 +37,7 @@ class TransformerModel(FusionModel):
         return ModelOutput(self.head(self.ehr_encoder(ehr_input(batch))).float())
 
 
-@register_model("transformer", paper="arXiv:1706.03762", group="unimodal")
+@register_model("transformer", paper="arXiv:1706.03762", group="unimodal", modalities=("ehr",))
 def transformer(task: TaskSpec, config: TransformerConfig | None = None) -> TransformerModel:
     """Self-attention encoder on the EHR only."""
     return TransformerModel(task, config or TransformerConfig())

@@ -23,7 +23,7 @@ from carebench_models.config import TransformerEHRConfig
 from carebench_models.encoders.cxr import ProjectedCXR
 from carebench_models.encoders.ehr import ehr_input
 from carebench_models.errors import CarebenchModelError
-from carebench_models.missing import MissingToken, paired_index
+from carebench_models.missing import MissingToken, paired_batch_norm, paired_index
 from carebench_models.registry import register_model
 from carebench_models.task import TaskSpec
 
@@ -139,14 +139,19 @@ class MTANDEmbedding(nn.Module):
 
 
 class RowBatchNorm(nn.BatchNorm1d):
-    """BatchNorm1d over [B, d] that normalises a one-row training batch with its running statistics.
+    """BatchNorm1d over [B, d] whose training statistics come from chosen rows, never from one row alone.
 
-    Batch statistics of a single row are undefined (torch raises); a trailing training batch of one
-    stay is possible, so it is normalised as in eval mode and leaves the running statistics untouched.
+    With `rows`, only those rows (the stays with a CXR) set the batch statistics and update the
+    running ones; every row is normalised with them, so the learned missing-CXR token never shifts
+    them. Batch statistics of a single row are undefined (torch raises); a training batch with one
+    such row (e.g. a trailing batch of one stay) is normalised as in eval mode and leaves the running
+    statistics untouched.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        """[B, d] → [B, d]."""
+    def forward(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
+        """[B, d] → [B, d]; `rows` int64 [n] whose statistics count (None = every row)."""
+        if rows is not None:
+            return paired_batch_norm(self, x, rows)
         if self.training and x.shape[0] == 1:
             return F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
@@ -212,10 +217,11 @@ class UTDEModel(FusionModel):
     EHR (UTDE's gated embedding): `e_imp = Linear(2F→d)([ehr; ehr_mask])` and
     `e_mt = mTAND(ehr, ehr_mask)`, both [B, T, d]; gate `g = σ(W₂ ReLU(W₁ Dropout[e_imp; e_mt]))` (one
     gate per step and channel, Xavier-normal W₁: 2d→d, W₂: d→d); `e = g ⊙ e_imp + (1 − g) ⊙ e_mt` →
-    Transformer encoder layers → `s_e` [B, T, d].
+    `+ P_e` (learned positions [T, d], U(−0.1, 0.1), as in `TransformerEHR`: without them the
+    Transformer layers could not tell the hours apart) → Transformer encoder layers → `s_e` [B, T, d].
 
     CXR: ResNet→d on the paired rows → `c` [B, d] (learned `cxr_missing` elsewhere) → Linear(d→d) +
-    BatchNorm1d + ReLU + Dropout → time attention. With a single image the attention has one key, so
+    BatchNorm1d (statistics of the paired rows only) + ReLU + Dropout → time attention. With a single image the attention has one key, so
     its softmax weight is 1 at every reference time and the output is the projected value at all T
     steps: `s_c = broadcast(Linear(d→d)(c))` [B, T, d], computed directly. For the same reason the
     image time `cxr_hours` cannot change the output and is not read.
@@ -240,6 +246,8 @@ class UTDEModel(FusionModel):
         for layer in (self.gate_hidden, self.gate_out):
             nn.init.xavier_normal_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self.ehr_position = nn.Parameter(torch.empty(steps, d))
+        nn.init.uniform_(self.ehr_position, -0.1, 0.1)
         self.ehr_layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
                 d, config.ehr_heads, dim_feedforward=config.ehr_ff, dropout=config.dropout, batch_first=True
@@ -272,6 +280,7 @@ class UTDEModel(FusionModel):
         gate_input = self.gate_dropout(torch.cat([imputation, interpolation], dim=-1))
         gate = torch.sigmoid(self.gate_out(F.relu(self.gate_hidden(gate_input))))
         sequence = gate * imputation + (1 - gate) * interpolation
+        sequence = sequence + self.ehr_position[: sequence.shape[1]]
         for layer in self.ehr_layers:
             sequence = layer(sequence)
         return sequence
@@ -280,7 +289,9 @@ class UTDEModel(FusionModel):
         """Time-attention CXR stream `s_c` [B, T, d] (constant over time, see the class docstring)."""
         cxr = batch["cxr"]
         features = self.cxr_missing.fill(idx, self.cxr_branch.encode_rows(cxr, idx), cxr.shape[0])
-        value = self.cxr_value(self.cxr_embedding(features))
+        linear, norm, activation, dropout = self.cxr_embedding
+        embedded = dropout(activation(norm(linear(features), rows=idx)))
+        value = self.cxr_value(embedded)
         return value.unsqueeze(1).expand(-1, steps, -1)
 
     def forward(self, batch: Batch) -> ModelOutput:
