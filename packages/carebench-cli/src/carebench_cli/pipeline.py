@@ -96,7 +96,8 @@ def resolve_model_weights(config: RunConfig) -> dict[str, tuple[str, str]]:
     """Each grid model's initial CXR weights and the SHA-256 of their file, found without downloading.
 
     A model's weights are its `[hparams.<model>] cxr_weights`, else the run's `cxr_weights`, else its
-    profile default (`paper`: ImageNet; `quick`: none). Models that do not read the CXR get `none`.
+    profile default (`paper`: ImageNet; `quick`: none). Models that do not read the CXR, or read it
+    without a CNN (`takes_cxr_weights` False), get `none`.
     Named ImageNet weights must already be in the torch hub cache.
 
     Args:
@@ -120,10 +121,11 @@ def resolve_model_weights(config: RunConfig) -> dict[str, tuple[str, str]]:
     chosen: dict[str, str] = {}
     for model in config.models:
         info = model_info(model)
-        if "cxr" not in info.modalities:
+        own = config.hparams.get(model, {}).get("cxr_weights")
+        if "cxr" not in info.modalities or (not info.config_class.takes_cxr_weights and own is None):
             chosen[model] = NO_WEIGHTS
             continue
-        value = config.hparams.get(model, {}).get("cxr_weights", config.cxr_weights)
+        value = own if own is not None else config.cxr_weights
         if value is None:
             value = info.config_class.for_profile(config.profile).cxr_weights
         # Checks the value against the profile's encoder (e.g. the quick CNN has no ImageNet weights).

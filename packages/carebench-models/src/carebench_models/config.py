@@ -31,6 +31,10 @@ class CommonConfig:
         "quick": {"d_model": 32, "cxr_encoder": "smallcnn", "image_size": 64, "cxr_weights": "none"},
     }
 
+    takes_cxr_weights: ClassVar[bool] = True
+    """Whether the model has a CNN that `cxr_weights` can initialise (False for a model that reads
+    image patches without one: its `cxr_weights` stays `none`, whatever a run sets for the others)."""
+
     profile: Profile = "paper"
     """Which profile filled the defaults: `paper` (H100-class GPU) or `quick` (CPU tests)."""
     ehr_features: int = 27

@@ -38,8 +38,10 @@ class UMSEConfig(CommonConfig):
     1.5-2× as long as `latefusion`'s, 64 tokens about 1.3×.
     """
 
+    takes_cxr_weights: ClassVar[bool] = False
+
     profile_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "paper": {"heads": 4, "ff": 1024, "patch_size": 32, "max_ehr_tokens": 500},
+        "paper": {"heads": 4, "ff": 1024, "patch_size": 32, "max_ehr_tokens": 500, "cxr_weights": "none"},
         "quick": {"heads": 2, "ff": 64, "patch_size": 16, "max_ehr_tokens": 64},
     }
 
