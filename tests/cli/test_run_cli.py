@@ -44,7 +44,7 @@ def test_unknown_task_and_config_key(dataset, tmp_path):
     result = _invoke("run", "--config", str(config))
     assert result.exit_code == 2
     assert _one_line(result.output).startswith(
-        "error: run config: unknown key(s) 'modles'; valid keys: cohorts, dataset"
+        "error: run config: unknown key(s) 'modles'; valid keys: cohorts, cxr_weights, dataset"
     )
 
 
