@@ -84,7 +84,7 @@ def test_paper_profile_forward_at_224_px_on_cpu(name: str) -> None:
     # models.md §9.12: the paper profile builds without downloading weights and runs one forward
     # pass on B = 2 (one row with a CXR, one without) at 224 px, after `prepare` where a model has one.
     task = TaskSpec("phenotype", "multilabel", 25, tuple(f"label_{i}" for i in range(25)))
-    model = create_model(name, task=task, profile="paper").eval()
+    model = create_model(name, task=task, profile="paper", cxr_weights="none").eval()
     images = {"ehr_features": 27, "image_size": 224}
     model.prepare([tiny_batch(task, 12, paired_fraction=1.0, seed=1, **images)])
     with torch.no_grad():

@@ -180,11 +180,13 @@ def test_registry_names_the_modalities_each_model_reads() -> None:
     assert model_info("lstm").modalities == model_info("transformer").modalities == ("ehr",)
     assert model_info("resnet").modalities == ("cxr",)
     assert model_info("latefusion").modalities == ("ehr", "cxr")
-    # A model without the CXR modality builds no CXR encoder, so its CXR weights never matter.
+    # A model without the CXR modality builds no CXR encoder, so its CXR weights never matter; a model
+    # that reads the CXR without a CNN (UMSE's image patches) says it takes no CXR weights.
     for name in available_models():
+        info = model_info(name)
         model = create_model(name, task=task_spec("binary"), profile="quick")
         has_cnn = any(isinstance(module, CXREncoder) for module in model.modules())
-        assert has_cnn == ("cxr" in model_info(name).modalities), name
+        assert has_cnn == ("cxr" in info.modalities and info.config_class.takes_cxr_weights), name
 
 
 def test_cohort_defaults_reach_the_config() -> None:

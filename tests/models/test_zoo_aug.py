@@ -184,7 +184,7 @@ def test_config_checks() -> None:
 
 def test_paper_profile_size_is_the_base_model_plus_66k_per_slot() -> None:
     task = TaskSpec("phenotype", "multilabel", 25, tuple(f"label_{i}" for i in range(25)))
-    model = create_model("aug", task=task, profile="paper")
+    model = create_model("aug", task=task, profile="paper", cxr_weights="none")
     slots = sum(p.numel() for name, p in model.named_parameters() if model.is_conditional(name))
     base = sum(p.numel() for name, p in model.named_parameters() if not model.is_conditional(name))
     assert base == pytest.approx(24.99e6, rel=0.002)

@@ -170,7 +170,9 @@ def test_lambdas_scale_their_terms() -> None:
 def test_profiles_size_the_ehr_feed_forward() -> None:
     assert tiny_model("drfuse", task_spec("binary")).ehr_trunk.layers[0].linear1.out_features == 64
     assert (
-        create_model("drfuse", task=task_spec("binary"), profile="paper").ehr_shared.linear1.out_features
+        create_model(
+            "drfuse", task=task_spec("binary"), profile="paper", cxr_weights="none"
+        ).ehr_shared.linear1.out_features
         == 2048
     )
 
@@ -180,6 +182,6 @@ def test_profiles_size_the_ehr_feed_forward() -> None:
 def test_paper_profile_size_and_forward(outputs: int, millions: float) -> None:
     task = TaskSpec("phenotype", "multilabel", outputs, tuple(f"label_{i}" for i in range(outputs)))
     assert parameter_count("drfuse", task=task) / 1e6 == pytest.approx(millions, rel=0.02)
-    model = create_model("drfuse", task=task, profile="paper").eval()
+    model = create_model("drfuse", task=task, profile="paper", cxr_weights="none").eval()
     batch = tiny_batch(task, 2, paired_fraction=0.5, ehr_features=27, image_size=224, with_labels=False)
     assert model.predict_proba(batch).shape == (2, outputs)

@@ -208,7 +208,9 @@ def test_dense_experts_are_one_tensor_per_weight() -> None:
 def test_paper_profile_size_and_forward(experts: int, millions: float) -> None:
     assert parameter_count("flexmoe", num_experts=experts) / 1e6 == pytest.approx(millions, rel=0.02)
     task = TaskSpec("phenotype", "multilabel", 25, tuple(f"label_{i}" for i in range(25)))
-    model = create_model("flexmoe", task=task, profile="paper", num_experts=experts).eval()
+    model = create_model(
+        "flexmoe", task=task, profile="paper", cxr_weights="none", num_experts=experts
+    ).eval()
     batch = tiny_batch(task, 2, paired_fraction=0.5, ehr_features=27, image_size=224, with_labels=False)
     assert model.predict_proba(batch).shape == (2, 25)
 

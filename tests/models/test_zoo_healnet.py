@@ -175,6 +175,6 @@ def test_invalid_options_raise(override: dict[str, Any]) -> None:
 def test_paper_profile_size_and_forward(depth: int, millions: float) -> None:
     assert parameter_count("healnet", depth=depth) / 1e6 == pytest.approx(millions, rel=0.02)
     task = TaskSpec("phenotype", "multilabel", 25, tuple(f"label_{i}" for i in range(25)))
-    model = create_model("healnet", task=task, profile="paper", depth=depth).eval()
+    model = create_model("healnet", task=task, profile="paper", cxr_weights="none", depth=depth).eval()
     batch = tiny_batch(task, 2, paired_fraction=0.5, ehr_features=27, image_size=224, with_labels=False)
     assert model.predict_proba(batch).shape == (2, 25)

@@ -113,6 +113,6 @@ def test_invalid_weights_raise() -> None:
 def test_paper_profile_size_and_forward() -> None:
     assert parameter_count("shaspec") / 1e6 == pytest.approx(49.9, rel=0.02)
     task = TaskSpec("phenotype", "multilabel", 25, tuple(f"label_{i}" for i in range(25)))
-    model = create_model("shaspec", task=task, profile="paper").eval()
+    model = create_model("shaspec", task=task, profile="paper", cxr_weights="none").eval()
     batch = tiny_batch(task, 2, paired_fraction=0.5, ehr_features=27, image_size=224, with_labels=False)
     assert model.predict_proba(batch).shape == (2, 25)
