@@ -231,7 +231,8 @@ def submit_shards(
 
 
 def _job_log(job: Any) -> Path:
-    return Path(job.paths.stdout)
+    """Where a job's `carebench` output goes (its progress and errors are on stderr)."""
+    return Path(job.paths.stderr)
 
 
 def follow(

@@ -486,7 +486,7 @@ def submit_grid(
         for item in submitted:
             console.print(
                 f"shard {item.index}/{count}: job {item.job.job_id} ({pending[item.index]} run(s)), "
-                f"log {item.job.paths.stdout}"
+                f"log {item.job.paths.stderr}"
             )
     if not options.wait:
         if submitted:
@@ -827,7 +827,12 @@ def run_command(
         )
         loader = ["--loader-workers", str(loader_workers)] if loader_workers is not None else []
         submit_grid(
-            run_config, options, child_args=[*child_args, *loader], write_report=report, console=console
+            run_config,
+            options,
+            child_args=[*child_args, *loader],
+            write_report=report,
+            console=console,
+            poll_seconds=1.0 if executor == "local" else 15.0,
         )
         return
     run_grid(
