@@ -77,3 +77,69 @@ def test_loader_workers_for():
     assert loader_workers_for("cuda", 16) == 4
     assert loader_workers_for("cuda:1", 3) == 2
     assert loader_workers_for("cuda", 1) == 1
+
+
+def _spec(seed):
+    from carebench_cli.grid import RunSpec
+
+    return RunSpec(
+        model="lstm",
+        task="mortality",
+        cohort="base",
+        fold=0,
+        seed=seed,
+        train_cxr_drop=0.0,
+        profile="paper",
+        test_settings=("natural",),
+        dataset_hash="h",
+    )
+
+
+def test_jobs_on_cuda_start_one_placed_child_per_slot(tmp_path, monkeypatch):
+    """The CUDA wiring of `--jobs 4` over two GPUs, with a stand-in for the child processes."""
+    import subprocess
+
+    import torch
+
+    from carebench_cli import run_cmd
+    from carebench_cli.progress import GridProgress
+    from carebench_cli.run_store import RunStore
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    gpu_entries, gpu_indices = run_cmd._gpu_plan("cuda", None)
+    assert (gpu_entries, gpu_indices) == (["5", "7"], [0, 1])
+    assert run_cmd._gpu_plan("cuda", "1") == (["7"], [1])
+    with pytest.raises(CliError, match="--gpus needs CUDA"):
+        run_cmd._gpu_plan("cpu", "0")
+
+    started = []
+
+    class FinishedChild:
+        returncode = 0
+
+        def __init__(self, command, **kwargs):
+            started.append((command, kwargs["env"]))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FinishedChild)
+    todo = [_spec(seed) for seed in range(6)]
+    slots = plan_jobs(4, gpus=gpu_entries, cpus=8)
+    with GridProgress(len(todo)) as ui:
+        left = run_cmd._run_jobs(
+            todo,
+            slots=slots,
+            child_args=["--out", str(tmp_path)],
+            shard_spec="1/3",
+            store=RunStore(tmp_path),
+            ui=ui,
+        )
+    assert left == todo  # the stand-ins trained nothing
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in started] == ["5", "7", "5", "7"]
+    assert {env["OMP_NUM_THREADS"] for _, env in started} == {"1"}
+    for job, (command, _) in enumerate(started):
+        text = " ".join(command)
+        # shard 1/3 splits into sub-shards 1 + 3 j of 12
+        assert f"--shard {1 + 3 * job}/12 --jobs 1 --loader-workers 1 --runs-per-gpu 2 --no-report" in text
