@@ -82,6 +82,10 @@ def _hours(value: float) -> str:
     return f"{value:.2f}" if value >= 1 else f"{value:.3g}"
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
 def _names(values: Sequence[str]) -> str:
     return ", ".join(sorted(set(values)))
 
@@ -138,7 +142,7 @@ def compute_section(collection: RunCollection) -> Section:
             "runs": str(row["runs"]),
             "device": row["device"],
             "device-hours": _hours(row["device_hours"]),
-            "wall time per run": f"{row['wall_seconds'] / 60:.1f} min",
+            "wall time per run": _duration(row["wall_seconds"]),
             "mean epochs": f"{row['epochs']:.1f}",
             "training samples/s": "-"
             if row["train_samples_per_s"] is None
