@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from carebench_cli.compute import ComputeMeter
 from carebench_cli.config import RunConfig
 from carebench_cli.errors import USAGE_EXIT, CliError
 from carebench_cli.grid import NO_WEIGHTS, RunSpec
+from carebench_cli.placement import Placement
 from carebench_cli.report.context import PRIMARY_METRICS
 from carebench_cli.run_store import (
     MEDS_PREDICTIONS_DIR,
@@ -207,10 +209,11 @@ def model_metadata(name: str, model: Any = None) -> dict[str, Any]:
 
 
 class ProgressDataset:
-    """A map-style dataset proxy that reports batches fetched per pass to a progress callback.
+    """A map-style dataset proxy that reports batches finished per pass to a progress callback.
 
-    The trainer fetches whole batches through `__getitems__` (DataLoader with a batch sampler), so
-    each call is one batch; a pass ends when every row has been fetched once.
+    The trainer fetches whole batches through `__getitems__` (DataLoader with a batch sampler, maybe
+    in worker processes) and hands each to `finish_batch` in this process, where batches are counted;
+    a pass ends when every row has been seen once.
     """
 
     def __init__(self, dataset: Any, batch_size: int, progress: ProgressCallback | None) -> None:
@@ -227,8 +230,14 @@ class ProgressDataset:
         return self.dataset[index]
 
     def __getitems__(self, indices: list[int]) -> dict[str, Any]:
-        batch = self.dataset.__getitems__(indices)
-        self._rows += len(indices)
+        return self.dataset.__getitems__(indices)
+
+    def finish_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The wrapped dataset's `finish_batch` (if any) on a batch on its device; counts the batch."""
+        finish = getattr(self.dataset, "finish_batch", None)
+        if finish is not None:
+            batch = finish(batch)
+        self._rows += int(batch["has_cxr"].shape[0])
         self._batches += 1
         if self.progress is not None:
             done = self._rows >= len(self.dataset)
@@ -345,6 +354,7 @@ def execute_run(
     task_info: Any,
     device: str,
     hooks: RunHooks | None = None,
+    placement: Placement | None = None,
 ) -> RunResult:
     """Train one model and write its run directory; `DONE` is written last.
 
@@ -353,8 +363,10 @@ def execute_run(
         store: the run store; a partial directory of this run is removed first.
         dataset_dir: benchmark dataset directory (DESIGN §1).
         task_info: `carebench_data.tasks.TaskInfo` of `spec.task`.
-        device: `cpu` or `cuda` (already resolved).
+        device: `cpu`, `cuda` or `cuda:<index>` (already resolved). On CUDA the loader ships the
+            stored uint8 images and the GPU crops, augments and normalizes them.
         hooks: progress callbacks.
+        placement: loader workers and GPU sharing (how the run is scheduled; never part of the run).
 
     Returns:
         Summary numbers for the live table.
@@ -364,6 +376,9 @@ def execute_run(
     from carebench_models.training import TrainConfig, Trainer, seed_everything
 
     hooks = hooks or RunHooks()
+    placement = placement or Placement()
+    meter = ComputeMeter(device, placement)
+    meter.start()
     started = time.perf_counter()
     writer = store.start(spec)
     task = TaskSpec.from_info(task_info)
@@ -386,10 +401,17 @@ def execute_run(
             augment=profile_augmentation(spec.profile) if split == "train" and augment else False,
             image_size=image_size,
             seed=seed,
+            images_on_device=device != "cpu",
         )
 
     train_config = TrainConfig.for_profile(
-        spec.profile, **{"seed": spec.seed, "device": device, **train_config_values(spec.train)}
+        spec.profile,
+        **{
+            "seed": spec.seed,
+            "device": device,
+            "num_workers": placement.loader_workers,
+            **train_config_values(spec.train),
+        },
     )
     train_ds = ProgressDataset(
         dataset("train", spec.train_missingness, spec.seed), train_config.batch_size, hooks.on_batch
@@ -456,6 +478,7 @@ def execute_run(
             "n_val": len(val_ds),
             "seconds": round(seconds, 3),
             "device": device,
+            "compute": meter.record(wall_seconds=seconds, epochs=fit.epochs),
         },
     )
     writer.finish()

@@ -15,6 +15,7 @@ import polars as pl
 
 from carebench_cli.config import ReportConfig
 from carebench_cli.report.collect import RunCollection, collect_runs
+from carebench_cli.report.compute import compute_section
 from carebench_cli.report.context import ReportContext, metric_label
 from carebench_cli.report.document import Report, Section, render_html, render_markdown
 from carebench_cli.report.formatting import fmt_ci
@@ -96,6 +97,7 @@ def build_report(
             strategies_section(context),
             robustness_section(context),
             fairness_section(context),
+            compute_section(collection),
         ]
         summary = _summary(context)
     undefined = sorted({str(w.message) for w in caught if issubclass(w.category, ce.UndefinedMetricWarning)})

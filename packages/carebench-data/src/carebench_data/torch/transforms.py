@@ -22,6 +22,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "AugmentConfig",
+    "augment_thetas",
     "crop_size",
     "image_pixels",
     "normalize_pixels",
@@ -94,6 +95,24 @@ def _affine_thetas(
     return torch.cat([crop_fraction * inverse, offset], dim=2)
 
 
+def augment_thetas(
+    batch: int, *, image_side: int, augment: AugmentConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The random draws of one augmented batch, as float64 [B, 2, 3] sampling maps.
+
+    `image_pixels` draws exactly these from ``generator`` when it is given none; drawing them on the
+    CPU and passing them in (``theta=``) lets the images be augmented on another device with the same
+    draws, e.g. a GPU batch of uint8 images.
+
+    Args:
+        batch: B, the number of images.
+        image_side: S, the side of the stored images.
+        augment: the augmentation.
+        generator: CPU generator of the draws.
+    """
+    return _affine_thetas(batch, crop_size(image_side) / image_side, augment, generator)
+
+
 def _sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     """``affine_grid(theta, [B, 1, size, size], align_corners=False)`` by broadcasting.
 
@@ -112,6 +131,7 @@ def image_pixels(
     image_size: int,
     augment: AugmentConfig | None = None,
     generator: torch.Generator | None = None,
+    theta: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Crop, resize and (optionally) augment stored images, keeping the 0-255 intensity scale.
 
@@ -120,6 +140,8 @@ def image_pixels(
         image_size: output side H = W.
         augment: training augmentation, or None for the deterministic center crop.
         generator: CPU generator for the augmentation draws (seeded by the caller).
+        theta: float64 [B, 2, 3] draws from `augment_thetas` (any device); None = draw them from
+            ``generator`` here.
 
     Returns:
         float32 [B, 1, image_size, image_size] on the device of ``images``, values in [0, 255].
@@ -144,8 +166,9 @@ def image_pixels(
         pixels = functional.interpolate(
             pixels, size=(reduced, reduced), mode="bilinear", antialias=True, align_corners=False
         )
-    theta = _affine_thetas(batch, crop / side, augment, generator).to(pixels)
-    grid = _sampling_grid(theta, image_size)
+    if theta is None:
+        theta = _affine_thetas(batch, crop / side, augment, generator)
+    grid = _sampling_grid(theta.to(pixels), image_size)
     return functional.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -3,6 +3,8 @@
 `Trainer(model, TrainConfig(...)).fit(train, val) -> FitResult`; `Trainer.predict(data) ->
 PredictionArrays`. `train`/`val` are map-style datasets yielding batch-contract samples (a batched
 `__getitems__` plus a `collate` staticmethod is used when present) or any re-iterable of ready batches.
+A dataset may also define `finish_batch(batch) -> batch`, applied to each batch after it moved to the
+device (e.g. stored uint8 images cropped, augmented and normalized on the GPU).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ ProgressFn = Callable[[int, int], None]
 """`progress(epochs_done, max_epochs)`, called after every epoch."""
 DataSource = Any
 """A map-style dataset of samples, or a re-iterable of ready batch dicts."""
+FinishFn = Callable[[dict[str, Any]], dict[str, Any]]
+"""A dataset's `finish_batch`: the batch on its device -> the batch contract."""
 
 
 @dataclass
@@ -162,11 +166,12 @@ class Trainer:
             enabled=self.amp_dtype is not None,
         )
 
-    def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        return {
+    def _to_device(self, batch: Mapping[str, Any], finish: FinishFn | None = None) -> dict[str, Any]:
+        moved = {
             key: value.to(self.device, non_blocking=True) if isinstance(value, Tensor) else value
             for key, value in batch.items()
         }
+        return moved if finish is None else finish(moved)
 
     def _loader(self, dataset: Any, index_batches: list[list[int]], generator: torch.Generator) -> DataLoader:
         return DataLoader(
@@ -211,15 +216,18 @@ class Trainer:
             indices = [index for index in indices if keep[index]]
         batches = _chunks(indices, self.config.batch_size)
         generator = torch.Generator().manual_seed(self.config.seed + epoch)
-        return (self._to_device(batch) for batch in self._loader(data, batches, generator))
+        finish = getattr(data, "finish_batch", None)
+        return (self._to_device(batch, finish) for batch in self._loader(data, batches, generator))
 
     def _eval_batches(self, data: DataSource, rows: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
         if not _is_dataset(data):
             return (self._to_device(batch) for batch in data)
         indices = range(len(data)) if rows is None else [int(index) for index in rows]
         batches = _chunks(indices, self.config.eval_batch_size)
+        finish = getattr(data, "finish_batch", None)
         return (
-            self._to_device(batch) for batch in self._loader(data, batches, torch.Generator().manual_seed(0))
+            self._to_device(batch, finish)
+            for batch in self._loader(data, batches, torch.Generator().manual_seed(0))
         )
 
     def fit(
@@ -341,6 +349,7 @@ class Trainer:
             model.train()
             model.on_epoch_start(state)
             train_logs, samples = self._train_epoch(train, epoch, optimizers, state, rows=train_rows)
+            train_seconds = time.perf_counter() - epoch_started
             hook_logs = model.on_epoch_end(state, optimizers)
             val_loss, val_metric = self.evaluate(val, rows=val_rows)
             for scheduler in schedulers:
@@ -356,6 +365,8 @@ class Trainer:
                 self.metric_name: val_metric,
                 "seconds": round(seconds, 3),
                 "samples_per_s": round(samples / seconds, 1) if seconds > 0 else None,
+                "train_samples": samples,
+                "train_seconds": round(train_seconds, 3),
             }
             epochs.append(record)
             logger.info(json.dumps(record, allow_nan=True))
